@@ -1,0 +1,157 @@
+"""``difflab.sample``: one call from unit noise (or shape + seeds) to samples in data space.
+
+Every argument is checked before any compute; a bad one raises ``ValueError`` naming the argument
+and what is allowed. VP and flow models start from x_T = z in their own coordinates (as diffusers
+does), i.e. VE x = z / alpha(sigma_max); a pure-noise endpoint (sigma = inf) starts from z itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from difflab.denoisers import CFG, PREDICTION_TYPES, Denoiser, validate_prediction_type
+from difflab.noise import NoiseStreams, validate_seeds
+from difflab.samplers import SAMPLER_INFO, SAMPLERS
+from difflab.schedules import SPACINGS, NoiseSchedule
+
+# Chosen by benchmarks/samplers.py (see BENCHMARKS.md): lowest error at 10 NFE on the exact
+# Gaussian problem among the deterministic samplers, for both VP and flow schedules.
+DEFAULT_SAMPLER = "unipc"
+DEFAULT_STEPS = 20
+
+
+def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sampler: str = DEFAULT_SAMPLER,
+           steps: int = DEFAULT_STEPS, *, noise: torch.Tensor | None = None, shape: Sequence[int] | None = None,
+           seeds: Sequence[int] | None = None, spacing: str | None = None, cond: dict | None = None,
+           uncond: dict | None = None, guidance_scale: float = 1.0, guidance_rescale: float = 0.0,
+           sampler_options: dict | None = None, device=None, dtype: torch.dtype | None = None,
+           callback: Callable | None = None, progress: bool = False) -> torch.Tensor:
+    """Sample a native model ``model(x_t, t, **cond) -> prediction``.
+
+    Give either ``noise`` (unit Gaussian, batch first) or ``shape`` (+ ``seeds``: one per sample, for
+    batch-invariant, replayable noise streams; without seeds torch's global generator is used).
+    ``cond``/``uncond`` are the model's keyword arguments for the prompt and the negative/empty
+    prompt; guidance applies when ``guidance_scale != 1``. Returns x0 in the model's data space.
+    """
+    _validate(schedule, prediction_type, sampler, steps, spacing, guidance_scale, guidance_rescale, cond, uncond)
+    options = _validate_options(sampler, sampler_options)
+    streams = NoiseStreams(validate_seeds(seeds)) if seeds is not None else None
+    device = device if device is not None else _model_device(model)
+    dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
+    z = _initial_noise(noise, shape, streams, device, dtype)
+    sigmas = schedule.sigmas(steps, spacing)
+    start_at_infinity = math.isinf(float(sigmas[0]))
+    if start_at_infinity and prediction_type == "epsilon":
+        raise ValueError("this grid starts at pure noise (sigma = inf), which an epsilon-prediction model cannot "
+                         "denoise: use a spacing that starts below it (e.g. 'leading') or a v/flow/sample model")
+
+    denoiser = Denoiser(model, schedule, prediction_type)
+    extra_args = dict(cond or {})
+    if uncond is not None and guidance_scale != 1.0:
+        denoiser = CFG(denoiser, guidance_scale, guidance_rescale)
+        extra_args = {"cond": dict(cond or {}), "uncond": dict(uncond)}
+    alpha0, _ = schedule.alpha_sigma(sigmas[0])
+    x = z if start_at_infinity else z / float(alpha0)
+
+    total = _count_evals(sampler, steps, start_at_infinity)
+    with _Progress(denoiser, total, progress) as counted:
+        with torch.no_grad():
+            return SAMPLERS[sampler](counted, x, sigmas, extra_args=extra_args, callback=callback,
+                                     noise=streams, **options)
+
+
+def _validate(schedule, prediction_type, sampler, steps, spacing, guidance_scale, guidance_rescale, cond, uncond):
+    if not isinstance(schedule, NoiseSchedule):
+        raise ValueError(f"schedule must be a difflab.NoiseSchedule, got {type(schedule).__name__}")
+    validate_prediction_type(prediction_type)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if spacing is not None and spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+            or not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    if not isinstance(guidance_rescale, (int, float)) or not 0.0 <= guidance_rescale <= 1.0:
+        raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale!r}")
+    for name, value in (("cond", cond), ("uncond", uncond)):
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"{name} must be a dict of the model's keyword arguments, got {type(value).__name__}")
+    if guidance_scale != 1.0 and uncond is None:
+        raise ValueError("guidance_scale != 1 needs uncond: the conditioning of the negative or empty prompt")
+
+
+def _validate_options(sampler: str, options: dict | None) -> dict:
+    options = dict(options or {})
+    allowed = [p for p in inspect.signature(SAMPLERS[sampler]).parameters
+               if p not in ("denoiser", "x", "sigmas", "extra_args", "callback", "noise")]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"sampler {sampler!r} takes the options {allowed or 'none'}, not {unknown}")
+    return options
+
+
+def _initial_noise(noise, shape, streams, device, dtype) -> torch.Tensor:
+    if (noise is None) == (shape is None):
+        raise ValueError("give exactly one of noise (a unit-Gaussian tensor, batch first) or shape")
+    if noise is not None:
+        if not isinstance(noise, torch.Tensor) or noise.ndim < 1 or noise.shape[0] < 1:
+            raise ValueError("noise must be a tensor with a batch dimension first")
+        if not torch.isfinite(noise).all():
+            raise ValueError("noise contains non-finite values")
+        if streams is not None and len(streams) != noise.shape[0]:
+            raise ValueError(f"got {len(streams)} seeds for a batch of {noise.shape[0]}")
+        return noise.to(device=device, dtype=dtype)
+    shape = tuple(shape)
+    if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+        raise ValueError(f"shape must be a tuple of positive integers, batch first; got {shape!r}")
+    if streams is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    if len(streams) != shape[0]:
+        raise ValueError(f"got {len(streams)} seeds for a batch of {shape[0]} (shape {shape})")
+    return streams.initial(shape, dtype=dtype, device=device)
+
+
+def _model_device(model) -> torch.device:
+    if isinstance(model, torch.nn.Module):
+        for parameter in model.parameters():
+            return parameter.device
+    return torch.device("cpu")
+
+
+def _count_evals(sampler: str, steps: int, start_at_infinity: bool) -> int:
+    info = SAMPLER_INFO[sampler]
+    if not start_at_infinity:
+        return info.evals(steps)
+    return 1 + (info.evals(steps - 1) if steps > 1 else 0)
+
+
+class _Progress:
+    """Counts denoiser evaluations (NFE) and shows them as a progress bar when asked."""
+
+    def __init__(self, denoiser, total: int, show: bool):
+        self.denoiser, self.total, self.show, self.bar, self.evals = denoiser, total, show, None, 0
+
+    def __enter__(self):
+        if self.show:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=self.total, unit="eval", desc="sampling")
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+    def __call__(self, x, sigma, **kwargs):
+        self.evals += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        return self.denoiser(x, sigma, **kwargs)
+
+
+__all__ = ["sample", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "PREDICTION_TYPES"]
