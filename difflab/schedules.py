@@ -136,7 +136,7 @@ class NoiseSchedule:
         log_sigma = torch.lerp(self._log_sigmas[low], self._log_sigmas[low + 1], frac)
         if self.rescale_zero_terminal_snr:
             # log sigma is infinite at the last step: interpolate alpha (finite, -> 0) there instead.
-            alpha = torch.lerp(self.alphas_cumprod[-2].sqrt(), torch.zeros(()), frac)
+            alpha = torch.lerp(self.alphas_cumprod[-2].sqrt(), torch.zeros((), dtype=torch.float64), frac)
             in_last = low == last - 1
             log_sigma = torch.where(in_last, 0.5 * torch.log((1 - alpha**2) / alpha**2), log_sigma)
         return log_sigma.exp()
