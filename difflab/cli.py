@@ -6,6 +6,8 @@ never a traceback. Heavy imports happen inside the commands so ``difflab --help`
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -30,6 +32,109 @@ def info() -> None:
     typer.echo(f"difflab {difflab.__version__}, torch {torch.__version__}, "
                f"cuda {'yes' if torch.cuda.is_available() else 'no'}, threads {torch.get_num_threads()}")
     typer.echo("samplers: " + ", ".join(difflab.SAMPLERS))
+
+
+# --- train and generate -------------------------------------------------------------------
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    dataset: str = typer.Option(None, help="shapes | digits | folder"),
+    preset: str = typer.Option(None, help="tiny | shapes-quick | shapes | digits"),
+    config: str = typer.Option(None, "--config", help="a TOML file of training fields"),
+    out: str = typer.Option(..., help="output folder: checkpoints/, log.csv, model/"),
+    resume: bool = typer.Option(False, help="continue from the newest complete checkpoint in --out"),
+):
+    """Train a model. Every training field is a flag too: --max-steps 500 --batch-size 32 --lr 3e-4 ..."""
+    from difflab.train import TrainingStopped, build_config, train as run_training
+
+    try:
+        overrides = _parse_field_flags(ctx.args)
+        if dataset is not None:
+            overrides["dataset"] = dataset
+        cfg = build_config(preset, config, overrides)
+    except ValueError as error:
+        fail(str(error))
+    try:
+        path = run_training(cfg, out, resume=resume)
+    except TrainingStopped as error:
+        fail(str(error))
+    except ValueError as error:
+        fail(str(error))
+    typer.echo(f"model package: {path}")
+
+
+def _parse_field_flags(args: list[str]) -> dict:
+    """``--max-steps 500 --ema-warmup false`` -> {"max_steps": 500, "ema_warmup": False} with field types."""
+    import dataclasses
+
+    from difflab.train import TrainConfig
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    values, i = {}, 0
+    while i < len(args):
+        flag = args[i]
+        name = flag[2:].replace("-", "_") if flag.startswith("--") else None
+        if name not in fields or name == "model":
+            raise ValueError(f"unknown option {flag!r}; training fields: "
+                             + ", ".join("--" + n.replace("_", "-") for n in fields if n != "model"))
+        if i + 1 >= len(args):
+            raise ValueError(f"option {flag} needs a value")
+        values[name] = _convert(args[i + 1], fields[name].default, flag)
+        i += 2
+    return values
+
+
+def _convert(text: str, default, flag: str):
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise ValueError(f"option {flag} expects a {type(default).__name__}, got {text!r}") from None
+    return text
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(None, help="what to draw (for digits models: a class label)"),
+    n: int = typer.Option(1, "-n", "--num-images", help="images per prompt"),
+    seed: int = typer.Option(None, help="first seed (image i uses seed + i); random if omitted"),
+    steps: int = typer.Option(None, help="sampling steps (default: the model's)"),
+    sampler: str = typer.Option(None, help="one of difflab.SAMPLERS"),
+    guidance: float = typer.Option(None, help="classifier-free guidance scale"),
+    negative: str = typer.Option(None, help="negative prompt"),
+    spacing: str = typer.Option(None, help="sigma spacing: trailing, leading, linspace, karras, exponential"),
+    model: str = typer.Option(None, help="a model package folder (default: the bundled model)"),
+    out: str = typer.Option("outputs", help="folder for the PNGs"),
+    grid: bool = typer.Option(False, help="also write a grid of all images"),
+    recipe: str = typer.Option(None, help="replay the recipe stored in a PNG written by difflab"),
+):
+    """Generate images; each PNG carries the recipe that replays it."""
+    from difflab.pipeline import Pipeline, read_recipe
+
+    try:
+        if recipe is not None:
+            replay = read_recipe(recipe)
+            pipe = Pipeline.from_pretrained(model)
+            result = pipe.replay(replay)
+        else:
+            if not prompt:
+                fail("give a PROMPT, or --recipe IMAGE.png")
+            pipe = Pipeline.from_pretrained(model)
+            result = pipe(prompt, negative_prompt=negative, num_images=n, seed=seed, steps=steps, sampler=sampler,
+                          guidance_scale=guidance, spacing=spacing, progress=True)
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+        fail(str(error))
+    paths = result.save(out)
+    if grid:
+        result.grid().save(Path(out) / "grid.png")
+    for path in paths:
+        typer.echo(str(path))
 
 
 # --- bench commands -------------------------------------------------------------------------

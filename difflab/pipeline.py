@@ -1,0 +1,216 @@
+"""``difflab.Pipeline``: prompts in, images out, each with the recipe that replays it.
+
+    pipe = difflab.Pipeline.from_pretrained()            # the bundled model, or a package folder
+    result = pipe("a red circle above a blue square", num_images=4, seed=0)
+    result.images[0].save("out.png")                     # or result.save(folder): PNGs with recipes
+
+A recipe is a JSON dict (prompt, negative prompt, seed, sampler, steps, spacing, guidance, size,
+model name and weights hash, difflab version) stored in each PNG's text chunk ``difflab``;
+``pipe.replay(recipe)`` regenerates the identical image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image, PngImagePlugin
+
+import difflab
+from difflab.sampling import DEFAULT_SAMPLER, sample
+from difflab.schedules import NoiseSchedule
+
+BUNDLED_MODEL = Path(__file__).parent / "assets" / "models" / "shapes"
+RECIPE_KEY = "difflab"
+DEFAULTS = {"steps": 20, "sampler": DEFAULT_SAMPLER, "guidance_scale": 3.0, "spacing": None}
+
+
+@dataclass
+class Result:
+    images: list[Image.Image]
+    recipes: list[dict]
+
+    def grid(self, columns: int | None = None) -> Image.Image:
+        columns = columns or min(len(self.images), 8)
+        rows = -(-len(self.images) // columns)
+        w, h = self.images[0].size
+        canvas = Image.new("RGB", (columns * w, rows * h), "white")
+        for i, image in enumerate(self.images):
+            canvas.paste(image.convert("RGB"), ((i % columns) * w, (i // columns) * h))
+        return canvas
+
+    def save(self, folder, prefix: str = "image") -> list[Path]:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, (image, recipe) in enumerate(zip(self.images, self.recipes)):
+            path = folder / f"{prefix}-{recipe['seed']}-{i:03d}.png"
+            save_png(image, recipe, path)
+            paths.append(path)
+        return paths
+
+
+def save_png(image: Image.Image, recipe: dict, path) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text(RECIPE_KEY, json.dumps(recipe, sort_keys=True))
+    image.save(path, pnginfo=info)
+
+
+def read_recipe(path) -> dict:
+    """The recipe stored in a PNG written by difflab."""
+    try:
+        with Image.open(path) as image:
+            text = image.text.get(RECIPE_KEY) if hasattr(image, "text") else None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {path} as an image: {error}") from None
+    if text is None:
+        raise ValueError(f"{path} holds no difflab recipe (was it written by difflab generate?)")
+    return json.loads(text)
+
+
+def weights_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    with open(Path(folder) / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Pipeline:
+    """A model package made callable: text (or class labels) in, PIL images out."""
+
+    model: torch.nn.Module
+    schedule: NoiseSchedule
+    prediction_type: str
+    encoder: object
+    resolution: int
+    channels: int
+    name: str = "model"
+    weights: str = ""
+    null_condition: object = ""
+    defaults: dict = field(default_factory=lambda: dict(DEFAULTS))
+
+    @classmethod
+    def from_pretrained(cls, folder=None) -> "Pipeline":
+        from difflab.models.package import load_package
+        from difflab.models.text import text_encoder_from_spec
+        folder = Path(folder) if folder is not None else BUNDLED_MODEL
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{folder} is not a difflab model package (no config.json)")
+        package = load_package(folder)
+        meta = package.metadata
+        for section in ("diffusion", "conditioning", "data"):
+            if section not in meta:
+                raise ValueError(f"{folder} lacks the '{section}' section a pipeline needs; was it made by difflab train?")
+        model = package.model
+        if not torch.cuda.is_available():
+            model = model.to(memory_format=torch.channels_last)
+        return cls(model=model, schedule=NoiseSchedule.from_config(meta["diffusion"]["schedule"]),
+                   prediction_type=meta["diffusion"]["prediction_type"],
+                   encoder=text_encoder_from_spec(meta["conditioning"]["encoder"]),
+                   resolution=meta["data"]["resolution"], channels=meta["data"]["channels"],
+                   name=folder.name, weights=weights_hash(folder), null_condition=meta["conditioning"].get("null", ""),
+                   defaults={**DEFAULTS, **meta.get("sampling", {})})
+
+    @classmethod
+    def from_trainer(cls, trainer) -> "Pipeline":
+        meta = trainer.package_metadata()
+        return cls(model=trainer.ema_model(), schedule=trainer.schedule, prediction_type=meta["diffusion"]["prediction_type"],
+                   encoder=trainer.conditioner, resolution=meta["data"]["resolution"],
+                   channels=meta["data"]["channels"], name="training", null_condition=trainer.null_condition)
+
+    # ----- generation ----------------------------------------------------------------------------
+    def __call__(self, prompt, negative_prompt=None, num_images: int = 1, seed=None, steps=None, sampler=None,
+                 guidance_scale=None, spacing=None, guidance_rescale: float = 0.0, callback=None,
+                 progress: bool = False) -> Result:
+        prompts = _as_list(prompt, "prompt")
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
+        prompts = [p for p in prompts for _ in range(num_images)]
+        seeds = _seeds(seed, len(prompts))
+        negatives = self._negatives(negative_prompt, len(prompts))
+        settings = self._settings(steps, sampler, guidance_scale, spacing)
+        cond, uncond = self._encode(prompts), self._encode(negatives)
+        guided = settings["guidance_scale"] != 1.0
+        x = sample(self.model, self.schedule, self.prediction_type, settings["sampler"], settings["steps"],
+                   shape=(len(prompts), self.channels, self.resolution, self.resolution), seeds=seeds,
+                   spacing=settings["spacing"], cond=cond, uncond=uncond if guided else None,
+                   guidance_scale=settings["guidance_scale"], guidance_rescale=guidance_rescale,
+                   callback=callback, progress=progress)
+        images = to_images(x)
+        recipes = [self._recipe(p, n, s, settings, guidance_rescale) for p, n, s in zip(prompts, negatives, seeds)]
+        return Result(images, recipes)
+
+    def replay(self, recipe: dict) -> Result:
+        """Regenerate the image a recipe describes (same pixels on the same machine and weights)."""
+        if recipe.get("weights") and self.weights and recipe["weights"] != self.weights:
+            raise ValueError(f"the recipe was made with weights {recipe['weights']}, this model has {self.weights}")
+        return self(recipe["prompt"], negative_prompt=recipe.get("negative_prompt"), seed=recipe["seed"],
+                    steps=recipe["steps"], sampler=recipe["sampler"], guidance_scale=recipe["guidance_scale"],
+                    spacing=recipe["spacing"], guidance_rescale=recipe.get("guidance_rescale", 0.0))
+
+    def _settings(self, steps, sampler, guidance_scale, spacing) -> dict:
+        settings = {"steps": steps, "sampler": sampler, "guidance_scale": guidance_scale, "spacing": spacing}
+        settings = {k: self.defaults[k] if v is None else v for k, v in settings.items()}
+        settings["spacing"] = settings["spacing"] or self.schedule.default_spacing
+        return settings
+
+    def _negatives(self, negative_prompt, n: int) -> list:
+        if negative_prompt is None:
+            return [self.null_condition] * n
+        negatives = _as_list(negative_prompt, "negative_prompt")
+        if len(negatives) == 1:
+            return negatives * n
+        if len(negatives) != n:
+            raise ValueError(f"negative_prompt must be one prompt or one per image ({n}), got {len(negatives)}")
+        return negatives
+
+    def _encode(self, prompts: list) -> dict:
+        device = next(self.model.parameters()).device
+        if getattr(self.model.config, "num_classes", None):
+            null = self.model.config.num_classes
+            labels = [null if p in (None, "") else self.encoder.label_index(p) for p in prompts]
+            return {"class_labels": torch.tensor(labels, device=device)}
+        from difflab.train.trainer import encode_each
+        encode_each(self.encoder, prompts)
+        tokens, mask, pooled = self.encoder.encode(prompts)
+        return {"context": tokens.to(device), "context_mask": mask.to(device), "pooled": pooled.to(device)}
+
+    def _recipe(self, prompt, negative, seed, settings, guidance_rescale) -> dict:
+        return {"prompt": prompt, "negative_prompt": negative if negative != self.null_condition else None,
+                "seed": seed, **settings, "guidance_rescale": guidance_rescale,
+                "width": self.resolution, "height": self.resolution, "model": self.name, "weights": self.weights,
+                "difflab": difflab.__version__}
+
+
+def to_images(x: torch.Tensor) -> list[Image.Image]:
+    """Samples in [-1, 1] -> PIL images; a non-finite sample is an error, never a black image."""
+    if not torch.isfinite(x).all():
+        raise FloatingPointError("the model produced non-finite values; no image was written")
+    array = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in array]
+
+
+def _as_list(value, name: str) -> list:
+    values = [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(f"{name} must be a string or a non-empty list of strings, got {value!r}")
+    return list(values)
+
+
+def _seeds(seed, n: int) -> list[int]:
+    """None: fresh random seeds (recorded in the recipes); int: seed, seed + 1, ...; list: one per image."""
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        seeds = [seed + i for i in range(n)]
+    else:
+        seeds = list(seed)
+        if len(seeds) != n:
+            raise ValueError(f"got {len(seeds)} seeds for {n} images")
+    return difflab.noise.validate_seeds(seeds)

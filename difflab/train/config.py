@@ -1,0 +1,160 @@
+"""Training configuration: one frozen dataclass, presets, TOML files and command-line overrides.
+
+Every field is a ``difflab train`` flag (``--batch-size 64``); ``--config FILE.toml`` reads a flat
+TOML table with the same names (``batch_size = 64``); flags given on the command line win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATASETS = ("shapes", "digits", "folder")
+WEIGHTINGS = ("uniform", "min_snr")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
+LR_SCHEDULES = ("constant", "cosine")
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
+SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine", "flow")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run. ``model`` holds the UNet's architecture fields (see ``difflab.models.UNetConfig``)."""
+
+    dataset: str = "shapes"
+    data_dir: str | None = None
+    resolution: int = 32
+    model: dict = field(default_factory=lambda: dict(channels=(64, 128, 128), layers_per_block=2,
+                                                     attention_levels=(1, 2), head_dim=32))
+    text_encoder: str = "minilm"          # shapes / folder: "minilm" or a local CLIP/T5 folder
+    prediction_type: str = "v_prediction"
+    schedule: str = "cosine"
+    rescale_zero_terminal_snr: bool = True
+    flow_shift: float = 1.0
+    loss_weighting: str = "min_snr"
+    snr_gamma: float = 5.0
+    timestep_sampling: str = "uniform"
+    cond_dropout: float = 0.1             # fraction of samples trained with the empty prompt / null class
+    batch_size: int = 64                  # global batch per optimiser step (all processes, all micro-batches)
+    grad_accum: int = 1
+    lr: float = 2e-4
+    lr_warmup: int = 200
+    lr_schedule: str = "cosine"
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    mixed_precision: str = "auto"         # auto: bf16 on a GPU that has it, fp32 on CPU
+    max_steps: int = 1000
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    sample_every: int = 0                 # 0: only at the end
+    log_every: int = 10
+    max_bad_steps: int = 5                # consecutive non-finite losses that stop the run
+    seed: int = 0
+    num_workers: int = 0
+    threads: int = 0                      # torch CPU threads; 0 keeps torch's default
+
+    def __post_init__(self):
+        _check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
+        _check(self.dataset != "folder" or self.data_dir, "data_dir", self.data_dir, "a folder for dataset=folder")
+        _check(_int(self.resolution, 8) and self.resolution % 4 == 0, "resolution", self.resolution,
+               "an integer >= 8 divisible by 4")
+        _check(isinstance(self.model, dict), "model", self.model, "a table of UNet fields")
+        _check(self.prediction_type in ("epsilon", "v_prediction", "sample", "flow"), "prediction_type",
+               self.prediction_type, "epsilon, v_prediction, sample or flow")
+        _check(self.schedule in SCHEDULE_KINDS, "schedule", self.schedule, f"one of {SCHEDULE_KINDS}")
+        _check(not (self.prediction_type == "epsilon" and (self.rescale_zero_terminal_snr or self.schedule == "flow")),
+               "prediction_type", self.prediction_type,
+               "v_prediction, sample or flow with a pure-noise endpoint (eps cannot be trained where alpha = 0)")
+        _check(self.loss_weighting in WEIGHTINGS, "loss_weighting", self.loss_weighting, f"one of {WEIGHTINGS}")
+        _check(self.timestep_sampling in TIMESTEP_SAMPLINGS, "timestep_sampling", self.timestep_sampling,
+               f"one of {TIMESTEP_SAMPLINGS}")
+        _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, f"one of {LR_SCHEDULES}")
+        _check(self.mixed_precision in MIXED_PRECISIONS, "mixed_precision", self.mixed_precision,
+               f"one of {MIXED_PRECISIONS}")
+        _check(0 <= self.cond_dropout < 1, "cond_dropout", self.cond_dropout, "a fraction in [0, 1)")
+        _check(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "a number in [0, 1)")
+        for name in ("batch_size", "grad_accum", "max_steps", "log_every", "max_bad_steps", "keep_checkpoints"):
+            _check(_int(getattr(self, name), 1), name, getattr(self, name), "a positive integer")
+        for name in ("checkpoint_every", "sample_every", "lr_warmup", "seed", "num_workers", "threads"):
+            _check(_int(getattr(self, name), 0), name, getattr(self, name), "a non-negative integer")
+        for name in ("lr", "snr_gamma", "flow_shift"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, name, value,
+                   "a positive number")
+        _check(self.grad_clip >= 0 and self.weight_decay >= 0, "grad_clip/weight_decay",
+               (self.grad_clip, self.weight_decay), "non-negative numbers")
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _int(value, minimum) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _check(ok, name, value, allowed) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+TINY_MODEL = dict(channels=(16, 32), layers_per_block=1, attention_levels=(1,), head_dim=16, norm_groups=8,
+                  mid_attention=False)
+PRESETS: dict[str, dict] = {
+    # a few seconds: for tests and a first look
+    "tiny": dict(resolution=16, model=TINY_MODEL, batch_size=8, max_steps=20, checkpoint_every=10, lr_warmup=2,
+                 ema_decay=0.9, log_every=5),
+    # about 10 CPU minutes: colours and shapes already visible
+    "shapes-quick": dict(model=dict(channels=(32, 64, 64), layers_per_block=1, attention_levels=(1, 2),
+                                    head_dim=32), batch_size=32, max_steps=1500, checkpoint_every=500,
+                         lr=5e-4, lr_warmup=100),
+    # the bundled model's recipe
+    "shapes": dict(model=dict(channels=(64, 96, 128), layers_per_block=2, attention_levels=(1, 2), head_dim=32),
+                   batch_size=64, max_steps=30000, checkpoint_every=1000, lr=3e-4, lr_warmup=500,
+                   ema_decay=0.9995, sample_every=2000),
+    "digits": dict(dataset="digits", resolution=16, model=dict(channels=(32, 64, 64), layers_per_block=1,
+                                                               attention_levels=(2,), head_dim=32),
+                   batch_size=64, max_steps=3000, checkpoint_every=1000, lr=5e-4, lr_warmup=100),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return TrainConfig(**PRESETS[name])
+
+
+def load_toml(path: str | Path) -> dict:
+    """A flat TOML table of TrainConfig fields (``[model]`` as a sub-table)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"config file {path} is not valid TOML: {error}") from None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown} in {path}; allowed: {sorted(known)}")
+    if "model" in values:
+        values["model"] = {k: tuple(v) if isinstance(v, list) else v for k, v in values["model"].items()}
+    return values
+
+
+def build_config(preset_name: str | None, toml_path: str | None, overrides: dict) -> TrainConfig:
+    """Preset, then TOML file, then explicit overrides (flags): later ones win."""
+    if preset_name and preset_name not in PRESETS:
+        raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
+    values = dict(PRESETS[preset_name]) if preset_name else {}
+    if toml_path:
+        values.update(load_toml(toml_path))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values)

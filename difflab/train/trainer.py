@@ -1,0 +1,294 @@
+"""The training loop on Hugging Face Accelerate.
+
+One CPU process by default; ``torchrun --nproc_per_node N -m difflab train ...`` or ``accelerate
+launch`` for several processes (DDP over gloo on CPU, NCCL on GPUs) with no code change. The global
+batch ``batch_size`` is split over processes and gradient-accumulation micro-batches; every sample's
+noise, timestep and dropout come from its global position (``losses.draw_per_sample``), so the
+result does not depend on that split, and a resumed run ends with exactly the weights of an
+uninterrupted one (on CPU, same thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from difflab.schedules import NoiseSchedule
+from difflab.train import checkpoint as ckpt
+from difflab.train.batches import TrainingData
+from difflab.train.config import TrainConfig
+from difflab.train.losses import diffusion_loss, draw_per_sample, ema_decay_at, ema_update, lr_at
+
+
+class TrainingStopped(RuntimeError):
+    """Raised when too many consecutive steps had a non-finite loss; the last checkpoint is intact."""
+
+
+def make_schedule(config: TrainConfig) -> NoiseSchedule:
+    if config.schedule == "flow":
+        return NoiseSchedule.flow(shift=config.flow_shift)
+    return getattr(NoiseSchedule, config.schedule)(rescale_zero_terminal_snr=config.rescale_zero_terminal_snr)
+
+
+def make_conditioner(config: TrainConfig):
+    """The frozen encoder of captions (text) or labels (digits)."""
+    from difflab.models.text import ClassLabelEncoder, text_encoder_from_spec
+    if config.dataset == "digits":
+        return ClassLabelEncoder([str(d) for d in range(10)])
+    spec = {"type": "minilm", "max_length": 32} if config.text_encoder == "minilm" else config.text_encoder
+    return text_encoder_from_spec(spec)
+
+
+def make_model(config: TrainConfig, channels: int, conditioner):
+    from difflab.models import UNet
+    model_args = dict(config.model)
+    if config.dataset == "digits":
+        model_args.update(num_classes=10)
+    else:
+        model_args.update(context_dim=conditioner.dim, pooled_dim=conditioner.dim)
+    return UNet(in_channels=channels, out_channels=channels, **model_args)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, out: str | Path, resume: bool = False, log=print):
+        from accelerate import Accelerator
+
+        self.config, self.out, self.log = config, Path(out), log
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        cuda = torch.cuda.is_available()
+        precision = config.mixed_precision
+        if precision == "auto":
+            precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+        if precision != "no" and not cuda:
+            raise ValueError(f"mixed_precision={precision} needs a GPU; on CPU difflab trains in fp32")
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
+        world = self.accelerator.num_processes
+        if config.batch_size % (world * config.grad_accum):
+            raise ValueError(f"batch_size {config.batch_size} must be divisible by processes ({world}) x "
+                             f"grad_accum ({config.grad_accum})")
+        self.schedule = make_schedule(config)
+        self.data = TrainingData(config)
+        self.conditioner = make_conditioner(config)
+        model = make_model(config, self.data.channels, self.conditioner)
+        self.channels_last = not cuda
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.step, self.samples_seen, self.bad_in_a_row, self.skipped = 0, 0, 0, 0
+        if resume:
+            self._resume()
+        elif ckpt.latest_checkpoint(self.out) is not None:
+            raise ValueError(f"{self.out} already holds checkpoints: pass --resume to continue, or another --out")
+        self.null_condition = None if config.dataset == "digits" else ""
+
+    # ----- state -------------------------------------------------------------------------------
+    @property
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def _resume(self):
+        ckpt.clean_temporary(self.out)
+        path = ckpt.latest_checkpoint(self.out)
+        if path is None:
+            self.log(f"no checkpoint in {self.out}: starting from step 0")
+            return
+        saved = ckpt.load_checkpoint(path)
+        state = saved["state"]
+        if _math_fields(state["config"]) != _math_fields(json.loads(json.dumps(self.config.to_dict()))):
+            raise ValueError(f"the checkpoint in {path} was made with another configuration; resume with the same "
+                             "flags or start a new --out")
+        self.unwrapped.load_state_dict(saved["model"])
+        self.ema = {k: v.float() for k, v in saved["ema"].items()}
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.step, self.samples_seen = state["step"], state["samples_seen"]
+        self.skipped = state["skipped"]
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        self.log(f"resumed from {path} (step {self.step})")
+
+    def save_checkpoint(self):
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            state = {"step": self.step, "samples_seen": self.samples_seen, "skipped": self.skipped,
+                     "torch_rng": torch.get_rng_state().tolist(), "config": self.config.to_dict()}
+            ckpt.save_checkpoint(self.out, self.step, self.unwrapped.state_dict(), self.ema,
+                                 self.optimizer.state_dict(), state, self.config.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+    # ----- one optimiser step ------------------------------------------------------------------
+    def conditioning(self, conditions: list, drop: torch.Tensor) -> dict:
+        device = self.accelerator.device
+        conditions = [self.null_condition if d else c for c, d in zip(conditions, drop.tolist())]
+        if self.config.dataset == "digits":
+            labels = [10 if c is None else c for c in conditions]
+            return {"class_labels": torch.tensor(labels, device=device)}
+        encode_each(self.conditioner, conditions)
+        tokens, mask, pooled = self.conditioner.encode(conditions)
+        return {"context": tokens.to(device), "context_mask": mask.to(device), "pooled": pooled.to(device)}
+
+    def micro_batches(self):
+        """Global positions of this process's micro-batches for the current step."""
+        config, acc = self.config, self.accelerator
+        per_process = config.batch_size // acc.num_processes
+        start = self.samples_seen + acc.process_index * per_process
+        positions = list(range(start, start + per_process))
+        size = per_process // config.grad_accum
+        return [positions[i:i + size] for i in range(0, per_process, size)]
+
+    def micro_loss(self, positions: list[int]) -> torch.Tensor:
+        config = self.config
+        images, conditions = self.data.batch(positions)
+        t, noise, u = draw_per_sample(config.seed, positions, tuple(images.shape[1:]), self.schedule,
+                                      config.timestep_sampling)
+        images = images.to(self.accelerator.device)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+            noise = noise.contiguous(memory_format=torch.channels_last)
+        cond = self.conditioning(conditions, u < config.cond_dropout)
+        with self.accelerator.autocast():
+            return diffusion_loss(self.model, images, cond, t, noise.to(images.device), self.schedule,
+                                  config.prediction_type, config.loss_weighting, config.snr_gamma)
+
+    def train_step(self) -> float:
+        config, acc = self.config, self.accelerator
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, config.lr, config.lr_warmup, config.lr_schedule, config.max_steps)
+        batches = self.micro_batches()
+        total = torch.zeros((), device=acc.device)
+        for i, positions in enumerate(batches):
+            sync = contextlib.nullcontext() if i == len(batches) - 1 else acc.no_sync(self.model)
+            with sync:
+                loss = self.micro_loss(positions)
+                acc.backward(loss / len(batches))
+            total += loss.detach() / len(batches)
+        self.samples_seen += config.batch_size
+        loss = acc.reduce(total, reduction="mean")
+        if not torch.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_in_a_row += 1
+            self.skipped += 1
+            return float("nan")
+        if config.grad_clip:
+            acc.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        ema_update(self.ema, self.unwrapped, ema_decay_at(self.step, config.ema_decay, config.ema_warmup))
+        self.step += 1
+        self.bad_in_a_row = 0
+        return float(loss)
+
+    # ----- the run -----------------------------------------------------------------------------
+    def fit(self):
+        config, acc = self.config, self.accelerator
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.log(f"training {config.dataset} on {acc.num_processes} process(es), device {acc.device}, "
+                     f"precision {acc.mixed_precision}, global batch {config.batch_size}, "
+                     f"{self.unwrapped.num_parameters / 1e6:.2f}M parameters, steps {self.step}->{config.max_steps}")
+        bar = _progress(acc.is_main_process, config.max_steps, self.step)
+        log_rows, started, start_step = [], time.perf_counter(), self.step
+        while self.step < config.max_steps:
+            loss = self.train_step()
+            if self.bad_in_a_row >= config.max_bad_steps:
+                raise TrainingStopped(f"{self.bad_in_a_row} consecutive non-finite losses at step {self.step}; "
+                                      f"the last good checkpoint is in {ckpt.checkpoint_dir(self.out)}")
+            if math.isnan(loss):
+                continue
+            rate = (self.step - start_step) * config.batch_size / (time.perf_counter() - started)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}", skipped=self.skipped)
+            if self.step % config.log_every == 0 or self.step == config.max_steps:
+                log_rows.append({"step": self.step, "loss": loss, "images_per_s": rate, "skipped": self.skipped,
+                                 "lr": self.optimizer.param_groups[0]["lr"]})
+                self._write_log(log_rows)
+                log_rows = []
+            if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                self.save_checkpoint()
+            if config.sample_every and self.step % config.sample_every == 0 and acc.is_main_process:
+                self.write_sample_grid()
+        bar.close()
+        if self.step % max(config.checkpoint_every, 1) != 0 or not config.checkpoint_every:
+            self.save_checkpoint()
+        if acc.is_main_process:
+            self.export()
+        acc.wait_for_everyone()
+        return self.out / "model"
+
+    def _write_log(self, rows):
+        if not self.accelerator.is_main_process:
+            return
+        path = self.out / "log.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def package_metadata(self) -> dict:
+        config = self.config
+        return {
+            "diffusion": {"schedule": self.schedule.to_config(), "prediction_type": config.prediction_type},
+            "conditioning": {"encoder": self.conditioner.spec, "null": self.null_condition},
+            "data": {"dataset": config.dataset, "resolution": config.resolution, "channels": self.data.channels},
+            "training": {**config.to_dict(), "steps_done": self.step, "skipped_steps": self.skipped},
+        }
+
+    def export(self) -> Path:
+        """OUT/model: a model package whose weights are the EMA weights."""
+        return self.ema_model().save_pretrained(self.out / "model", metadata=self.package_metadata())
+
+    def ema_model(self):
+        """A copy of the network holding the EMA weights."""
+        model = copy.deepcopy(self.unwrapped).float()
+        model.load_state_dict(self.ema)
+        return model.eval()
+
+    def write_sample_grid(self):
+        from difflab.pipeline import Pipeline
+        pipe = Pipeline.from_trainer(self)
+        prompts = ["a red circle", "two blue squares", "a green triangle above a yellow cross",
+                   "a small purple square in the top left"] if self.config.dataset != "digits" else list(range(4))
+        result = pipe(prompts, seed=0, steps=20)
+        result.grid().save(self.out / f"samples-step-{self.step}.png")
+
+
+OPERATIONAL_FIELDS = ("checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "num_workers",
+                      "max_bad_steps", "threads")
+
+
+def _math_fields(config: dict) -> dict:
+    """The fields that change the weights: a resumed run may change only the others."""
+    return {k: v for k, v in config.items() if k not in OPERATIONAL_FIELDS}
+
+
+def encode_each(encoder, prompts) -> None:
+    """Encode (and cache) each new prompt on its own, on one thread: an embedding then never depends
+    on which prompts shared its batch, and a batch of one short prompt is far faster on one
+    thread than spread over busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for prompt in dict.fromkeys(prompts):
+            encoder.encode([prompt])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _progress(show: bool, total: int, initial: int):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, disable=not show, unit="step", dynamic_ncols=True)
+
+
+def train(config: TrainConfig, out: str | Path, resume: bool = False, log=print) -> Path:
+    """Train and export ``OUT/model``; returns its path."""
+    return Trainer(config, out, resume=resume, log=log).fit()
