@@ -6,6 +6,7 @@ never a traceback. Heavy imports happen inside the commands so ``difflab --help`
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -60,7 +61,8 @@ def train(
         fail(str(error))
     except ValueError as error:
         fail(str(error))
-    typer.echo(f"model package: {path}")
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"model package: {path}")
 
 
 def _parse_field_flags(args: list[str]) -> dict:
@@ -138,9 +140,65 @@ def generate(
 
 
 # --- bench commands -------------------------------------------------------------------------
+@bench_app.command("samplers")
+def bench_samplers(
+    quick: bool = typer.Option(False, "--quick", help="Fewer NFEs, Gaussian data, VP and flow only (< 1 min)."),
+    out: str = typer.Option(None, "--out", help="Folder for samplers.md/.json/.png (default: benchmarks/results)."),
+) -> None:
+    """Sampler error against NFE on exact Gaussian problems and per-step overhead, beside diffusers."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "samplers.py"
+    if not script.is_file():
+        fail(f"{script} not found: the benchmarks live in difflab's source checkout (git clone, pip install -e .)")
+    spec = importlib.util.spec_from_file_location("difflab_bench_samplers", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(quick=quick, out=out, log=typer.echo)
+
+
+@bench_app.command("networks")
+def bench_networks(
+    rounds: int = typer.Option(7, "--rounds", help="Alternating rounds; medians are reported."),
+    configs: str = typer.Option("small,medium", "--configs", help="Comma list of: small (16x16x1), medium (32x32x3)."),
+) -> None:
+    """difflab's UNet beside diffusers' UNet2DModel on CPU: train and forward img/s, FLOPs, % of peak."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "networks.py"
+    if not script.is_file():
+        fail(f"{script} not found: the benchmarks live in difflab's source checkout (git clone, pip install -e .)")
+    spec = importlib.util.spec_from_file_location("difflab_bench_networks", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--rounds", str(rounds), "--configs", configs])
 
 
 # --- eval command ---------------------------------------------------------------------------
+@app.command("eval")
+def eval_(
+    model: str = typer.Argument(..., help="model package folder"),
+    prompts: str = typer.Option("shapes-bench", help="shapes-bench, or a text file of canonical shapes prompts"),
+    sampler: str = typer.Option(None, help="sampler name (default: the model's)"),
+    steps: int = typer.Option(None, help="sampling steps (default: the model's)"),
+    guidance: float = typer.Option(None, help="classifier-free guidance scale (default: the model's)"),
+    limit: int = typer.Option(None, help="score only the first N prompts"),
+    batch_size: int = typer.Option(16, help="images generated per batch"),
+    fid: bool = typer.Option(True, help="also compute FID/KID against real renders"),
+    out: str = typer.Option(None, help="JSON report path (default: eval-MODEL-PROMPTS.json)"),
+) -> None:
+    """Generate the prompt set, score it with the shapes oracle and FID/KID; print a table, write JSON."""
+    from difflab.metrics.evaluate import EvalConfig, evaluate, format_summary
+
+    config = EvalConfig(model, prompts, sampler, steps, guidance, batch_size, limit, fid, out)
+    try:
+        config.validate()
+        summary = evaluate(config)
+    except (ValueError, FileNotFoundError) as error:
+        fail(str(error).splitlines()[0])
+    typer.echo(format_summary(summary))
 
 
 def main() -> None:

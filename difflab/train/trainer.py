@@ -77,6 +77,7 @@ class Trainer:
         self.schedule = make_schedule(config)
         self.data = TrainingData(config)
         self.conditioner = make_conditioner(config)
+        torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
         model = make_model(config, self.data.channels, self.conditioner)
         self.channels_last = not cuda
         if self.channels_last:
