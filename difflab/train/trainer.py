@@ -264,7 +264,7 @@ class Trainer:
 
 
 OPERATIONAL_FIELDS = ("checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "num_workers",
-                      "max_bad_steps", "threads")
+                      "max_bad_steps", "threads", "max_steps")  # max_steps: extend or end a run early
 
 
 def _math_fields(config: dict) -> dict:
