@@ -1,0 +1,116 @@
+"""Any folder of images, with captions, following the Hugging Face ``imagefolder`` and kohya conventions.
+
+Captions come from ``metadata.jsonl`` (one JSON object per line with ``file_name`` and a ``text`` or
+``caption`` field, as Hugging Face ``imagefolder``) or from a ``name.txt`` file beside ``name.png``
+(as kohya's trainers); metadata wins when both exist. Every image is decoded once when the dataset is
+opened: unreadable, empty or truncated files are skipped, counted and reported, never fatal. Other
+modes (CMYK, palette, grey, alpha) are converted to RGB.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+CAPTION_FIELDS = ("text", "caption")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+def _read_metadata(root: Path) -> dict[str, str]:
+    """``file_name -> caption`` from ``metadata.jsonl``; a malformed line is an error naming it."""
+    path = root / "metadata.jsonl"
+    if not path.is_file():
+        return {}
+    captions = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            name = record["file_name"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}:{number}: expected a JSON object with 'file_name' and 'text' or "
+                             f"'caption', got {line[:80]!r} ({error})") from None
+        captions[str(name)] = next((str(record[f]) for f in CAPTION_FIELDS if f in record), "")
+    return captions
+
+
+def _probe(path: Path) -> str | None:
+    """None if the image decodes completely, else why not."""
+    if path.stat().st_size == 0:
+        return "empty file"
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception as error:  # any decoder failure means: skip this file, say why
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+class ImageFolderDataset:
+    """Items are ``{"image": PIL RGB image, "caption": str, "path": str}``.
+
+    With ``resolution`` set, images are resized (shorter side) and centre-cropped to a square.
+    ``skipped`` lists the files that could not be read and why; ``summary()`` says how many.
+    """
+
+    def __init__(self, root: str | Path, resolution: int | None = None, recursive: bool = True):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ValueError(f"image folder {str(root)!r} does not exist or is not a directory")
+        if resolution is not None and (not isinstance(resolution, int) or resolution < 1):
+            raise ValueError(f"resolution must be a positive integer or None, got {resolution!r}")
+        self.resolution = resolution
+        metadata = _read_metadata(self.root)
+        pattern = "**/*" if recursive else "*"
+        files = sorted(p for p in self.root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files: list[Path] = []
+        self.captions: list[str] = []
+        self.skipped: list[Skipped] = []
+        for path in files:
+            reason = _probe(path)
+            if reason:
+                self.skipped.append(Skipped(str(path), reason))
+                continue
+            self.files.append(path)
+            self.captions.append(self._caption(path, metadata))
+        if self.skipped:
+            warnings.warn(self.summary(), stacklevel=2)
+        if not self.files:
+            raise ValueError(f"no readable images in {str(root)!r} (looked for {', '.join(IMAGE_SUFFIXES)}); "
+                             f"{self.summary()}")
+
+    def _caption(self, path: Path, metadata: dict[str, str]) -> str:
+        key = path.relative_to(self.root).as_posix()
+        if key in metadata:
+            return metadata[key]
+        side = path.with_suffix(".txt")
+        return side.read_text(encoding="utf-8", errors="replace").strip() if side.is_file() else ""
+
+    def summary(self) -> str:
+        kept = len(self.files)
+        lines = [f"{self.root}: {kept} images read, {len(self.skipped)} skipped"]
+        lines += [f"  skipped {s.path}: {s.reason}" for s in self.skipped[:20]]
+        return "\n".join(lines)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        if not isinstance(index, int) or not 0 <= index < len(self):
+            raise IndexError(f"index must be in [0, {len(self)}), got {index!r}")
+        with Image.open(self.files[index]) as image:
+            image = image.convert("RGB")
+        if self.resolution:
+            image = ImageOps.fit(image, (self.resolution, self.resolution), Image.Resampling.BICUBIC)
+        return {"image": image, "caption": self.captions[index], "path": str(self.files[index])}

@@ -1,0 +1,254 @@
+"""Building blocks shared by the UNet, the DiT and the VAE; each is written once here.
+
+Images run in ``channels_last`` memory (NHWC) end to end: oneDNN convolutions are faster in it on
+CPU, and an NHWC image ``[B, C, H, W]`` is already a token sequence ``[B, H*W, C]`` for attention,
+so going from convolutions to attention and back costs no copy. PyTorch's own GroupNorm is slow on
+NHWC tensors (up to 10x its NCHW speed here), so group normalisation is a small autograd function
+of our own that works on the token layout, with the time embedding's scale/shift and the SiLU
+folded into one pass (see :func:`group_norm`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (fractional) model time, Vaswani et al. (2017) sec. 3.5.
+
+    ``emb[:, i] = cos(t * w_i)``, ``emb[:, half + i] = sin(t * w_i)``, ``w_i = max_period^(-i/half)``.
+    ``t``: [B] float -> [B, dim].
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]                                  # [B, half]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)              # [B, 2*half]
+    return F.pad(emb, (0, dim - 2 * half))                                   # odd dim: one zero column
+
+
+def broadcast_time(t, batch: int, device: torch.device) -> torch.Tensor:
+    """Model time as a float tensor [B]: a scalar, 0-dim or [1] tensor is broadcast to the batch."""
+    t = torch.as_tensor(t, device=device)
+    if t.dim() == 0 or t.numel() == 1 and batch != 1:
+        t = t.reshape(1).expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"t must be a scalar or a tensor of shape [{batch}] (the batch), got shape {list(t.shape)}")
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise ValueError("t contains NaN or infinite values; model time must be finite (in [0, 1000))")
+    return t.float()
+
+
+def to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, H*W, C]; a free view when ``x`` is channels_last."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
+
+
+def from_tokens(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[B, H*W, C] -> [B, C, H, W] in channels_last memory, without a copy."""
+    return tokens.reshape(tokens.shape[0], height, width, tokens.shape[2]).permute(0, 3, 1, 2)
+
+
+class _GroupNormTokens(torch.autograd.Function):
+    """y = act(gamma * (x - mean_g) / sqrt(var_g + eps) + beta) on tokens x [B, N, C].
+
+    Wu & He (2018) eq. 1 with per-sample affine gamma, beta [B, C] (time-embedding scale/shift
+    folded in) and an optional SiLU. Statistics come from per-channel sums, which are contiguous
+    reductions in this layout; the backward pass is the closed form of the normalisation's
+    gradient, two fused passes over x instead of autograd's ten.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, groups: int, eps: float, act: bool):
+        B, N, C = x.shape
+        n = N * (C // groups)                                                 # elements per group
+        s1 = x.sum(1).view(B, groups, -1).sum(-1)                             # [B, G]
+        s2 = (x * x).sum(1).view(B, groups, -1).sum(-1)                       # [B, G]
+        mean = s1 / n
+        rstd = torch.rsqrt((s2 / n - mean * mean).clamp_min(0) + eps)         # [B, G]
+        mean_c = mean.repeat_interleave(C // groups, 1)                       # [B, C]
+        rstd_c = rstd.repeat_interleave(C // groups, 1)
+        a = rstd_c * gamma                                                    # y = a * x + b
+        b = beta - mean_c * a
+        z = torch.addcmul(b[:, None], x, a[:, None])                          # [B, N, C]
+        ctx.save_for_backward(x, z if act else None, gamma, a, mean_c, rstd_c)
+        ctx.groups, ctx.n, ctx.act = groups, n, act
+        return F.silu(z) if act else z
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        x, z, gamma, a, mean_c, rstd_c = ctx.saved_tensors
+        B, N, C = x.shape
+        gz = torch.ops.aten.silu_backward(grad_y, z) if ctx.act else grad_y  # [B, N, C]
+        s1 = gz.sum(1)                                                        # d beta, [B, C]
+        s2 = (gz * x).sum(1)
+        d_gamma = rstd_c * (s2 - mean_c * s1)                                 # sum_n gz * xhat
+        per_group = lambda v: v.view(B, ctx.groups, -1).sum(-1).repeat_interleave(C // ctx.groups, 1)
+        a1 = per_group(gamma * s1) / ctx.n                                    # mean_g(d xhat)
+        a2 = per_group(gamma * d_gamma) / ctx.n                               # mean_g(d xhat * xhat)
+        # dx = rstd * (d xhat - a1 - xhat * a2) = gz * a + x * kx + k0
+        kx = -rstd_c * rstd_c * a2
+        k0 = -rstd_c * a1 - mean_c * kx
+        dx = torch.addcmul(k0[:, None], x, kx[:, None]).addcmul_(gz, a[:, None])
+        return dx, d_gamma, s1, None, None, None
+
+
+def group_norm(x: torch.Tensor, norm: nn.GroupNorm, scale=None, shift=None, act: bool = False) -> torch.Tensor:
+    """GroupNorm (+ ``(1 + scale) * h + shift`` + SiLU) of an image [B, C, H, W] or tokens [B, N, C].
+
+    ``scale``, ``shift``: [B, C] or None. The modulation follows Dhariwal & Nichol (2021), sec. 3
+    (AdaGN). Uses ``norm``'s parameters, so weights keep PyTorch's GroupNorm layout.
+    """
+    gamma = norm.weight.expand(x.shape[0], -1) if norm.affine else x.new_ones(x.shape[0], norm.num_channels)
+    beta = norm.bias.expand(x.shape[0], -1) if norm.affine else x.new_zeros(x.shape[0], norm.num_channels)
+    if scale is not None:
+        gamma, beta = gamma * (1 + scale), beta * (1 + scale) + shift
+    if x.dim() == 3:
+        return _GroupNormTokens.apply(x, gamma, beta, norm.num_groups, norm.eps, act)
+    H, W = x.shape[-2:]
+    y = _GroupNormTokens.apply(to_tokens(x), gamma, beta, norm.num_groups, norm.eps, act)
+    return from_tokens(y, H, W)
+
+
+def groups_for(channels: int, groups: int = 32) -> int:
+    """The largest group count <= ``groups`` that divides ``channels``."""
+    return math.gcd(channels, groups)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation ResNet block, He et al. (2016); time conditioning by AdaGN scale/shift.
+
+    ``h = conv2(drop(silu(GN(conv1(silu(GN(x)))) * (1 + scale) + shift)))``, out = skip(x) + h.
+    The scale/shift [B, 2*C_out] is computed by the caller (the UNet projects all blocks' at once).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, groups: int = 32):
+        super().__init__()
+        self.out_channels = out_channels
+        self.norm1 = nn.GroupNorm(groups_for(in_channels, groups), in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups_for(out_channels, groups), out_channels)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, scale_shift: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.conv1(group_norm(x, self.norm1, act=True))                  # [B, C_out, H, W]
+        scale, shift = scale_shift.chunk(2, dim=1) if scale_shift is not None else (None, None)
+        h = self.conv2(self.dropout(group_norm(h, self.norm2, scale, shift, act=True)))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head attention, Vaswani et al. (2017) eq. 1, through ``scaled_dot_product_attention``.
+
+    Self-attention when ``context_dim`` is None, else cross-attention from ``x`` to ``context``
+    tokens with a key mask (True = attend). A row with no valid key contributes zero.
+    """
+
+    def __init__(self, dim: int, head_dim: int, context_dim: int | None = None, bias: bool = True):
+        super().__init__()
+        if dim % head_dim:
+            raise ValueError(f"attention width {dim} is not divisible by head_dim={head_dim}; "
+                             f"choose a head_dim that divides every attention level's channels")
+        self.heads, self.head_dim, self.cross = dim // head_dim, head_dim, context_dim is not None
+        if self.cross:
+            self.to_q = nn.Linear(dim, dim, bias=bias)
+            self.to_kv = nn.Linear(context_dim, 2 * dim, bias=bias)
+        else:
+            self.to_qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.to_out = nn.Linear(dim, dim, bias=bias)
+
+    def split_heads(self, t: torch.Tensor, parts: int):
+        B, N, _ = t.shape                                                     # [B, N, parts*dim]
+        return t.view(B, N, parts, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def forward(self, x, context=None, context_mask=None):
+        B, N, C = x.shape                                                     # [B, N, C]
+        if self.cross:
+            (q,) = self.split_heads(self.to_q(x), 1)                          # [B, h, N, d]
+            k, v = self.split_heads(self.to_kv(context), 2)                   # [B, h, L, d]
+        else:
+            q, k, v = self.split_heads(self.to_qkv(x), 3)
+        mask, valid = None, None
+        if context_mask is not None:
+            valid = context_mask.any(-1)                                      # [B]
+            mask = (context_mask | ~valid[:, None])[:, None, None, :]         # [B, 1, 1, L]
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)           # [B, h, N, d]
+        h = self.to_out(h.transpose(1, 2).reshape(B, N, C))                   # [B, N, C]
+        return h if valid is None else h * valid[:, None, None].to(h.dtype)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 convolution: [B, C, H, W] -> [B, C, H/2, W/2]."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest 2x upsampling then a 3x3 convolution: [B, C, H, W] -> [B, C, 2H, 2W].
+
+    Computed exactly but without building the upsampled image: each of the four output phases
+    (py, px) sees only a 2x2 neighbourhood of the input, whose taps are sums of the 3x3 kernel's
+    (the sub-pixel view of Shi et al., 2016). One 2x2 convolution with 4x the output channels
+    costs 16 instead of 36 multiply-adds per output pixel and input channel; the parameter is
+    still the 3x3 kernel, so weights match the plain formulation.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    @staticmethod
+    def _fold(w: torch.Tensor, dim: int) -> list[torch.Tensor]:
+        """Taps of a 3-tap axis seen by phase 0 (offsets -1, 0) and phase 1 (offsets 0, +1)."""
+        t0, t1, t2 = w.unbind(dim)
+        return [torch.stack([t0, t1 + t2], dim), torch.stack([t0 + t1, t2], dim)]
+
+    def phase_kernels(self) -> torch.Tensor:
+        """[4*C_out, C_in, 2, 2]: phases (0,0), (0,1), (1,0), (1,1) stacked on the output channels."""
+        rows = self._fold(self.conv.weight, 2)                                # 2 x [C_out, C_in, 2, 3]
+        return torch.cat([k for r in rows for k in self._fold(r, 3)], 0)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), self.phase_kernels(), self.conv.bias.repeat(4))  # [B, 4C, H+1, W+1]
+        y = y.permute(0, 2, 3, 1)                                              # NHWC view
+        phase = lambda py, px: y[:, py:py + H, px:px + W, (2 * py + px) * C:(2 * py + px + 1) * C]
+        rows = [torch.stack([phase(py, 0), phase(py, 1)], dim=3) for py in (0, 1)]  # 2 x [B, H, W, 2, C]
+        out = torch.stack(rows, dim=2).reshape(B, 2 * H, 2 * W, C)            # [B, 2H, 2W, C]
+        return out.permute(0, 3, 1, 2)                                        # [B, C, 2H, 2W] channels_last
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over an image's pixels (+ cross-attention to text tokens), each residual.
+
+    The attention block of Ho et al. (2020) / Rombach et al. (2022) without the feed-forward:
+    ``x = x + attn(GN(x))``, then ``x = x + cross(GN(x), context)`` when ``context_dim`` is set.
+    Tokens are a free view of the channels_last image.
+    """
+
+    def __init__(self, channels: int, head_dim: int, context_dim: int | None = None, groups: int = 32):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups_for(channels, groups), channels)
+        self.attn = Attention(channels, min(head_dim, channels))
+        if context_dim is not None:
+            self.norm_cross = nn.GroupNorm(groups_for(channels, groups), channels)
+            self.cross = Attention(channels, min(head_dim, channels), context_dim=context_dim)
+
+    def forward(self, x, context=None, context_mask=None):
+        H, W = x.shape[-2:]
+        tokens = to_tokens(x)                                                 # [B, H*W, C]
+        tokens = tokens + self.attn(group_norm(tokens, self.norm))
+        if context is not None and hasattr(self, "cross"):
+            tokens = tokens + self.cross(group_norm(tokens, self.norm_cross), context, context_mask)
+        return from_tokens(tokens, H, W)                                      # [B, C, H, W]

@@ -1,0 +1,281 @@
+"""Model packages: a folder that holds one network, safely loadable on any machine.
+
+Format (``format_version`` 1)::
+
+    folder/
+      config.json        {"format_version": 1,
+                          "class_name": "UNet",            # a registered class: UNet, DiT, AutoencoderKL
+                          "config": {...},                 # the model's config dataclass, field by field
+                          "diffusion": {...}, "data": {...}, ...}   # optional sections, kept verbatim
+      model.safetensors  the weights (state_dict names), float tensors
+      ema.safetensors    optional: EMA weights with the same names and shapes
+
+Loading is strict and never runs code from the folder: only safetensors are read (a package whose
+weights are a pickle file -- .bin, .pt, .pth, .ckpt, .pkl -- is refused without opening it);
+a missing, extra or mis-shaped tensor, a NaN or infinite value, a truncated file, an unknown
+``format_version``, ``class_name`` or config field is an error naming the problem. Nothing is
+downloaded. Saving writes a temporary folder beside the target and renames it into place, so a
+crash never leaves a half-written package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE, EMA_FILE = "config.json", "model.safetensors", "ema.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+RESERVED_SECTIONS = ("format_version", "class_name", "config")
+MODEL_CLASSES: dict[str, type] = {}
+
+
+def register_model(cls: type) -> type:
+    """Class decorator: make ``cls`` loadable by its name from a package's ``class_name``."""
+    MODEL_CLASSES[cls.__name__] = cls
+    return cls
+
+
+def _to_tuples(value):
+    """JSON lists back to the tuples a frozen config holds."""
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def config_from_dict(config_class: type, values: dict):
+    """Build ``config_class`` from a dict, refusing unknown or missing fields by name."""
+    if not isinstance(values, dict):
+        raise ValueError(f"the 'config' section must be a JSON object, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {config_class.__name__} field(s) {unknown}; allowed: {sorted(fields)}")
+    required = [n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in values]
+    if missing:
+        raise ValueError(f"{config_class.__name__} is missing required field(s) {missing}")
+    return config_class(**{k: _to_tuples(v) for k, v in values.items()})
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``condition``: config validation reads as a list of rules."""
+    if not condition:
+        raise ValueError(message)
+
+
+def is_int(value, minimum: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def is_optional_int(value, minimum: int = 1) -> bool:
+    return value is None or is_int(value, minimum)
+
+
+class ModelMixin(nn.Module):
+    """Adds ``save_pretrained`` / ``from_pretrained`` to a network with a frozen ``config``."""
+
+    config_class: type
+
+    def save_pretrained(self, folder, metadata: dict | None = None, ema_state_dict: dict | None = None) -> Path:
+        """Write this model as a package (see the module docstring); returns the folder.
+
+        ``metadata``: extra top-level sections ("diffusion", "conditioning", "data", "training"),
+        stored verbatim. ``ema_state_dict``: optional EMA weights written to ema.safetensors.
+        """
+        return save_package(self, folder, metadata=metadata, ema_state_dict=ema_state_dict)
+
+    @classmethod
+    def from_pretrained(cls, folder):
+        """Load a package whose ``class_name`` is this class (strictly; see :func:`load`)."""
+        model = load(folder)
+        if not isinstance(model, cls):
+            raise ValueError(f"{folder} holds a {type(model).__name__}, not a {cls.__name__}; "
+                             f"use difflab.models.load() to load any model class")
+        return model
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+@dataclass
+class ModelPackage:
+    """A loaded package: the model, its extra sections, and access to the optional EMA weights."""
+
+    model: nn.Module
+    metadata: dict
+    folder: Path
+
+    @property
+    def has_ema(self) -> bool:
+        return (self.folder / EMA_FILE).is_file()
+
+    def ema_state_dict(self) -> dict[str, torch.Tensor]:
+        """The EMA weights, checked as strictly as the model's."""
+        if not self.has_ema:
+            raise FileNotFoundError(f"{self.folder} has no {EMA_FILE}")
+        return read_weights(self.folder / EMA_FILE, self.model)
+
+    def ema_model(self) -> nn.Module:
+        """A new model of the same config with the EMA weights loaded."""
+        model = type(self.model)(config=self.model.config)
+        model.load_state_dict(self.ema_state_dict(), strict=True)
+        return model.eval()
+
+
+def _json_ready(metadata: dict | None) -> dict:
+    metadata = dict(metadata or {})
+    clash = [k for k in metadata if k in RESERVED_SECTIONS]
+    if clash:
+        raise ValueError(f"metadata may not use the reserved section name(s) {clash}; "
+                         f"reserved: {list(RESERVED_SECTIONS)}")
+    try:
+        json.dumps(metadata)
+    except TypeError as e:
+        raise ValueError(f"metadata must be JSON-serialisable (dicts, lists, strings, numbers): {e}") from None
+    return metadata
+
+
+def _state_to_save(state: dict) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def save_package(model: ModelMixin, folder, metadata=None, ema_state_dict=None) -> Path:
+    """Write ``model`` as a package at ``folder``, atomically (see :meth:`ModelMixin.save_pretrained`)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if type(model).__name__ not in MODEL_CLASSES:
+        raise ValueError(f"{type(model).__name__} is not a registered model class; known: {sorted(MODEL_CLASSES)}")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir()) and not (folder / CONFIG_FILE).is_file()):
+        raise FileExistsError(f"{folder} exists and is not a model package; refusing to overwrite it")
+    header = {"format_version": FORMAT_VERSION, "class_name": type(model).__name__,
+              "config": dataclasses.asdict(model.config), **_json_ready(metadata)}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n")
+        save_file(_state_to_save(model.state_dict()), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        if ema_state_dict is not None:
+            check_state(ema_state_dict, model, "ema_state_dict")
+            save_file(_state_to_save(ema_state_dict), tmp / EMA_FILE, metadata={"format": "pt"})
+        old = folder.with_name(f".{folder.name}.old-{tmp.name[-8:]}")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _check_complete(path: Path) -> None:
+    """Refuse a safetensors file whose size disagrees with its header (truncated or padded)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ValueError(f"{path} is truncated: {size} bytes, too short for a safetensors header")
+        n = struct.unpack("<Q", raw)[0]
+        if n > size - 8:
+            raise ValueError(f"{path} is truncated: its header claims {n} bytes but the file has {size}")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise ValueError(f"{path} has a corrupt safetensors header (not valid JSON)") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if size != 8 + n + end:
+        raise ValueError(f"{path} is truncated or corrupt: the header describes {8 + n + end} bytes, "
+                         f"the file has {size}")
+
+
+def check_state(state: dict, model: nn.Module, what: str) -> None:
+    """Names, shapes, dtypes and finiteness of ``state`` against ``model``'s state_dict."""
+    expected = model.state_dict()
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ValueError(f"{what} does not match {type(model).__name__}: missing tensors {missing[:8]}"
+                         f"{' ...' if len(missing) > 8 else ''}, unexpected tensors {extra[:8]}"
+                         f"{' ...' if len(extra) > 8 else ''}")
+    for name, ref in expected.items():
+        t = state[name]
+        if tuple(t.shape) != tuple(ref.shape):
+            raise ValueError(f"{what}: tensor {name!r} has shape {list(t.shape)}, the model expects {list(ref.shape)}")
+        if t.is_floating_point() != ref.is_floating_point():
+            raise ValueError(f"{what}: tensor {name!r} has dtype {t.dtype}, the model expects {ref.dtype}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{what}: tensor {name!r} contains NaN or infinite values")
+
+
+def read_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Read and strictly check a safetensors file against ``model``."""
+    from safetensors.torch import load_file
+
+    _check_complete(path)
+    try:
+        state = load_file(path)
+    except Exception as e:  # safetensors raises its own error types for corrupt data
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+    check_state(state, model, str(path))
+    return state
+
+
+def _read_header(folder: Path) -> dict:
+    if folder.is_file() and folder.suffix.lower() in PICKLE_SUFFIXES:
+        raise ValueError(f"refusing pickle file {folder}: pickles can run code when opened; "
+                         f"difflab loads model packages (config.json + model.safetensors) only")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no model package at {folder} (expected a folder with {CONFIG_FILE} and "
+                                f"{WEIGHTS_FILE}; nothing is downloaded)")
+    if not (folder / WEIGHTS_FILE).is_file():
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        hint = f"; refusing pickle weights {pickles} (not opened): convert them to safetensors" if pickles else ""
+        raise FileNotFoundError(f"{folder} has no {WEIGHTS_FILE}{hint}")
+    if not (folder / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{folder} has no {CONFIG_FILE}")
+    try:
+        header = json.loads((folder / CONFIG_FILE).read_text())
+    except ValueError as e:
+        raise ValueError(f"{folder / CONFIG_FILE} is not valid JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{folder / CONFIG_FILE} must hold a JSON object")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{folder / CONFIG_FILE}: unsupported format_version {header.get('format_version')!r}; "
+                         f"this difflab reads format_version {FORMAT_VERSION}")
+    if header.get("class_name") not in MODEL_CLASSES:
+        raise ValueError(f"{folder / CONFIG_FILE}: unknown class_name {header.get('class_name')!r}; "
+                         f"known: {sorted(MODEL_CLASSES)}")
+    if "config" not in header:
+        raise ValueError(f"{folder / CONFIG_FILE} has no 'config' section")
+    return header
+
+
+def load_package(folder) -> ModelPackage:
+    """Load a package strictly: the model (in eval mode), its metadata sections and EMA access."""
+    _register_builtin()
+    folder = Path(folder)
+    header = _read_header(folder)
+    cls = MODEL_CLASSES[header["class_name"]]
+    model = cls(config=config_from_dict(cls.config_class, header["config"]))
+    model.load_state_dict(read_weights(folder / WEIGHTS_FILE, model), strict=True)
+    metadata = {k: v for k, v in header.items() if k not in RESERVED_SECTIONS}
+    return ModelPackage(model=model.eval(), metadata=metadata, folder=folder)
+
+
+def load(folder) -> nn.Module:
+    """Load the model of a package (see :func:`load_package` for metadata and EMA weights)."""
+    return load_package(folder).model
+
+
+def _register_builtin() -> None:
+    """Import the built-in model modules so their classes are registered."""
+    from difflab.models import dit, unet, vae  # noqa: F401

