@@ -115,21 +115,28 @@ def generate(
     out: str = typer.Option("outputs", help="folder for the PNGs"),
     grid: bool = typer.Option(False, help="also write a grid of all images"),
     recipe: str = typer.Option(None, help="replay the recipe stored in a PNG written by difflab"),
+    image: str = typer.Option(None, help="input image to edit (image-to-image, inpainting, outpainting)"),
+    strength: float = typer.Option(None, help="image-to-image: fraction of the steps that run (0..1)"),
+    mask: str = typer.Option(None, help="inpainting mask image: white = regenerate"),
+    outpaint: str = typer.Option(None, help="outpainting: pixels to add as LEFT,RIGHT,TOP,BOTTOM"),
+    mask_blur: float = typer.Option(0.0, help="feather the inpainting seam (pixels, inside the mask)"),
 ):
     """Generate images; each PNG carries the recipe that replays it."""
     from difflab.pipeline import Pipeline, read_recipe
 
     try:
+        edits = {"image": _open_image(image, "--image"), "mask": _open_image(mask, "--mask")}
         if recipe is not None:
             replay = read_recipe(recipe)
             pipe = Pipeline.from_pretrained(model)
-            result = pipe.replay(replay)
+            result = pipe.replay(replay, **edits)
         else:
             if not prompt:
                 fail("give a PROMPT, or --recipe IMAGE.png")
             pipe = Pipeline.from_pretrained(model)
             result = pipe(prompt, negative_prompt=negative, num_images=n, seed=seed, steps=steps, sampler=sampler,
-                          guidance_scale=guidance, spacing=spacing, progress=True)
+                          guidance_scale=guidance, spacing=spacing, progress=True, strength=strength,
+                          outpaint=_parse_outpaint(outpaint), mask_blur=mask_blur, **edits)
     except (ValueError, FileNotFoundError, FloatingPointError) as error:
         fail(str(error))
     paths = result.save(out)
@@ -137,6 +144,30 @@ def generate(
         result.grid().save(Path(out) / "grid.png")
     for path in paths:
         typer.echo(str(path))
+
+
+def _open_image(path: str | None, flag: str):
+    if path is None:
+        return None
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, UnidentifiedImageError) as error:
+        raise ValueError(f"{flag} {path}: cannot read it as an image ({error})") from None
+
+
+def _parse_outpaint(text: str | None):
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise ValueError(f"--outpaint takes four integers LEFT,RIGHT,TOP,BOTTOM, got {text!r}")
+    return tuple(values)
 
 
 # --- bench commands -------------------------------------------------------------------------

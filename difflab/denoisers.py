@@ -148,3 +148,24 @@ def merge_batches(cond: dict, uncond: dict) -> dict:
 def _pad_dim1(v: torch.Tensor, length: int) -> torch.Tensor:
     pad = v.new_zeros((v.shape[0], length - v.shape[1]) + tuple(v.shape[2:]))
     return torch.cat([v, pad], dim=1)
+
+
+class Inpaint:
+    """Keep a known image outside a mask while the sampler fills the inside (white = regenerate).
+
+    Before each evaluation the known region of x is replaced by the known image noised to the
+    current level with the sample's own initial noise, x0 + sigma * z (RePaint's known-region step,
+    Lugmayr et al. 2022, eq. 8, without resampling); the denoiser's x0 there is the known image. For
+    the deterministic samplers the known region then stays exactly on its noising path.
+    """
+
+    def __init__(self, denoiser, image: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor):
+        self.denoiser, self.image, self.mask, self.noise = denoiser, image, mask, noise
+
+    def __call__(self, x: torch.Tensor, sigma, **cond) -> torch.Tensor:
+        sigma = batch_sigma(sigma, x)
+        at_infinity = append_dims(torch.isinf(sigma), x.ndim).to(x.device)
+        level = append_dims(torch.where(torch.isinf(sigma), torch.zeros_like(sigma), sigma), x.ndim).to(x)
+        known = torch.where(at_infinity, self.noise, self.image + level * self.noise)
+        x = self.mask * x + (1 - self.mask) * known
+        return self.mask * self.denoiser(x, sigma, **cond) + (1 - self.mask) * self.image

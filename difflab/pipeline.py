@@ -94,6 +94,7 @@ class Pipeline:
     weights: str = ""
     null_condition: object = ""
     defaults: dict = field(default_factory=lambda: dict(DEFAULTS))
+    folder: Path | None = None
 
     @classmethod
     def from_pretrained(cls, folder=None) -> "Pipeline":
@@ -115,7 +116,7 @@ class Pipeline:
                    encoder=text_encoder_from_spec(meta["conditioning"]["encoder"]),
                    resolution=meta["data"]["resolution"], channels=meta["data"]["channels"],
                    name=folder.name, weights=weights_hash(folder), null_condition=meta["conditioning"].get("null", ""),
-                   defaults={**DEFAULTS, **meta.get("sampling", {})})
+                   defaults={**DEFAULTS, **meta.get("sampling", {})}, folder=folder)
 
     @classmethod
     def from_trainer(cls, trainer) -> "Pipeline":
@@ -127,7 +128,12 @@ class Pipeline:
     # ----- generation ----------------------------------------------------------------------------
     def __call__(self, prompt, negative_prompt=None, num_images: int = 1, seed=None, steps=None, sampler=None,
                  guidance_scale=None, spacing=None, guidance_rescale: float = 0.0, callback=None,
-                 progress: bool = False) -> Result:
+                 progress: bool = False, image=None, strength: float | None = None, mask=None,
+                 outpaint=None, mask_blur: float = 0.0) -> Result:
+        """Text-to-image; with ``image``: image-to-image (``strength``), inpainting (``mask``, white =
+        regenerate, ``mask_blur`` feathers the seam inside the mask) or outpainting (``outpaint`` =
+        (left, right, top, bottom) pixels added and filled); see ``difflab.edit``."""
+        from difflab import edit
         prompts = _as_list(prompt, "prompt")
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
@@ -135,24 +141,32 @@ class Pipeline:
         seeds = _seeds(seed, len(prompts))
         negatives = self._negatives(negative_prompt, len(prompts))
         settings = self._settings(steps, sampler, guidance_scale, spacing)
+        edits = edit.prepare(self, image, strength, mask, outpaint, mask_blur, len(prompts))
         cond, uncond = self._encode(prompts), self._encode(negatives)
         guided = settings["guidance_scale"] != 1.0
+        size = edits.size if edits else (self.resolution, self.resolution)
         x = sample(self.model, self.schedule, self.prediction_type, settings["sampler"], settings["steps"],
-                   shape=(len(prompts), self.channels, self.resolution, self.resolution), seeds=seeds,
+                   shape=(len(prompts), self.channels, size[1], size[0]), seeds=seeds,
                    spacing=settings["spacing"], cond=cond, uncond=uncond if guided else None,
                    guidance_scale=settings["guidance_scale"], guidance_rescale=guidance_rescale,
-                   callback=callback, progress=progress)
+                   callback=callback, progress=progress, **(edits.sample_args() if edits else {}))
         images = to_images(x)
-        recipes = [self._recipe(p, n, s, settings, guidance_rescale) for p, n, s in zip(prompts, negatives, seeds)]
+        recipes = [self._recipe(p, n, s, settings, guidance_rescale, size) | (edits.recipe() if edits else {})
+                   for p, n, s in zip(prompts, negatives, seeds)]
         return Result(images, recipes)
 
-    def replay(self, recipe: dict) -> Result:
-        """Regenerate the image a recipe describes (same pixels on the same machine and weights)."""
+    def replay(self, recipe: dict, image=None, mask=None) -> Result:
+        """Regenerate the image a recipe describes (same pixels on the same machine and weights).
+        An edit's recipe needs its input image (and mask) again; their hashes are checked."""
+        from difflab import edit
         if recipe.get("weights") and self.weights and recipe["weights"] != self.weights:
             raise ValueError(f"the recipe was made with weights {recipe['weights']}, this model has {self.weights}")
+        edit.check_replay_inputs(recipe, image, mask)
         return self(recipe["prompt"], negative_prompt=recipe.get("negative_prompt"), seed=recipe["seed"],
                     steps=recipe["steps"], sampler=recipe["sampler"], guidance_scale=recipe["guidance_scale"],
-                    spacing=recipe["spacing"], guidance_rescale=recipe.get("guidance_rescale", 0.0))
+                    spacing=recipe["spacing"], guidance_rescale=recipe.get("guidance_rescale", 0.0), image=image,
+                    strength=recipe.get("strength"), mask=mask, outpaint=recipe.get("outpaint"),
+                    mask_blur=recipe.get("mask_blur", 0.0))
 
     def _settings(self, steps, sampler, guidance_scale, spacing) -> dict:
         settings = {"steps": steps, "sampler": sampler, "guidance_scale": guidance_scale, "spacing": spacing}
@@ -181,11 +195,17 @@ class Pipeline:
         tokens, mask, pooled = self.encoder.encode(prompts)
         return {"context": tokens.to(device), "context_mask": mask.to(device), "pooled": pooled.to(device)}
 
-    def _recipe(self, prompt, negative, seed, settings, guidance_rescale) -> dict:
+    def _recipe(self, prompt, negative, seed, settings, guidance_rescale, size) -> dict:
         return {"prompt": prompt, "negative_prompt": negative if negative != self.null_condition else None,
                 "seed": seed, **settings, "guidance_rescale": guidance_rescale,
-                "width": self.resolution, "height": self.resolution, "model": self.name, "weights": self.weights,
+                "width": size[0], "height": size[1], "model": self.name, "weights": self.weights,
                 "difflab": difflab.__version__}
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (the network's total downsampling)."""
+        channels = getattr(self.model.config, "channels", (1,))
+        return 2 ** (len(channels) - 1)
 
 
 def to_images(x: torch.Tensor) -> list[Image.Image]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from difflab.denoisers import CFG, PREDICTION_TYPES, Denoiser, validate_prediction_type
+from difflab.denoisers import CFG, PREDICTION_TYPES, Denoiser, Inpaint, validate_prediction_type
 from difflab.noise import NoiseStreams, validate_seeds
 from difflab.samplers import SAMPLER_INFO, SAMPLERS
 from difflab.schedules import SPACINGS, NoiseSchedule
@@ -29,13 +29,20 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
            seeds: Sequence[int] | None = None, spacing: str | None = None, cond: dict | None = None,
            uncond: dict | None = None, guidance_scale: float = 1.0, guidance_rescale: float = 0.0,
            sampler_options: dict | None = None, device=None, dtype: torch.dtype | None = None,
-           callback: Callable | None = None, progress: bool = False) -> torch.Tensor:
+           callback: Callable | None = None, progress: bool = False, image: torch.Tensor | None = None,
+           strength: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Sample a native model ``model(x_t, t, **cond) -> prediction``.
 
     Give either ``noise`` (unit Gaussian, batch first) or ``shape`` (+ ``seeds``: one per sample, for
     batch-invariant, replayable noise streams; without seeds torch's global generator is used).
     ``cond``/``uncond`` are the model's keyword arguments for the prompt and the negative/empty
     prompt; guidance applies when ``guidance_scale != 1``. Returns x0 in the model's data space.
+
+    Editing (``image`` in data space, the shape of the output): ``strength`` < 1 runs only the last
+    ``int(steps * strength)`` steps of the grid, starting from the image noised to that level
+    (image-to-image, diffusers' meaning; strength 1 ignores the image and equals text-to-image,
+    strength 0 returns it). ``mask`` ([B or 1, 1, H, W] in [0, 1], 1 = regenerate) keeps the image
+    outside the mask at every step and exactly in the result (inpainting).
     """
     _validate(schedule, prediction_type, sampler, steps, spacing, guidance_scale, guidance_rescale, cond, uncond)
     options = _validate_options(sampler, sampler_options)
@@ -44,6 +51,10 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
     dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
     z = _initial_noise(noise, shape, streams, device, dtype)
     sigmas = schedule.sigmas(steps, spacing)
+    image, mask, first = _validate_edit(image, strength, mask, z, steps)
+    if image is not None and mask is None and first == steps:
+        return image.to(device=device, dtype=dtype)  # strength 0: nothing to run
+    sigmas = sigmas[first:]
     start_at_infinity = math.isinf(float(sigmas[0]))
     if start_at_infinity and prediction_type == "epsilon":
         raise ValueError("this grid starts at pure noise (sigma = inf), which an epsilon-prediction model cannot "
@@ -56,12 +67,63 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
         extra_args = {"cond": dict(cond or {}), "uncond": dict(uncond)}
     alpha0, _ = schedule.alpha_sigma(sigmas[0])
     x = z if start_at_infinity else z / float(alpha0)
+    if image is not None:
+        image = image.to(device=device, dtype=dtype)
+        if first > 0 and not start_at_infinity:
+            x = image + float(sigmas[0]) * z  # q(x_t | x0) in VE coordinates
+        if mask is not None:
+            mask = mask.to(device=device, dtype=dtype)
+            denoiser = Inpaint(denoiser, image, mask, z)
+            x = mask * x + (1 - mask) * (z if start_at_infinity else image + float(sigmas[0]) * z)
+    if streams is not None and first:
+        streams = _Offset(streams, first)  # stochastic steps keep their step numbers of the full grid
 
-    total = _count_evals(sampler, steps, start_at_infinity)
+    total = _count_evals(sampler, len(sigmas) - 1, start_at_infinity)
     with _Progress(denoiser, total, progress) as counted:
         with torch.no_grad():
-            return SAMPLERS[sampler](counted, x, sigmas, extra_args=extra_args, callback=callback,
-                                     noise=streams, **options)
+            out = SAMPLERS[sampler](counted, x, sigmas, extra_args=extra_args, callback=callback,
+                                    noise=streams, **options)
+    return out if mask is None else mask * out + (1 - mask) * image
+
+
+def _validate_edit(image, strength, mask, z, steps):
+    """Checks of image / strength / mask; returns them and the index of the first grid step to run."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
+    if image is None:
+        if mask is not None or strength != 1.0:
+            raise ValueError("strength < 1 and mask need an image to edit")
+        return None, None, 0
+    if not isinstance(image, torch.Tensor) or image.shape != z.shape:
+        raise ValueError(f"image must be a tensor of the output's shape {tuple(z.shape)}, "
+                         f"got {getattr(image, 'shape', type(image).__name__)}")
+    if not torch.isfinite(image).all():
+        raise ValueError("image contains non-finite values")
+    run_steps = int(steps * strength)
+    if mask is None and strength > 0 and run_steps == 0:
+        raise ValueError(f"strength {strength} with {steps} steps runs no step; use strength >= 1/steps or more steps")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.ndim != z.ndim or mask.shape[1] != 1 \
+                or mask.shape[2:] != z.shape[2:] or mask.shape[0] not in (1, z.shape[0]):
+            raise ValueError(f"mask must be a tensor [B or 1, 1, {', '.join(map(str, z.shape[2:]))}] matching the "
+                             f"image, got {getattr(mask, 'shape', type(mask).__name__)}")
+        if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+            raise ValueError("mask values must lie in [0, 1] (1 = regenerate)")
+        run_steps = max(run_steps, 1)
+    return image, mask, steps - run_steps
+
+
+class _Offset:
+    """Noise streams seen from step ``offset`` on."""
+
+    def __init__(self, streams, offset: int):
+        self.streams, self.offset = streams, offset
+
+    def __len__(self):
+        return len(self.streams)
+
+    def __call__(self, like, step, sub=0):
+        return self.streams(like, step + self.offset, sub)
 
 
 def _validate(schedule, prediction_type, sampler, steps, spacing, guidance_scale, guidance_rescale, cond, uncond):
