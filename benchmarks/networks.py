@@ -147,7 +147,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds; medians are reported")
     parser.add_argument("--steps", type=int, default=2, help="steps timed per contender per round")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--diffusers-heads", default="8,32", help="diffusers attention_head_dim values (8 = default)")
+    parser.add_argument("--diffusers-heads", default="8,32,64", help="diffusers attention_head_dim values (8 = default)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.configs.split(",")]
     unknown = [n for n in names if n not in CONFIGS]

@@ -25,9 +25,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import datetime
 import importlib.util
 import json
 import math
+import os
+import platform
 import sys
 import time
 import warnings
@@ -219,8 +222,7 @@ def difflab_steps(sampler: str, nfe: int, inf_start: bool) -> int:
 def run_difflab(setting, data, sampler, spacing, nfe, z, noise=None):
     inf_start = math.isinf(float(setting.grid(spacing, 2)[0]))
     steps = difflab_steps(sampler, nfe, inf_start)
-    if steps == 0 or (setting.schedule is not None and spacing in ("leading", "trailing", "linspace")
-                      and steps > setting.schedule.num_train_timesteps):
+    if steps == 0:
         return None, 0
     sigmas = setting.grid(spacing, steps)
     denoiser = Counted(setting.denoiser(data))
@@ -242,11 +244,14 @@ def diffusers_specs(setting: str) -> list[DiffusersSpec]:
 
     if setting == "flow":
         flow_sigmas = dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=FLOW_SHIFT)
-        return [DiffusersSpec("FlowMatchEulerDiscrete", "euler", lambda: d.FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT)),
-                DiffusersSpec("FlowMatchHeunDiscrete", "heun", lambda: d.FlowMatchHeunDiscreteScheduler(shift=FLOW_SHIFT)),
+        return [DiffusersSpec("FlowMatchEulerDiscrete", "euler",
+                              lambda: d.FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT)),
+                DiffusersSpec("FlowMatchHeunDiscrete", "heun",
+                              lambda: d.FlowMatchHeunDiscreteScheduler(shift=FLOW_SHIFT)),
                 DiffusersSpec("DPMSolverMultistep (flow sigmas)", "dpmpp_2m",
                               lambda: d.DPMSolverMultistepScheduler(**flow_sigmas)),
-                DiffusersSpec("UniPCMultistep (flow sigmas)", "unipc", lambda: d.UniPCMultistepScheduler(**flow_sigmas))]
+                DiffusersSpec("UniPCMultistep (flow sigmas)", "unipc",
+                              lambda: d.UniPCMultistepScheduler(**flow_sigmas))]
     if setting != "vp":
         return []
     s = SD_BETAS
@@ -260,8 +265,10 @@ def diffusers_specs(setting: str) -> list[DiffusersSpec]:
             DiffusersSpec("UniPCMultistep", "unipc", lambda: d.UniPCMultistepScheduler(**s)),
             DiffusersSpec("DEISMultistep", "deis", lambda: d.DEISMultistepScheduler(**s)),
             DiffusersSpec("DDPM", "ddpm", lambda: d.DDPMScheduler(**s, clip_sample=False), True),
-            DiffusersSpec("EulerAncestralDiscrete", "euler_ancestral", lambda: d.EulerAncestralDiscreteScheduler(**s), True),
-            DiffusersSpec("KDPM2AncestralDiscrete", "dpm_2_ancestral", lambda: d.KDPM2AncestralDiscreteScheduler(**s), True),
+            DiffusersSpec("EulerAncestralDiscrete", "euler_ancestral",
+                          lambda: d.EulerAncestralDiscreteScheduler(**s), True),
+            DiffusersSpec("KDPM2AncestralDiscrete", "dpm_2_ancestral",
+                          lambda: d.KDPM2AncestralDiscreteScheduler(**s), True),
             DiffusersSpec("DPMSolverMultistep (sde-dpmsolver++)", "dpmpp_2m_sde",
                           lambda: d.DPMSolverMultistepScheduler(**s, algorithm_type="sde-dpmsolver++"), True),
             DiffusersSpec("DPMSolverSDE", "dpmpp_sde", lambda: d.DPMSolverSDEScheduler(**s), True)]
@@ -297,7 +304,8 @@ def diffusers_noise(scheduler, draw, like):
         brownian = BrownianIncrements(draw)
         brownian.like = like
         scheduler.noise_sampler = brownian
-    with mock.patch.object(module, "randn_tensor", draw) if hasattr(module, "randn_tensor") else contextlib.nullcontext():
+    patch = mock.patch.object(module, "randn_tensor", draw) if hasattr(module, "randn_tensor") else None
+    with patch or contextlib.nullcontext():
         yield
 
 
@@ -317,24 +325,18 @@ def run_diffusers(setting, data, spec, nfe, z, draw=monte_carlo_noise):
 # ----- the sweep --------------------------------------------------------------------------------------
 def evaluate(run, data, z_path, z_mc, reference_x0, stochastic: bool, nfe: int) -> list[dict]:
     """``run(z, noise) -> (x0, nfe)``; returns the metric records of one (method, NFE)."""
-    records = []
-    is_gaussian = len(data.weights) == 1
     if not stochastic:
         out, calls = run(z_path, None)
-        if out is None:
-            return []
-        records.append(("ode", float(((out.double() - reference_x0) ** 2).mean().sqrt()), calls))
-    if is_gaussian:
+        metric, error = "ode", None if out is None else float(((out.double() - reference_x0) ** 2).mean().sqrt())
+    elif len(data.weights) == 1:
         basis = BasisNoise(rows=2 + 2 * nfe + 4)
         out, calls = run(basis.inputs(), basis)
-        if out is not None:
-            records.append(("w2", gaussian_w2(*basis.moments(out), data), calls))
-    elif stochastic:
+        metric, error = "w2", None if out is None else gaussian_w2(*basis.moments(out), data)
+    else:
         torch.manual_seed(0)
         out, calls = run(z_mc, monte_carlo_noise)
-        if out is not None:
-            out = out.double()
-            records.append(("w2", gaussian_w2(out.mean(0), out.std(0), data), calls))
+        metric, error = "w2", None if out is None else gaussian_w2(out.double().mean(0), out.double().std(0), data)
+    records = [] if error is None else [(metric, error, calls)]
     return [{"metric": m, "error": e, "nfe": c, "target_nfe": nfe} for m, e, c in records]
 
 
@@ -378,19 +380,21 @@ def monte_carlo_floor(data, n: int = 4096) -> float:
 
 
 # ----- overhead -----------------------------------------------------------------------------------
-def _best_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
+def _best_times(fns, repeats: int) -> list[float]:
+    """Best-of-``repeats`` wall time of each function, interleaved so that load from other
+    processes on a shared machine hits all of them alike."""
+    best = [math.inf] * len(fns)
+    for _ in range(repeats + 1):  # the first round warms up
+        for k, fn in enumerate(fns):
+            started = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - started)
+    return best
 
 
 def overhead(quick: bool) -> list[dict]:
     """Seconds per model evaluation of whole sampling loops with a trivial model on a [1, 4] tensor."""
-    steps, repeats = (20, 3) if quick else (50, 5)
+    steps, repeats = (20, 3) if quick else (50, 7)
     schedule = SETTINGS["vp"].schedule
     z = torch.randn(1, 4)
     trivial_model = lambda x_t, t: 0.1 * x_t
@@ -401,14 +405,14 @@ def overhead(quick: bool) -> list[dict]:
         evals_theirs = len(scheduler.timesteps)
         spec_model = lambda: run_overhead_diffusers(scheduler, steps, trivial_model, z)
         evals_ours = SAMPLER_INFO[spec.sampler].evals(steps)
-        ours = lambda: difflab.sample(trivial_model, schedule, "epsilon", spec.sampler, steps, noise=z, spacing="trailing")
+        ours = lambda: difflab.sample(trivial_model, schedule, "epsilon", spec.sampler, steps, noise=z,
+                                      spacing="trailing")
         sigmas = schedule.sigmas(steps, "trailing")
         alone = lambda: SAMPLERS[spec.sampler](trivial_denoiser, z * float(sigmas[0]), sigmas)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torchsde's float-rounding notices (DPMSolverSDE)
-            theirs_s = _best_time(spec_model, repeats) / evals_theirs
-            ours_s = _best_time(ours, repeats) / evals_ours
-            alone_s = _best_time(alone, repeats) / evals_ours
+            theirs_s, ours_s, alone_s = _best_times([spec_model, ours, alone], repeats)
+        theirs_s, ours_s, alone_s = theirs_s / evals_theirs, ours_s / evals_ours, alone_s / evals_ours
         rows.append({"sampler": spec.sampler, "diffusers": spec.label, "steps": steps, "difflab_us": 1e6 * ours_s,
                      "difflab_sampler_alone_us": 1e6 * alone_s, "diffusers_us": 1e6 * theirs_s,
                      "ratio": ours_s / theirs_s})
@@ -425,16 +429,26 @@ def run_overhead_diffusers(scheduler, steps, model, z):
 
 # ----- report -------------------------------------------------------------------------------------
 class Index:
+    """Errors by (setting, data, library, method, spacing, metric, target NFE); NaN where not run."""
+
     def __init__(self, results):
         self.rows = {(r["setting"], r["data"], r["library"], r["method"], r["spacing"], r["metric"], r["target_nfe"]): r
                      for r in results}
-
-    def get(self, *key):
-        return self.rows.get(key)
+        self.datasets = sorted({r["data"] for r in results})
+        self.nfes = sorted({r["target_nfe"] for r in results})
 
     def error(self, *key) -> float:
         row = self.rows.get(key)
         return row["error"] if row else math.nan
+
+    def cells(self, *key) -> str:
+        """'gauss / mixture' errors of one key without the data set."""
+        setting, rest = key[0], key[1:]
+        return " / ".join(_fmt(self.error(setting, d, *rest)) for d in self.datasets)
+
+    def score(self, *key) -> float:
+        """Geometric mean over the data sets."""
+        return _geomean([self.error(key[0], d, *key[1:]) for d in self.datasets])
 
 
 def _fmt(value: float) -> str:
@@ -446,133 +460,147 @@ def _geomean(values) -> float:
     return math.exp(sum(math.log(max(v, 1e-300)) for v in values) / len(values)) if values else math.nan
 
 
-def ranking(index, setting: str, datasets, nfe: int) -> list[tuple[float, str, str]]:
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + \
+        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+
+
+def ranking(index, setting: str, nfe: int) -> list[tuple[float, str, str]]:
     """Deterministic difflab (sampler, spacing) pairs by the geometric mean of their ODE errors."""
-    pairs = []
-    for sampler in SAMPLERS:
-        if SAMPLER_INFO[sampler].stochastic:
-            continue
-        for spacing in SETTINGS[setting].spacings:
-            score = _geomean([index.error(setting, d, "difflab", sampler, spacing, "ode", nfe) for d in datasets])
-            if not math.isnan(score):
-                pairs.append((score, sampler, spacing))
-    return sorted(pairs)
+    pairs = [(index.score(setting, "difflab", sampler, spacing, "ode", nfe), sampler, spacing)
+             for sampler in SAMPLERS if not SAMPLER_INFO[sampler].stochastic for spacing in SETTINGS[setting].spacings]
+    return sorted(p for p in pairs if not math.isnan(p[0]))
+
+
+def sampler_tables(index, setting: str, nfe: int, floor: float) -> list[str]:
+    spacings = list(SETTINGS[setting].spacings)
+    lines = []
+    for metric, stochastic, title in (("ode", False, "ODE error (RMS vs the exact PF-ODE solution), deterministic"),
+                                      ("w2", True, f"distribution error W2 (Gaussian: exact; mixture: Monte Carlo, "
+                                                   f"floor {_fmt(floor)}), stochastic")):
+        rows = [[sampler] + [index.cells(setting, "difflab", sampler, sp, metric, nfe) for sp in spacings]
+                for sampler in SAMPLERS if SAMPLER_INFO[sampler].stochastic == stochastic]
+        lines += [f"**{setting.upper()}**: {title} samplers", ""] + _table(["sampler"] + spacings, rows)
+    return lines
+
+
+def diffusers_table(index, setting: str, nfe: int) -> list[str]:
+    specs = diffusers_specs(setting)
+    if not specs:
+        return []
+    default = SETTINGS[setting].default_spacing
+    rows = []
+    for spec in specs:
+        metric = "w2" if spec.stochastic else "ode"
+        nfe_used = index.rows.get((setting, index.datasets[0], "diffusers", spec.label, "default", metric, nfe), {})
+        best = min(SETTINGS[setting].spacings,
+                   key=lambda sp: _nan_last(index.score(setting, "difflab", spec.sampler, sp, metric, nfe)))
+        rows.append([spec.label, nfe_used.get("nfe", "–"),
+                     index.cells(setting, "diffusers", spec.label, "default", metric, nfe),
+                     spec.sampler, index.cells(setting, "difflab", spec.sampler, default, metric, nfe),
+                     f"{index.cells(setting, 'difflab', spec.sampler, best, metric, nfe)} ({best})"])
+    return [f"**{setting.upper()}**: diffusers' default configuration beside difflab's same algorithm "
+            "(ODE error for deterministic samplers, W2 for stochastic)", ""] + \
+        _table(["diffusers scheduler", "NFE", "diffusers", "difflab sampler", f"difflab, {default}",
+                "difflab, best spacing"], rows)
+
+
+def _nan_last(value: float) -> float:
+    return math.inf if math.isnan(value) else value
+
+
+def summary_table(index, setting: str, nfe: int, top: int = 6) -> list[str]:
+    """The best pairs at ``nfe``, over all NFEs, beside diffusers' deterministic defaults."""
+    rows = [(f"{s} + {sp}", "difflab", s, sp) for _, s, sp in ranking(index, setting, nfe)[:top]]
+    rows += [(f"diffusers {spec.label}", "diffusers", spec.label, "default") for spec in diffusers_specs(setting)
+             if spec.sampler in ("dpmpp_2m", "unipc", "euler") and not spec.stochastic]
+    table = [[label] + [_fmt(index.score(setting, library, method, spacing, "ode", n)) for n in index.nfes]
+             for label, library, method, spacing in rows]
+    return [f"**{setting.upper()}**: ODE error, geometric mean over {' and '.join(index.datasets)}, against NFE: "
+            f"the best difflab pairs at {nfe} NFE and diffusers' defaults", ""] + \
+        _table(["method"] + [str(n) for n in index.nfes], table)
 
 
 def markdown(results, overhead_rows, meta, nfe: int = 10) -> str:
     index = Index(results)
-    datasets = sorted({r["data"] for r in results})
     settings = [s for s in SETTINGS if any(r["setting"] == s for r in results)]
-    data_label = " / ".join(datasets)
-    lines = [f"Error at {nfe} NFE (fewer where a sampler's evaluations do not divide it; exact NFE in the JSON). "
-             f"Cells: {data_label}.", ""]
+    lines = [f"Errors at {nfe} NFE (fewer where a sampler's evaluations do not divide it; exact NFE in the JSON); "
+             f"cells: {' / '.join(index.datasets)}.", ""]
     for setting in settings:
-        spacings = SETTINGS[setting].spacings
-        lines += [f"**{setting.upper()}**: ODE error (RMS vs the exact PF-ODE solution), deterministic samplers", "",
-                  "| sampler | " + " | ".join(spacings) + " |", "|---" * (len(spacings) + 1) + "|"]
-        for metric, stochastic in (("ode", False), ("w2", True)):
-            if stochastic:
-                lines += ["", f"**{setting.upper()}**: distribution error W2 (Gaussian: exact; mixture: Monte Carlo, "
-                          f"floor {_fmt(meta['monte_carlo_floor'])}), stochastic samplers", "",
-                          "| sampler | " + " | ".join(spacings) + " |", "|---" * (len(spacings) + 1) + "|"]
-            for sampler in SAMPLERS:
-                if SAMPLER_INFO[sampler].stochastic != stochastic:
-                    continue
-                cells = [" / ".join(_fmt(index.error(setting, d, "difflab", sampler, sp, metric, nfe)) for d in datasets)
-                         for sp in spacings]
-                lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
-        specs = diffusers_specs(setting)
-        if specs:
-            lines += ["", f"**{setting.upper()}**: diffusers' default configuration beside difflab's same algorithm "
-                      f"(ODE error for deterministic, W2 for stochastic)", "",
-                      "| diffusers scheduler | NFE | diffusers | difflab sampler | difflab, default spacing "
-                      f"({SETTINGS[setting].default_spacing}) | difflab, best spacing |", "|---|---|---|---|---|---|"]
-            for spec in specs:
-                metric = "w2" if spec.stochastic else "ode"
-                row = index.get(setting, datasets[0], "diffusers", spec.label, "default", metric, nfe)
-                theirs = " / ".join(_fmt(index.error(setting, d, "diffusers", spec.label, "default", metric, nfe))
-                                    for d in datasets)
-                ours = " / ".join(_fmt(index.error(setting, d, "difflab", spec.sampler, SETTINGS[setting].default_spacing,
-                                                   metric, nfe)) for d in datasets)
-                best = min(((_geomean([index.error(setting, d, "difflab", spec.sampler, sp, metric, nfe)
-                                       for d in datasets]), sp) for sp in SETTINGS[setting].spacings),
-                           key=lambda p: (math.isnan(p[0]), p[0]))
-                best_cells = " / ".join(_fmt(index.error(setting, d, "difflab", spec.sampler, best[1], metric, nfe))
-                                        for d in datasets)
-                lines.append(f"| {spec.label} | {row['nfe'] if row else '–'} | {theirs} | {spec.sampler} | {ours} | "
-                             f"{best_cells} ({best[1]}) |")
-        lines.append("")
-    lines += recommendation_lines(index, settings, datasets, nfe)
+        lines += summary_table(index, setting, nfe)
+    for setting in settings:
+        lines += sampler_tables(index, setting, nfe, meta["monte_carlo_floor"]) + diffusers_table(index, setting, nfe)
     if overhead_rows:
-        lines += ["", "Overhead per model evaluation, trivial model, [1, 4] tensor, "
-                  f"{overhead_rows[0]['steps']} steps (µs; difflab = `difflab.sample`, whole loop):", "",
-                  "| difflab sampler | µs | sampler alone µs | diffusers scheduler | µs | difflab / diffusers |",
-                  "|---|---|---|---|---|---|"]
-        for row in overhead_rows:
-            lines.append(f"| {row['sampler']} | {row['difflab_us']:.0f} | {row['difflab_sampler_alone_us']:.0f} | "
-                         f"{row['diffusers']} | {row['diffusers_us']:.0f} | {row['ratio']:.2f} |")
-    return "\n".join(lines) + "\n"
+        lines += [f"Overhead per model evaluation: trivial model, [1, 4] tensor, {overhead_rows[0]['steps']} steps, "
+                  "whole loop (µs; difflab = `difflab.sample`):", ""]
+        header = ["difflab sampler", "µs", "sampler alone µs", "diffusers scheduler", "µs", "difflab / diffusers"]
+        lines += _table(header, [[r["sampler"], f"{r['difflab_us']:.0f}", f"{r['difflab_sampler_alone_us']:.0f}",
+                                  r["diffusers"], f"{r['diffusers_us']:.0f}", f"{r['ratio']:.2f}"]
+                                 for r in overhead_rows])
+    return "\n".join(lines)
 
 
-def recommendation_lines(index, settings, datasets, nfe) -> list[str]:
-    lines = [f"Best deterministic (sampler, spacing) at {nfe} NFE, geometric mean of the ODE errors over "
-             f"{' and '.join(datasets)}:", ""]
-    reference_label = {"vp": "DPMSolverMultistep", "flow": "FlowMatchEulerDiscrete"}
-    for setting in settings:
-        top = ranking(index, setting, datasets, nfe)[:4]
-        text = ", ".join(f"{s} + {sp} ({_fmt(e)})" for e, s, sp in top)
-        lines.append(f"- {setting.upper()}: {text}")
-        for label in ([reference_label[setting], "DPMSolverMultistep (flow sigmas)"] if setting == "flow"
-                      else [reference_label.get(setting)]):
-            if label is None:
-                continue
-            theirs = _geomean([index.error(setting, d, "diffusers", label, "default", "ode", nfe) for d in datasets])
-            if top and not math.isnan(theirs):
-                lines.append(f"  - vs diffusers {label} (default config, {_fmt(theirs)}): best difflab pair has "
-                             f"{top[0][0] / theirs:.2f}x its error")
-    return lines
-
-
-def plot(results, path: Path, datasets) -> None:
+def plot(results, path: Path) -> None:
+    """Error against NFE: a row per setting; ODE error (deterministic) and W2 (stochastic) per data set.
+    Each difflab sampler is drawn on its best spacing at 10 NFE, diffusers' defaults dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     index = Index(results)
     settings = [s for s in SETTINGS if any(r["setting"] == s for r in results)]
-    panels = [(d, "ode") for d in datasets] + [("gauss", "w2")]
+    panels = [(d, metric) for metric in ("ode", "w2") for d in index.datasets]
     fig, axes = plt.subplots(len(settings), len(panels), figsize=(5.2 * len(panels), 4 * len(settings)), squeeze=False)
     colors = dict(zip(SAMPLERS, plt.cm.tab20(np.linspace(0, 1, len(SAMPLERS)))))
     for row, setting in enumerate(settings):
         for col, (data, metric) in enumerate(panels):
             ax = axes[row][col]
-            stochastic = metric == "w2"  # the w2 panel shows the stochastic samplers; ode the others
+            stochastic = metric == "w2"
             for sampler in (s for s in SAMPLERS if SAMPLER_INFO[s].stochastic == stochastic):
                 spacing = _best_spacing(index, setting, data, sampler, metric)
-                _curve(ax, results, dict(setting=setting, data=data, library="difflab", method=sampler,
-                                         spacing=spacing, metric=metric), f"{sampler} ({spacing})", colors[sampler], "-")
+                match = dict(setting=setting, data=data, library="difflab", method=sampler, spacing=spacing,
+                             metric=metric)
+                _curve(ax, results, match, f"{sampler} ({spacing})", colors[sampler], "-")
             for spec in (s for s in diffusers_specs(setting) if s.stochastic == stochastic):
                 _curve(ax, results, dict(setting=setting, data=data, library="diffusers", method=spec.label,
                                          metric=metric), f"diffusers {spec.label}", colors[spec.sampler], "--")
             ax.set(xscale="log", yscale="log", xlabel="NFE", title=f"{setting.upper()}, {data}: {metric}")
+            ax.set_ylim(top=min(ax.get_ylim()[1], 3.0))  # a few samplers diverge at 4-5 NFE
+            ax.set_xticks(index.nfes, [str(n) for n in index.nfes])
+            ax.xaxis.set_minor_locator(NullLocator())
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=5, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
 
 
 def _best_spacing(index, setting, data, sampler, metric, nfe=10) -> str:
-    errors = [(index.error(setting, data, "difflab", sampler, sp, metric, nfe), sp) for sp in SETTINGS[setting].spacings]
-    errors = [e for e in errors if not math.isnan(e[0])]
-    return min(errors)[1] if errors else SETTINGS[setting].default_spacing
+    return min(SETTINGS[setting].spacings,
+               key=lambda sp: _nan_last(index.error(setting, data, "difflab", sampler, sp, metric, nfe)))
 
 
 def _curve(ax, results, match: dict, label, color, style):
     points = sorted((r["nfe"], r["error"]) for r in results if all(r.get(k) == v for k, v in match.items()))
     if points:
         ax.plot(*zip(*points), style, color=color, label=label, marker=".", markersize=3, linewidth=1)
+
+
+def _columns(results: list[dict]) -> dict:
+    """Results as {"columns": [...], "rows": [[...], ...]}, errors to 4 significant digits (compact)."""
+    columns = ["setting", "data", "library", "method", "sampler", "spacing", "metric", "target_nfe", "nfe", "error"]
+    rows = [[float(f"{r[c]:.4g}") if c == "error" else r.get(c, r["method"] if c == "sampler" else None)
+             for c in columns] for r in results]
+    return {"columns": columns, "rows": rows}
+
+
+def _machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
+        platform.processor()
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()}"
 
 
 def main(quick: bool = False, out: str | Path | None = None, log=print) -> dict:
@@ -584,18 +612,19 @@ def main(quick: bool = False, out: str | Path | None = None, log=print) -> dict:
 
     meta = {"command": "difflab bench samplers" + (" --quick" if quick else ""), "quick": quick,
             "torch": torch.__version__, "diffusers": diffusers.__version__, "difflab": difflab.__version__,
-            "threads": 1, "monte_carlo_floor": monte_carlo_floor(MIXTURE)}
+            "threads": 1, "machine": _machine(), "date": datetime.date.today().isoformat(),
+            "monte_carlo_floor": monte_carlo_floor(MIXTURE)}
     log("accuracy sweep ...")
     results = sweep(quick, log)
     log("overhead ...")
     overhead_rows = overhead(quick)
     meta["seconds"] = round(time.perf_counter() - started, 1)
-    datasets = sorted({r["data"] for r in results})
-    report = markdown(results, overhead_rows, meta)
+    report = (f"`{meta['command']}` on {meta['machine']}, {meta['date']}, torch {meta['torch']}, diffusers "
+              f"{meta['diffusers']}, {meta['seconds']} s.\n\n" + markdown(results, overhead_rows, meta))
     (out / "samplers.md").write_text(report)
-    (out / "samplers.json").write_text(json.dumps({"meta": meta, "results": results, "overhead": overhead_rows},
-                                                  indent=1))
-    plot(results, out / "samplers.png", datasets)
+    (out / "samplers.json").write_text(json.dumps({"meta": meta, "results": _columns(results),
+                                                   "overhead": overhead_rows}) + "\n")
+    plot(results, out / "samplers.png")
     log(report)
     log(f"wrote {out / 'samplers.md'}, {out / 'samplers.json'}, {out / 'samplers.png'} in {meta['seconds']} s")
     return {"meta": meta, "results": results, "overhead": overhead_rows}

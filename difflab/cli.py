@@ -178,13 +178,14 @@ def bench_samplers(
 ) -> None:
     """Sampler error against NFE on exact Gaussian problems and per-step overhead, beside diffusers."""
     import importlib.util
+    import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "samplers.py"
     if not script.is_file():
         fail(f"{script} not found: the benchmarks live in difflab's source checkout (git clone, pip install -e .)")
     spec = importlib.util.spec_from_file_location("difflab_bench_samplers", script)
-    module = importlib.util.module_from_spec(spec)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
     spec.loader.exec_module(module)
     module.main(quick=quick, out=out, log=typer.echo)
 
@@ -198,6 +199,9 @@ def bench_networks(
     import importlib.util
     from pathlib import Path
 
+    unknown = sorted(set(configs.split(",")) - {"small", "medium"})
+    if unknown or rounds < 1:
+        fail(f"--configs must be a comma list of small, medium (got {unknown}) and --rounds >= 1 (got {rounds})")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "networks.py"
     if not script.is_file():
         fail(f"{script} not found: the benchmarks live in difflab's source checkout (git clone, pip install -e .)")

@@ -131,6 +131,8 @@ def test_unet_null_class_is_the_default_and_labels_are_checked():
     assert (model(x, 3.0) - model(x, 3.0, class_labels=[0, 0])).abs().max() > 1e-4
     with pytest.raises(ValueError, match="class_labels must be in 0..3"):
         model(x, 3.0, class_labels=[0, 5])
+    with pytest.raises(ValueError, match="class_labels must be 2 integers"):
+        model(x, 3.0, class_labels=[0, 1, 2])
     with pytest.raises(ValueError, match="not class-conditional"):
         UNet(3, 3, **TINY)(x, 3.0, class_labels=[0, 1])
 

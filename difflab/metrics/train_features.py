@@ -120,7 +120,7 @@ def held_out_accuracy(net: FeatureNet, dataset: str) -> float:
 
 def reference_images(dataset: str, n: int):
     if dataset == "shapes":
-        data = ShapesDataset("test", 32)
+        data = ShapesDataset("test", 32, length=n)
         return [data[i]["image"] for i in range(n)]
     data = DigitsDataset("all", 32)
     return [data[i]["image"] for i in range(len(data))]

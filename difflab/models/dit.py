@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from difflab.models.layers import Attention, broadcast_time, timestep_embedding
+from difflab.models.layers import Attention, broadcast_time, class_labels_tensor, timestep_embedding
 from difflab.models.package import ModelMixin, is_int, is_optional_int, register_model, require
 
 # Named sizes: DiT-S/B/L/XL from the paper (Table 1), plus T and XS that train on a CPU.
@@ -156,11 +156,7 @@ class DiT(ModelMixin):
         if class_labels is not None and self.class_embed is None:
             raise ValueError("class_labels given, but this DiT has no num_classes (it is not class-conditional)")
         if self.class_embed is not None:
-            labels = torch.full((batch,), cfg.num_classes, device=device) if class_labels is None else \
-                torch.as_tensor(class_labels, device=device).long().reshape(-1).expand(batch)
-            if labels.min() < 0 or labels.max() > cfg.num_classes:
-                raise ValueError(f"class_labels must be in 0..{cfg.num_classes} ({cfg.num_classes} = null class)")
-            c = c + self.class_embed(labels)
+            c = c + self.class_embed(class_labels_tensor(class_labels, cfg.num_classes, batch, device))
         if pooled is not None:
             if self.pooled_proj is None or pooled.shape != (batch, cfg.pooled_dim):
                 raise ValueError(f"pooled must have shape [{batch}, pooled_dim] with pooled_dim={cfg.pooled_dim}, "

@@ -42,6 +42,21 @@ def broadcast_time(t, batch: int, device: torch.device) -> torch.Tensor:
     return t.float()
 
 
+def class_labels_tensor(labels, num_classes: int, batch: int, device) -> torch.Tensor:
+    """Class labels as a long tensor [B]; None means the null class ``num_classes`` (for CFG)."""
+    if labels is None:
+        return torch.full((batch,), num_classes, device=device, dtype=torch.long)
+    labels = torch.as_tensor(labels, device=device)
+    if labels.is_floating_point() or labels.numel() not in (1, batch):
+        raise ValueError(f"class_labels must be {batch} integers (or one, broadcast), got {labels.numel()} "
+                         f"of dtype {labels.dtype}")
+    labels = labels.long().reshape(-1).expand(batch)
+    if labels.min() < 0 or labels.max() > num_classes:
+        raise ValueError(f"class_labels must be in 0..{num_classes - 1}, or {num_classes} for the null class; "
+                         f"got values {labels.min().item()}..{labels.max().item()}")
+    return labels
+
+
 def to_tokens(x: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] -> [B, H*W, C]; a free view when ``x`` is channels_last."""
     return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
@@ -65,36 +80,35 @@ class _GroupNormTokens(torch.autograd.Function):
     def forward(ctx, x, gamma, beta, groups: int, eps: float, act: bool):
         B, N, C = x.shape
         n = N * (C // groups)                                                 # elements per group
-        s1 = x.sum(1).view(B, groups, -1).sum(-1)                             # [B, G]
-        s2 = (x * x).sum(1).view(B, groups, -1).sum(-1)                       # [B, G]
-        mean = s1 / n
-        rstd = torch.rsqrt((s2 / n - mean * mean).clamp_min(0) + eps)         # [B, G]
-        mean_c = mean.repeat_interleave(C // groups, 1)                       # [B, C]
-        rstd_c = rstd.repeat_interleave(C // groups, 1)
-        a = rstd_c * gamma                                                    # y = a * x + b
-        b = beta - mean_c * a
+        sums = torch.stack([x.sum(1), torch.mul(x, x).sum(1)]).view(2, B, groups, -1).sum(-1) / n
+        mean, var = sums[0], (sums[1] - sums[0] * sums[0]).clamp_min_(0)    # [B, G] each
+        rstd = (var + eps).rsqrt_()[..., None]                                # [B, G, 1]
+        a = (gamma.view(B, groups, -1) * rstd).view(B, C)                     # y = a * x + b
+        b = beta - (mean[..., None] * a.view(B, groups, -1)).view(B, C)
         z = torch.addcmul(b[:, None], x, a[:, None])                          # [B, N, C]
-        ctx.save_for_backward(x, z if act else None, gamma, a, mean_c, rstd_c)
+        ctx.save_for_backward(x, z if act else None, gamma, a, mean, rstd)
         ctx.groups, ctx.n, ctx.act = groups, n, act
         return F.silu(z) if act else z
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        x, z, gamma, a, mean_c, rstd_c = ctx.saved_tensors
+        x, z, gamma, a, mean, rstd = ctx.saved_tensors
         B, N, C = x.shape
+        G = ctx.groups
         gz = torch.ops.aten.silu_backward(grad_y, z) if ctx.act else grad_y  # [B, N, C]
-        s1 = gz.sum(1)                                                        # d beta, [B, C]
-        s2 = (gz * x).sum(1)
-        d_gamma = rstd_c * (s2 - mean_c * s1)                                 # sum_n gz * xhat
-        per_group = lambda v: v.view(B, ctx.groups, -1).sum(-1).repeat_interleave(C // ctx.groups, 1)
-        a1 = per_group(gamma * s1) / ctx.n                                    # mean_g(d xhat)
-        a2 = per_group(gamma * d_gamma) / ctx.n                               # mean_g(d xhat * xhat)
+        s1, s2 = gz.sum(1).view(B, G, -1), torch.mul(gz, x).sum(1).view(B, G, -1)  # [B, G, C/G]
+        mean_c = mean[..., None]                                              # [B, G, 1]
+        d_gamma = rstd * (s2 - mean_c * s1)                                   # sum_n gz * xhat
+        g = gamma.view(B, G, -1)
+        a1 = (g * s1).sum(-1, keepdim=True) / ctx.n                           # mean_g(d xhat)
+        a2 = (g * d_gamma).sum(-1, keepdim=True) / ctx.n                      # mean_g(d xhat * xhat)
         # dx = rstd * (d xhat - a1 - xhat * a2) = gz * a + x * kx + k0
-        kx = -rstd_c * rstd_c * a2
-        k0 = -rstd_c * a1 - mean_c * kx
-        dx = torch.addcmul(k0[:, None], x, kx[:, None]).addcmul_(gz, a[:, None])
-        return dx, d_gamma, s1, None, None, None
+        kx = -rstd * rstd * a2
+        k0 = -rstd * a1 - mean_c * kx
+        dx = torch.addcmul(k0.expand(B, G, C // G).reshape(B, 1, C), x, kx.expand(B, G, C // G).reshape(B, 1, C))
+        dx.addcmul_(gz, a[:, None])
+        return dx, d_gamma.view(B, C), s1.view(B, C), None, None, None
 
 
 def group_norm(x: torch.Tensor, norm: nn.GroupNorm, scale=None, shift=None, act: bool = False) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from difflab.models.layers import (AttentionBlock, Downsample, ResBlock, Upsample, broadcast_time,
-                                   group_norm, groups_for, timestep_embedding)
+                                   class_labels_tensor, group_norm, groups_for, timestep_embedding)
 from difflab.models.package import ModelMixin, is_int, is_optional_int, register_model, require
 
 
@@ -33,7 +33,7 @@ class UNetConfig:
     channels: tuple[int, ...] = (64, 128, 128)   # width per level; level i runs at resolution / 2^i
     layers_per_block: int = 2                     # ResNet blocks per encoder level (decoder: one more)
     attention_levels: tuple[int, ...] = (1,)      # levels with (self/cross) attention
-    head_dim: int = 32                            # attention head size (capped at the level's width)
+    head_dim: int = 64                            # attention head size (capped at the level's width)
     mid_attention: bool = True                    # attention between the two middle ResNet blocks
     context_dim: int | None = None                # text-token width: enables cross-attention
     pooled_dim: int | None = None                 # pooled text embedding width: added to the time embedding
@@ -129,13 +129,7 @@ class UNet(ModelMixin):
         if class_labels is not None and self.class_embed is None:
             raise ValueError("class_labels given, but this UNet has no num_classes (it is not class-conditional)")
         if self.class_embed is not None:
-            if class_labels is None:
-                class_labels = torch.full((batch,), cfg.num_classes, device=device)
-            class_labels = torch.as_tensor(class_labels, device=device).long().reshape(-1).expand(batch)
-            if class_labels.min() < 0 or class_labels.max() > cfg.num_classes:
-                raise ValueError(f"class_labels must be in 0..{cfg.num_classes - 1}, or {cfg.num_classes} "
-                                 f"for the null class; got values {class_labels.min().item()}..{class_labels.max().item()}")
-            emb = emb + self.class_embed(class_labels)
+            emb = emb + self.class_embed(class_labels_tensor(class_labels, cfg.num_classes, batch, device))
         if pooled is not None:
             if self.pooled_proj is None or pooled.shape != (batch, cfg.pooled_dim):
                 raise ValueError(f"pooled must have shape [{batch}, pooled_dim] with pooled_dim={cfg.pooled_dim}, "
