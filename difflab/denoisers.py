@@ -56,6 +56,7 @@ class Denoiser:
         self.model = model
         self.schedule = schedule
         self.prediction_type = validate_prediction_type(prediction_type)
+        self._scalar_cache: dict[float, tuple[float, float, float, float]] = {}
 
     def __repr__(self) -> str:
         return f"Denoiser({type(self.model).__name__}, {self.schedule.kind}, {self.prediction_type})"
@@ -73,6 +74,17 @@ class Denoiser:
         out = self.model(x_t, t, **cond)
         c_x, c_out = self.output_coefficients(alpha, sigma_t)
         return append_dims(c_x, x.ndim).to(x) * x_t + append_dims(c_out, x.ndim).to(x) * out
+
+    def _scalar_coefficients(self, sigma: float):
+        if sigma not in self._scalar_cache:
+            if math.isinf(sigma) and self.prediction_type == "epsilon":
+                self(torch.zeros(1, 1), torch.tensor([sigma]))  # raises the same error as the tensor path
+            alpha, sigma_t = self.schedule.alpha_sigma(torch.tensor(sigma, dtype=torch.float64))
+            c_x, c_out = self.output_coefficients(alpha, sigma_t)
+            scale_in = 1.0 if math.isinf(sigma) else float(alpha)
+            self._scalar_cache[sigma] = (float(self.schedule.t(torch.tensor(sigma, dtype=torch.float64))), scale_in,
+                                         float(c_x), float(c_out))
+        return self._scalar_cache[sigma]
 
     def output_coefficients(self, alpha: torch.Tensor, sigma_t: torch.Tensor):
         """(c_x, c_out) with x0 = c_x * x_t + c_out * model_output (the table above)."""
@@ -109,8 +121,9 @@ class CFG:
         cond = cond or {}
         if uncond is None or self.scale == 1.0:
             return self.denoiser(x, sigma, **cond)
+        both = self.denoiser(torch.cat([x, x]), sigma if isinstance(sigma, (int, float)) else
+                             torch.cat([batch_sigma(sigma, x)] * 2), **merge_batches(cond, uncond))
         sigma = batch_sigma(sigma, x)
-        both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), **merge_batches(cond, uncond))
         x0_cond, x0_uncond = both.chunk(2)
         x0 = x0_uncond + self.scale * (x0_cond - x0_uncond)
         return self._rescaled(x, sigma, x0, x0_cond) if self.rescale > 0 else x0

@@ -33,9 +33,10 @@ KARRAS_RHO = 7.0
 class NoiseSchedule:
     """A forward process. Build one with the class methods, e.g. ``NoiseSchedule.scaled_linear()``.
 
-    Default sigma spacing (``sigmas(n)`` without ``spacing``): ``"trailing"`` for discrete
-    schedules (it starts at the last training step, so zero-terminal-SNR models start from pure
-    noise), ``"linspace"`` for flow (exactly diffusers' FlowMatchEulerDiscreteScheduler grid).
+    Default sigma spacing (``sigmas(n)`` without ``spacing``): ``"karras"`` for discrete schedules
+    (measured best by benchmarks/samplers.py: it ends at sigma_min rather than jumping to 0 from a
+    large sigma as trailing does; with zero terminal SNR it starts at pure noise), ``"linspace"`` for
+    flow (exactly diffusers' FlowMatchEulerDiscreteScheduler grid).
     """
 
     kind: str = "scaled_linear"
@@ -107,7 +108,7 @@ class NoiseSchedule:
 
     @property
     def default_spacing(self) -> str:
-        return "linspace" if self.is_flow else "trailing"
+        return "linspace" if self.is_flow else "karras"
 
     @property
     def sigma_min(self) -> float:

@@ -60,6 +60,10 @@ class FeatureNet(nn.Module):
             width = out
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, config.num_outputs)
+        # Standardisation by the reference features' mean and std (set at load time, not saved): puts
+        # the features at unit scale, where KID's kernel (x.y / d + 1)^3 is well conditioned.
+        self.register_buffer("feature_mean", torch.zeros(width), persistent=False)
+        self.register_buffer("feature_std", torch.ones(width), persistent=False)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float in [-1, 1] at the network's channels and resolution."""
@@ -75,7 +79,7 @@ class FeatureNet(nn.Module):
         return self.body(x).mean(dim=(2, 3))                              # (N, num_features)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.features(self.prepare(images))
+        return (self.features(self.prepare(images)) - self.feature_mean) / self.feature_std
 
 
 def weights_path(dataset: str) -> Path:
@@ -98,7 +102,7 @@ def _check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def load_feature_net(dataset: str) -> tuple[FeatureNet, torch.Tensor]:
-    """The shipped feature network of ``dataset`` (eval mode) and its reference features."""
+    """The shipped feature network of ``dataset`` (eval mode) and its reference features, standardised."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -115,7 +119,8 @@ def load_feature_net(dataset: str) -> tuple[FeatureNet, torch.Tensor]:
     _check_finite(tensors, path)
     reference = tensors.pop("reference_features").float()
     net.load_state_dict(tensors, strict=True)  # missing or extra tensors raise
-    return net.eval().requires_grad_(False), reference
+    net.feature_mean, net.feature_std = reference.mean(0), reference.std(0).clamp_min(1e-6)
+    return net.eval().requires_grad_(False), (reference - net.feature_mean) / net.feature_std
 
 
 def as_uint8_batch(images) -> torch.Tensor:
