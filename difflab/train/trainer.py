@@ -215,7 +215,10 @@ class Trainer:
             if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                 self.save_checkpoint()
             if config.sample_every and self.step % config.sample_every == 0 and acc.is_main_process:
-                self.write_sample_grid()
+                try:
+                    self.write_sample_grid()
+                except Exception as error:  # a preview must never end a training run
+                    self.log(f"could not write the sample grid at step {self.step}: {error!r}")
         bar.close()
         if self.step % max(config.checkpoint_every, 1) != 0 or not config.checkpoint_every:
             self.save_checkpoint()
