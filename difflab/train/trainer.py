@@ -83,7 +83,8 @@ class Trainer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                      foreach=True)  # the per-parameter loop is slow on CPU
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.step, self.samples_seen, self.bad_in_a_row, self.skipped = 0, 0, 0, 0
         if resume:
