@@ -190,7 +190,7 @@ class Pipeline:
             null = self.model.config.num_classes
             labels = [null if p in (None, "") else self.encoder.label_index(p) for p in prompts]
             return {"class_labels": torch.tensor(labels, device=device)}
-        from difflab.train.trainer import encode_each
+        from difflab.models.text import encode_each
         encode_each(self.encoder, prompts)
         tokens, mask, pooled = self.encoder.encode(prompts)
         return {"context": tokens.to(device), "context_mask": mask.to(device), "pooled": pooled.to(device)}

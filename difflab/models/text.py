@@ -226,3 +226,16 @@ def text_encoder_from_spec(spec) -> TextEncoder:
     if kind == "transformers":
         return HFTextEncoder(args.pop("path"), **args)
     return ClassLabelEncoder(**args)
+
+
+def encode_each(encoder, prompts) -> None:
+    """Encode (and cache) each new prompt on its own, on one thread: an embedding then never depends
+    on which prompts shared its batch, and a batch of one short prompt is far faster on one
+    thread than spread over busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for prompt in dict.fromkeys(prompts):
+            encoder.encode([prompt])
+    finally:
+        torch.set_num_threads(threads)

@@ -24,6 +24,7 @@ from difflab.schedules import NoiseSchedule
 from difflab.train import checkpoint as ckpt
 from difflab.train.batches import TrainingData
 from difflab.train.config import TrainConfig
+from difflab.models.text import encode_each
 from difflab.train.losses import diffusion_loss, draw_per_sample, ema_decay_at, ema_update, lr_at
 
 
@@ -274,19 +275,6 @@ OPERATIONAL_FIELDS = ("checkpoint_every", "keep_checkpoints", "sample_every", "l
 def _math_fields(config: dict) -> dict:
     """The fields that change the weights: a resumed run may change only the others."""
     return {k: v for k, v in config.items() if k not in OPERATIONAL_FIELDS}
-
-
-def encode_each(encoder, prompts) -> None:
-    """Encode (and cache) each new prompt on its own, on one thread: an embedding then never depends
-    on which prompts shared its batch, and a batch of one short prompt is far faster on one
-    thread than spread over busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for prompt in dict.fromkeys(prompts):
-            encoder.encode([prompt])
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _progress(show: bool, total: int, initial: int):
