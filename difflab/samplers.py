@@ -217,13 +217,7 @@ def _dpm2_step(run, x, x0, sigma, sigma_to):
 @register("dpm_2", order=2, evals_per_step=2)
 def dpm_2(denoiser, x, sigmas, extra_args=None, callback=None, noise=None):
     """DPM-Solver-2 with the midpoint in log sigma (Lu et al. 2022; Karras et al. 2022, Sec. 4)."""
-    run = _Run(denoiser, x, sigmas, extra_args, callback, noise)
-    x, sigmas = run.start(x)
-    for i in range(len(sigmas) - 1):
-        x0 = run(x, sigmas[i])
-        run.report(i, x, sigmas[i], x0)
-        x = _dpm2_step(run, x, x0, sigmas[i], sigmas[i + 1])
-    return x
+    return dpm_2_ancestral(denoiser, x, sigmas, extra_args, callback, noise, eta=0.0)  # sigma_down = sigma_next
 
 
 @register("dpm_2_ancestral", stochastic=True, order=2, evals_per_step=2)
