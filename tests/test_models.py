@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from difflab.models import DIT_SIZES, AutoencoderKL, DiT, UNet
 from difflab.models.dit import sincos_positions_2d
-from difflab.models.layers import Upsample, group_norm
+from difflab.models.layers import Upsample, fourier_positions_2d, group_norm
 
 torch.set_num_threads(2)
 TINY = dict(channels=(8, 16), norm_groups=4, head_dim=8)
@@ -142,6 +142,36 @@ def test_unet_gradients_reach_every_parameter():
     out = model(torch.randn(2, 3, 8, 8), torch.rand(2) * 999, context=torch.randn(2, 3, 6),
                 class_labels=[0, 3], pooled=torch.randn(2, 5))
     assert_every_parameter_gets_gradient(model, out)
+
+
+def test_fourier_positions_are_resolution_free():
+    pos = fourier_positions_2d(4, 6).view(4, 6, -1)                         # rows 4, columns 6
+    assert pos.shape[-1] == 16
+    u = (torch.arange(4) + 0.5) / 4
+    torch.testing.assert_close(pos[:, 0, 0], torch.sin(torch.pi * u))        # lowest row frequency
+    torch.testing.assert_close(pos[:, 0, 3], torch.sin(torch.pi * 8 * u))   # highest
+    assert torch.equal(pos[:, 0, :8], pos[:, 5, :8]) and torch.equal(pos[0, :, 8:], pos[3, :, 8:])
+    # one place of the picture has one code at every resolution
+    coarse, fine = fourier_positions_2d(4, 4).view(4, 4, -1), fourier_positions_2d(12, 12).view(12, 12, -1)
+    torch.testing.assert_close(coarse[1, 2], fine[4, 7])                     # centre (3/8, 5/8) in both
+
+
+def test_unet_attention_positions_start_as_a_no_op_and_then_tell_places_apart():
+    plain = randomize_zero_init(UNet(3, 3, **TINY, context_dim=6)).eval()
+    placed = UNet(3, 3, **TINY, context_dim=6, attention_positions=True).eval()
+    missing, unexpected = placed.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all("pos_proj" in name for name in missing)
+    x, ctx = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 6)
+    torch.testing.assert_close(placed(x, 30.0, context=ctx), plain(x, 30.0, context=ctx))
+    # a constant image: without positions (and away from the border) every pixel sees the same thing
+    with torch.no_grad():
+        for name, p in placed.named_parameters():
+            if "pos_proj" in name:
+                p.copy_(torch.randn_like(p))
+    flat = torch.ones(1, 3, 8, 8)
+    changed = placed(flat, 30.0, context=ctx[:1]) - plain(flat, 30.0, context=ctx[:1])
+    assert changed.abs().max() > 1e-3
+    assert_every_parameter_gets_gradient(placed.train(), placed(x, 30.0, context=ctx))
 
 
 @pytest.mark.parametrize("call, match", [

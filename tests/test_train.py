@@ -140,6 +140,28 @@ def test_resume_refuses_another_configuration(tmp_path):
         Trainer(TINY.replace(max_steps=2), tmp_path, log=lambda *a: None)
 
 
+def test_init_from_grows_a_model_that_first_computes_what_the_package_did(tmp_path):
+    quiet = lambda *a: None
+    first = Trainer(TINY.replace(max_steps=2, checkpoint_every=0), tmp_path / "a", log=quiet)
+    package = first.fit()
+    grown_config = TINY.replace(model={**TINY.model, "attention_positions": True}, init_from=str(package),
+                                max_steps=3, checkpoint_every=0)
+    lines = []
+    grown = Trainer(grown_config, tmp_path / "b", log=lines.append)
+    assert any("new ones at zero" in line for line in lines)
+    source = load_file(package / "model.safetensors")
+    state = grown.unwrapped.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in source.items())
+    assert all(not state[k].any() for k in set(state) - set(source)) and set(state) > set(source)
+    grown.fit()
+    moved = load_file(tmp_path / "b" / "model" / "model.safetensors")
+    assert any(moved[k].any() for k in set(moved) - set(source))           # the new parts train
+    # a package whose architecture differs is refused before any step
+    wider = TINY.replace(model={**TINY.model, "channels": (16, 48)}, init_from=str(package))
+    with pytest.raises(ValueError, match="shape"):
+        Trainer(wider, tmp_path / "c", log=quiet)
+
+
 @pytest.mark.parametrize("args,message", [
     (["train", "--preset", "huge", "--out", "x"], "unknown preset"),
     (["train", "--preset", "tiny", "--max-steps", "-1", "--out", "x"], "max_steps"),
@@ -148,6 +170,7 @@ def test_resume_refuses_another_configuration(tmp_path):
     (["train", "--preset", "tiny", "--prediction-type", "epsilon", "--out", "x"], "prediction_type"),
     (["generate", "a red circle", "--model", "nowhere"], "not a difflab model package"),
     (["generate", "--recipe", "missing.png"], "cannot read"),
+    (["train", "--preset", "tiny", "--init-from", "nowhere", "--out", "x"], "no model package at nowhere"),
 ])
 def test_bad_cli_arguments_print_one_line_and_write_nothing(tmp_path, args, message):
     run = subprocess.run([sys.executable, "-m", "difflab", *args], env=ENV, capture_output=True, text=True,

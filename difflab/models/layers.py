@@ -11,10 +11,13 @@ folded into one pass (see :func:`group_norm`).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+POSITION_FREQUENCIES = 4  # octaves of the attention blocks' Fourier positions: periods 2, 1, 1/2, 1/4 of the side
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -243,26 +246,58 @@ class Upsample(nn.Module):
         return out.permute(0, 3, 1, 2)                                        # [B, C, 2H, 2W] channels_last
 
 
+@lru_cache(maxsize=16)
+def fourier_positions_2d(height: int, width: int, frequencies: int = POSITION_FREQUENCIES) -> torch.Tensor:
+    """Resolution-free 2-D positions [H*W, 4 * frequencies] of the pixel centres.
+
+    A pixel's centre in image fractions ``u = (i + 0.5) / H`` (rows) and ``(j + 0.5) / W`` (columns)
+    is encoded as ``sin(pi 2^k u), cos(pi 2^k u)`` for ``k < frequencies``, the Fourier features of
+    Tancik et al. (2020) / the positional encoding of NeRF (Mildenhall et al., 2020, eq. 4). Being
+    fractions of the side, the same place of the picture gets the same code at every level and
+    every canvas size.
+    """
+    freqs = math.pi * 2.0 ** torch.arange(frequencies, dtype=torch.float64)           # [F]
+    u = (torch.arange(height, dtype=torch.float64) + 0.5) / height                    # [H]
+    v = (torch.arange(width, dtype=torch.float64) + 0.5) / width                      # [W]
+    enc = lambda z: torch.cat([torch.sin(z[:, None] * freqs), torch.cos(z[:, None] * freqs)], 1)
+    rows = enc(u)[:, None, :].expand(height, width, -1)
+    cols = enc(v)[None, :, :].expand(height, width, -1)
+    return torch.cat([rows, cols], -1).reshape(height * width, -1).float()           # [H*W, 4F]
+
+
 class AttentionBlock(nn.Module):
     """Self-attention over an image's pixels (+ cross-attention to text tokens), each residual.
 
     The attention block of Ho et al. (2020) / Rombach et al. (2022) without the feed-forward:
     ``x = x + attn(GN(x))``, then ``x = x + cross(GN(x), context)`` when ``context_dim`` is set.
     Tokens are a free view of the channels_last image.
+
+    With ``positions=True`` a learned projection of :func:`fourier_positions_2d` is added to the
+    normalised tokens that enter both attentions (not to the residual stream), so a query knows
+    where it is in the picture and "in the top left" can be matched by place, not only inferred
+    from the zero padding's edge effects. The projection starts at zero: a block with positions
+    computes exactly what it computed without them until training moves it.
     """
 
-    def __init__(self, channels: int, head_dim: int, context_dim: int | None = None, groups: int = 32):
+    def __init__(self, channels: int, head_dim: int, context_dim: int | None = None, groups: int = 32,
+                 positions: bool = False):
         super().__init__()
         self.norm = nn.GroupNorm(groups_for(channels, groups), channels)
         self.attn = Attention(channels, min(head_dim, channels))
         if context_dim is not None:
             self.norm_cross = nn.GroupNorm(groups_for(channels, groups), channels)
             self.cross = Attention(channels, min(head_dim, channels), context_dim=context_dim)
+        self.pos_proj = nn.Linear(4 * POSITION_FREQUENCIES, channels, bias=False) if positions else None
+        if self.pos_proj is not None:
+            nn.init.zeros_(self.pos_proj.weight)
 
     def forward(self, x, context=None, context_mask=None):
         H, W = x.shape[-2:]
         tokens = to_tokens(x)                                                 # [B, H*W, C]
-        tokens = tokens + self.attn(group_norm(tokens, self.norm))
+        pos = 0.0
+        if self.pos_proj is not None:
+            pos = self.pos_proj(fourier_positions_2d(H, W).to(x.device, x.dtype))  # [H*W, C]
+        tokens = tokens + self.attn(group_norm(tokens, self.norm) + pos)
         if context is not None and hasattr(self, "cross"):
-            tokens = tokens + self.cross(group_norm(tokens, self.norm_cross), context, context_mask)
+            tokens = tokens + self.cross(group_norm(tokens, self.norm_cross) + pos, context, context_mask)
         return from_tokens(tokens, H, W)                                      # [B, C, H, W]

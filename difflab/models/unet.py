@@ -41,6 +41,7 @@ class UNetConfig:
     dropout: float = 0.0
     norm_groups: int = 32
     time_embed_dim: int | None = None             # default 4 * channels[0]
+    attention_positions: bool = False             # Fourier positions into every attention block's queries/keys
 
     def __post_init__(self):
         require(is_int(self.in_channels) and is_int(self.out_channels),
@@ -59,6 +60,8 @@ class UNetConfig:
         require(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
                 f"dropout must be in [0, 1), got {self.dropout!r}")
         require(is_int(self.norm_groups), f"norm_groups must be a positive integer, got {self.norm_groups!r}")
+        require(isinstance(self.attention_positions, bool),
+                f"attention_positions must be true or false, got {self.attention_positions!r}")
 
     @property
     def embed_dim(self) -> int:
@@ -84,7 +87,7 @@ class UNet(ModelMixin):
             blocks = nn.ModuleList()
             for j in range(n):
                 c_block_in = (c_in if j == 0 else c_out) + (skip_widths.pop() if skip_widths else 0)
-                attn = (AttentionBlock(c_out, cfg.head_dim, cfg.context_dim, groups)
+                attn = (AttentionBlock(c_out, cfg.head_dim, cfg.context_dim, groups, cfg.attention_positions)
                         if level_index in cfg.attention_levels else nn.Identity())
                 blocks.append(nn.ModuleList([ResBlock(c_block_in, c_out, cfg.dropout, groups), attn]))
             return blocks
@@ -97,7 +100,7 @@ class UNet(ModelMixin):
             self.downsample.append(nn.Identity() if last else Downsample(c))
             skip_widths += [] if last else [c]
         self.mid_block1 = ResBlock(ch[-1], ch[-1], cfg.dropout, groups)
-        self.mid_attn = AttentionBlock(ch[-1], cfg.head_dim, cfg.context_dim, groups) if cfg.mid_attention else None
+        self.mid_attn = AttentionBlock(ch[-1], cfg.head_dim, cfg.context_dim, groups, cfg.attention_positions) if cfg.mid_attention else None
         self.mid_block2 = ResBlock(ch[-1], ch[-1], cfg.dropout, groups)
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(len(ch))):

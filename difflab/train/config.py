@@ -57,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     threads: int = 0                      # torch CPU threads; 0 keeps torch's default
+    init_from: str | None = None          # a model package whose weights start the run (fine-tune / grow)
 
     def __post_init__(self):
         _check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
@@ -86,6 +87,8 @@ class TrainConfig:
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, name, value,
                    "a positive number")
+        _check(self.init_from is None or (isinstance(self.init_from, str) and self.init_from), "init_from",
+               self.init_from, "a model package folder or None")
         _check(self.grad_clip >= 0 and self.weight_decay >= 0, "grad_clip/weight_decay",
                (self.grad_clip, self.weight_decay), "non-negative numbers")
 
@@ -115,9 +118,9 @@ PRESETS: dict[str, dict] = {
     "shapes-quick": dict(model=dict(channels=(32, 64, 64), layers_per_block=1, attention_levels=(1, 2),
                                     head_dim=32), batch_size=32, max_steps=1500, checkpoint_every=500,
                          lr=5e-4, lr_warmup=100),
-    # the bundled model's recipe
     # the bundled model's recipe (constant LR + EMA, so a run can stop at any checkpoint)
-    "shapes": dict(model=dict(channels=(32, 64, 128), layers_per_block=1, attention_levels=(1, 2), head_dim=32),
+    "shapes": dict(model=dict(channels=(32, 64, 128), layers_per_block=1, attention_levels=(1, 2), head_dim=32,
+                              attention_positions=True),
                    batch_size=32, max_steps=20000, checkpoint_every=250, lr=5e-4, lr_warmup=200,
                    lr_schedule="constant", ema_decay=0.999, sample_every=1000),
     "digits": dict(dataset="digits", resolution=16, model=dict(channels=(32, 64, 64), layers_per_block=1,

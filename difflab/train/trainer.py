@@ -57,11 +57,44 @@ def make_model(config: TrainConfig, channels: int, conditioner):
     return UNet(in_channels=channels, out_channels=channels, **model_args)
 
 
+def warm_start(model, folder) -> str:
+    """Copy the weights of the package in ``folder`` into ``model``; returns a line for the log.
+
+    Every tensor of the package must exist in ``model`` with the same shape. ``model`` may have
+    more: those must start at zero (a zero-initialised output layer, attention positions), so the
+    grown network computes what the package computed until training moves the new parts.
+    """
+    from difflab.models.package import load_package
+
+    try:
+        source = load_package(folder).model.state_dict()
+    except FileNotFoundError as error:
+        raise ValueError(f"init_from: {error}") from None
+    target = model.state_dict()
+    extra = sorted(set(source) - set(target))
+    if extra:
+        raise ValueError(f"init_from {folder}: the package has tensors this model lacks: {extra[:6]}; "
+                         "the architectures differ")
+    for name, tensor in source.items():
+        if tensor.shape != target[name].shape:
+            raise ValueError(f"init_from {folder}: tensor {name!r} has shape {list(tensor.shape)}, this model "
+                             f"expects {list(target[name].shape)}")
+    new = sorted(set(target) - set(source))
+    nonzero = [name for name in new if target[name].is_floating_point() and target[name].abs().max() > 0]
+    if nonzero:
+        raise ValueError(f"init_from {folder}: this model's {nonzero[:6]} are missing from the package and do "
+                         "not start at zero, so the grown model would not compute what the package computed")
+    model.load_state_dict({**target, **source})
+    return f"initialised from {folder}: {len(source)} tensors copied, {len(new)} new ones at zero"
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, out: str | Path, resume: bool = False, log=print):
         from accelerate import Accelerator
 
         self.config, self.out, self.log = config, Path(out), log
+        if config.init_from and not resume and not Path(config.init_from).is_dir():
+            raise ValueError(f"init_from: no model package at {config.init_from} (a folder written by difflab train)")
         if config.threads:
             torch.set_num_threads(config.threads)
         cuda = torch.cuda.is_available()
@@ -80,6 +113,8 @@ class Trainer:
         self.conditioner = make_conditioner(config)
         torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
         model = make_model(config, self.data.channels, self.conditioner)
+        if config.init_from and not resume:
+            self.log(warm_start(model, config.init_from))
         self.channels_last = not cuda
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
