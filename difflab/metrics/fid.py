@@ -75,16 +75,23 @@ def fid(real, fake, dataset: str = "shapes", features: str | None = None,
 
 def kid(real, fake, dataset: str = "shapes", features: str | None = None, subsets: int = 50,
         subset_size: int = 1000, seed: int = 0, inception_weights: str | None = None) -> tuple[float, float]:
-    """KID mean and standard deviation over ``subsets`` random subsets (size capped by the sample sizes)."""
+    """KID mean and standard deviation over ``subsets`` random subsets of ``subset_size`` images.
+
+    KID is the unbiased MMD^2 estimate of Binkowski et al. (2018), eq. 3 (cubic polynomial kernel),
+    so its mean does not depend on the subset size. When a sample is no larger than ``subset_size``,
+    subsets of half the smaller sample are used: subsets of the whole sample would all be the same
+    set, and the reported spread would be zero however uncertain the estimate is.
+    """
     import warnings
 
     from torchmetrics.image.kid import KernelInceptionDistance
 
     f_real = features_of(real, dataset, features, inception_weights)
     f_fake = features_of(fake, dataset, features, inception_weights)
-    size = min(subset_size, len(f_real), len(f_fake))
+    smaller = min(len(f_real), len(f_fake))
+    size = subset_size if subset_size < smaller else smaller // 2
     if size < 2:
-        raise ValueError(f"KID needs at least 2 images on each side, got {len(f_real)} real, {len(f_fake)} fake")
+        raise ValueError(f"KID needs at least 4 images on each side, got {len(f_real)} real, {len(f_fake)} fake")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
         metric = KernelInceptionDistance(feature=_Identity(f_real.shape[1]), subsets=subsets, subset_size=size)
