@@ -48,13 +48,18 @@ def loss_weights(schedule: NoiseSchedule, t: torch.Tensor, prediction_type: str,
     uniform: 1 (the plain objective of each parameterisation). min_snr: Hang et al. (2023), eq. 10:
     the x0-space weight min(SNR, gamma), mapped to prediction space by c_out^2 (x0 = c_x x_t + c_out
     out), i.e. min(SNR, gamma)/SNR for eps and min(SNR, gamma)/(SNR + 1) for v, as in the paper.
+    min_snr_plus_one: the same clamp applied to SNR + 1, the x0-space weight of the plain
+    v objective (Salimans & Ho 2022, sec. 4; Kingma & Gao 2023, table 1): for v it is
+    min(1, gamma / (SNR + 1)), which keeps weight 1 where the noise dominates, the steps that decide
+    the layout, instead of min-SNR's weight ~SNR that vanishes towards the pure-noise end.
     """
     if weighting == "uniform":
         return torch.ones_like(t, dtype=torch.float64)
     alpha, sigma_t = schedule.alpha_sigma(schedule.sigma(t))
     snr = (alpha / sigma_t) ** 2
     _, c_out = Denoiser(lambda *a: None, schedule, prediction_type).output_coefficients(alpha, sigma_t)
-    weight = torch.minimum(snr, torch.full_like(snr, snr_gamma)) * c_out**2
+    clamped = snr + 1 if weighting == "min_snr_plus_one" else snr
+    weight = torch.minimum(clamped, torch.full_like(snr, snr_gamma)) * c_out**2
     return torch.where(torch.isfinite(weight), weight, torch.zeros_like(weight))
 
 
