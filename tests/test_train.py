@@ -140,6 +140,23 @@ def test_resume_refuses_another_configuration(tmp_path):
         Trainer(TINY.replace(max_steps=2), tmp_path, log=lambda *a: None)
 
 
+def test_log_rows_go_to_csv_and_to_tensorboard_when_it_is_installed(tmp_path, monkeypatch):
+    scalars = []
+
+    class Recorder:
+        def add_scalar(self, name, value, step):
+            scalars.append((name, step))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(trainer_module, "tensorboard_writer", lambda folder: Recorder())
+    Trainer(TINY.replace(max_steps=10, log_every=5, checkpoint_every=0), tmp_path, log=lambda *a: None).fit()
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss,images_per_s") and [r.split(",")[0] for r in rows[1:]] == ["5", "10"]
+    assert ("train/loss", 5) in scalars and ("train/loss", 10) in scalars and ("train/lr", 10) in scalars
+
+
 def test_init_from_grows_a_model_that_first_computes_what_the_package_did(tmp_path):
     quiet = lambda *a: None
     first = Trainer(TINY.replace(max_steps=2, checkpoint_every=0), tmp_path / "a", log=quiet)

@@ -128,6 +128,7 @@ class Trainer:
         elif ckpt.latest_checkpoint(self.out) is not None:
             raise ValueError(f"{self.out} already holds checkpoints: pass --resume to continue, or another --out")
         self.null_condition = None if config.dataset == "digits" else ""
+        self._tensorboard = None  # opened at the first log row; False when TensorBoard is not installed
 
     # ----- state -------------------------------------------------------------------------------
     @property
@@ -274,6 +275,14 @@ class Trainer:
             if new:
                 writer.writeheader()
             writer.writerows(rows)
+        if self._tensorboard is None:
+            self._tensorboard = tensorboard_writer(self.out / "tensorboard") or False
+        if self._tensorboard:
+            for row in rows:
+                for name, value in row.items():
+                    if name != "step":
+                        self._tensorboard.add_scalar(f"train/{name}", value, row["step"])
+            self._tensorboard.flush()
 
     def package_metadata(self) -> dict:
         config = self.config
@@ -301,6 +310,15 @@ class Trainer:
                    "a small purple square in the top left"] if self.config.dataset != "digits" else list(range(4))
         result = pipe(prompts, seed=0, steps=20)
         result.grid().save(self.out / f"samples-step-{self.step}.png")
+
+
+def tensorboard_writer(folder: Path):
+    """A TensorBoard ``SummaryWriter`` for ``folder`` when the ``tensorboard`` package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
 
 
 OPERATIONAL_FIELDS = ("checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "num_workers",
