@@ -121,8 +121,8 @@ PRESETS: dict[str, dict] = {
     # the bundled model's recipe (constant LR + EMA, so a run can stop at any checkpoint)
     "shapes": dict(model=dict(channels=(32, 64, 128), layers_per_block=1, attention_levels=(1, 2), head_dim=32,
                               attention_positions=True),
-                   batch_size=32, max_steps=20000, checkpoint_every=250, lr=5e-4, lr_warmup=200,
-                   lr_schedule="constant", ema_decay=0.999, sample_every=1000),
+                   loss_weighting="min_snr_plus_one", batch_size=32, max_steps=20000, checkpoint_every=250, lr=5e-4,
+                   lr_warmup=200, lr_schedule="constant", ema_decay=0.999, sample_every=1000),
     "digits": dict(dataset="digits", resolution=16, model=dict(channels=(32, 64, 64), layers_per_block=1,
                                                                attention_levels=(2,), head_dim=32),
                    batch_size=64, max_steps=3000, checkpoint_every=1000, lr=5e-4, lr_warmup=100),
