@@ -1,6 +1,7 @@
 """The trainer on the tiny preset: learning, exact resume after SIGKILL, atomic checkpoints,
 non-finite losses, two processes, and the CLI's handling of bad arguments."""
 
+import json
 import os
 import signal
 import subprocess
@@ -171,6 +172,8 @@ def test_init_from_grows_a_model_that_first_computes_what_the_package_did(tmp_pa
     assert all(torch.equal(state[k], v) for k, v in source.items())
     assert all(not state[k].any() for k in set(state) - set(source)) and set(state) > set(source)
     grown.fit()
+    lineage = json.loads((tmp_path / "b" / "model" / "config.json").read_text())["training"]
+    assert lineage["init_from"] == str(package) and lineage["parent"]["steps_done"] == 2
     moved = load_file(tmp_path / "b" / "model" / "model.safetensors")
     assert any(moved[k].any() for k in set(moved) - set(source))           # the new parts train
     # a package whose architecture differs is refused before any step

@@ -57,8 +57,11 @@ def make_model(config: TrainConfig, channels: int, conditioner):
     return UNet(in_channels=channels, out_channels=channels, **model_args)
 
 
-def warm_start(model, folder) -> str:
-    """Copy the weights of the package in ``folder`` into ``model``; returns a line for the log.
+def warm_start(model, folder) -> tuple[str, dict | None]:
+    """Copy the weights of the package in ``folder`` into ``model``.
+
+    Returns a line for the log and the package's own training record, which the new package keeps
+    as ``training.parent``, so a model grown in stages carries its whole lineage.
 
     Every tensor of the package must exist in ``model`` with the same shape. ``model`` may have
     more: those must start at zero (a zero-initialised output layer, attention positions), so the
@@ -67,10 +70,10 @@ def warm_start(model, folder) -> str:
     from difflab.models.package import load_package
 
     try:
-        source = load_package(folder).model.state_dict()
+        package = load_package(folder)
     except FileNotFoundError as error:
         raise ValueError(f"init_from: {error}") from None
-    target = model.state_dict()
+    source, target = package.model.state_dict(), model.state_dict()
     extra = sorted(set(source) - set(target))
     if extra:
         raise ValueError(f"init_from {folder}: the package has tensors this model lacks: {extra[:6]}; "
@@ -85,7 +88,8 @@ def warm_start(model, folder) -> str:
         raise ValueError(f"init_from {folder}: this model's {nonzero[:6]} are missing from the package and do "
                          "not start at zero, so the grown model would not compute what the package computed")
     model.load_state_dict({**target, **source})
-    return f"initialised from {folder}: {len(source)} tensors copied, {len(new)} new ones at zero"
+    line = f"initialised from {folder}: {len(source)} tensors copied, {len(new)} new ones at zero"
+    return line, package.metadata.get("training")
 
 
 class Trainer:
@@ -113,8 +117,12 @@ class Trainer:
         self.conditioner = make_conditioner(config)
         torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
         model = make_model(config, self.data.channels, self.conditioner)
+        self.parent_training = None
         if config.init_from and not resume:
-            self.log(warm_start(model, config.init_from))
+            line, self.parent_training = warm_start(model, config.init_from)
+            self.log(line)
+        elif config.init_from:  # resumed: the weights come from the checkpoint, the lineage from the package
+            self.parent_training = _training_record(config.init_from)
         self.channels_last = not cuda
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -290,7 +298,8 @@ class Trainer:
             "diffusion": {"schedule": self.schedule.to_config(), "prediction_type": config.prediction_type},
             "conditioning": {"encoder": self.conditioner.spec, "null": self.null_condition},
             "data": {"dataset": config.dataset, "resolution": config.resolution, "channels": self.data.channels},
-            "training": {**config.to_dict(), "steps_done": self.step, "skipped_steps": self.skipped},
+            "training": {**config.to_dict(), "steps_done": self.step, "skipped_steps": self.skipped,
+                         **({"parent": self.parent_training} if self.parent_training else {})},
         }
 
     def export(self) -> Path:
@@ -310,6 +319,14 @@ class Trainer:
                    "a small purple square in the top left"] if self.config.dataset != "digits" else list(range(4))
         result = pipe(prompts, seed=0, steps=20)
         result.grid().save(self.out / f"samples-step-{self.step}.png")
+
+
+def _training_record(folder) -> dict | None:
+    """The ``training`` section of a package's config.json, or None where it cannot be read."""
+    try:
+        return json.loads((Path(folder) / "config.json").read_text()).get("training")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def tensorboard_writer(folder: Path):
