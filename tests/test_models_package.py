@@ -1,7 +1,9 @@
 """Model packages: bit-exact round trips, metadata, EMA, atomic writes and every refused corruption."""
 
 import json
+import os
 import pickle
+import stat
 
 import pytest
 import torch
@@ -49,6 +51,11 @@ def test_package_layout_metadata_and_ema(tmp_path):
     header = json.loads((tmp_path / "pkg" / "config.json").read_text())
     assert header["format_version"] == models.FORMAT_VERSION and header["class_name"] == "UNet"
     assert header["config"]["channels"] == [8, 16]
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [tmp_path / "pkg", *(tmp_path / "pkg").iterdir()]}
+    assert modes == {"pkg": 0o777 & ~umask, "config.json": 0o666 & ~umask, "model.safetensors": 0o666 & ~umask,
+                     "ema.safetensors": 0o666 & ~umask}  # readable by others, like any file the user writes
     package = load_package(tmp_path / "pkg")
     assert package.metadata == metadata and package.has_ema
     ema_model = package.ema_model()

@@ -168,6 +168,7 @@ def save_package(model: ModelMixin, folder, metadata=None, ema_state_dict=None) 
         if ema_state_dict is not None:
             check_state(ema_state_dict, model, "ema_state_dict")
             save_file(_state_to_save(ema_state_dict), tmp / EMA_FILE, metadata={"format": "pt"})
+        _permissions_from_umask(tmp)
         old = folder.with_name(f".{folder.name}.old-{tmp.name[-8:]}")
         if folder.exists():
             os.replace(folder, old)
@@ -176,6 +177,16 @@ def save_package(model: ModelMixin, folder, metadata=None, ema_state_dict=None) 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _permissions_from_umask(folder: Path) -> None:
+    """Give a package the permissions of an ordinary folder and files (``mkdtemp`` and the
+    safetensors writer create them private to the owner)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.iterdir():
+        os.chmod(path, 0o666 & ~umask)
 
 
 def _check_complete(path: Path) -> None:
