@@ -49,8 +49,8 @@ def test_kid_is_near_zero_for_real_samples_and_positive_for_blur(real):
     # a subset as large as the sample: half-size subsets, so the spread is not a meaningless zero
     whole_mean, whole_std = kid(a[:60], _blur(b[:60], 1.5), subsets=10, subset_size=1000)
     assert whole_std > 0 and whole_mean > 0
-    with pytest.raises(ValueError, match="at least 4"):
-        kid(a[:3], b[:3])
+    with pytest.raises(ValueError, match="at least 2"):
+        kid(a[:1], b[:3])
 
 
 def test_reference_statistics_and_tensor_input(real):

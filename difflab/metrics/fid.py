@@ -89,9 +89,9 @@ def kid(real, fake, dataset: str = "shapes", features: str | None = None, subset
     f_real = features_of(real, dataset, features, inception_weights)
     f_fake = features_of(fake, dataset, features, inception_weights)
     smaller = min(len(f_real), len(f_fake))
-    size = subset_size if subset_size < smaller else smaller // 2
-    if size < 2:
-        raise ValueError(f"KID needs at least 4 images on each side, got {len(f_real)} real, {len(f_fake)} fake")
+    size = subset_size if subset_size < smaller else max(2, smaller // 2)
+    if smaller < 2:
+        raise ValueError(f"KID needs at least 2 images on each side, got {len(f_real)} real, {len(f_fake)} fake")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
         metric = KernelInceptionDistance(feature=_Identity(f_real.shape[1]), subsets=subsets, subset_size=size)
