@@ -15,25 +15,21 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import defaultdict
 
 from difflab.metrics.adherence import check
-from difflab.metrics.bench import CATEGORIES, bench_prompts
+from difflab.metrics.bench import CATEGORIES, bench_prompts, report
 from difflab.pipeline import Pipeline
 from difflab.samplers import SAMPLER_INFO
 
 
 def score(pipe: Pipeline, entries: list[dict], batch: int = 27, **settings) -> dict:
-    """Accuracy overall and per category of ``entries`` generated with ``settings``."""
-    ok = defaultdict(list)
+    """Accuracy per category and overall (their mean, as ``difflab eval``) of ``entries`` made with ``settings``."""
+    oks = []
     for start in range(0, len(entries), batch):
         chunk = entries[start: start + batch]
         images = pipe([e["prompt"] for e in chunk], seed=[e["seed"] for e in chunk], **settings).images
-        for image, entry in zip(images, chunk):
-            verdict = check(image, entry["prompt"])["ok"]
-            ok[entry["category"]].append(verdict)
-            ok["overall"].append(verdict)
-    return {name: sum(v) / len(v) for name, v in ok.items()}
+        oks += [check(image, entry["prompt"])["ok"] for image, entry in zip(images, chunk)]
+    return {name: row["accuracy"] for name, row in report(entries, oks).items()}
 
 
 def main() -> None:

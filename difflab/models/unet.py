@@ -100,7 +100,8 @@ class UNet(ModelMixin):
             self.downsample.append(nn.Identity() if last else Downsample(c))
             skip_widths += [] if last else [c]
         self.mid_block1 = ResBlock(ch[-1], ch[-1], cfg.dropout, groups)
-        self.mid_attn = AttentionBlock(ch[-1], cfg.head_dim, cfg.context_dim, groups, cfg.attention_positions) if cfg.mid_attention else None
+        self.mid_attn = (AttentionBlock(ch[-1], cfg.head_dim, cfg.context_dim, groups, cfg.attention_positions)
+                         if cfg.mid_attention else None)
         self.mid_block2 = ResBlock(ch[-1], ch[-1], cfg.dropout, groups)
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(len(ch))):
