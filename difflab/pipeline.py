@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,36 @@ def read_recipe(path) -> dict:
     return json.loads(text)
 
 
+def sampling_defaults(section, folder) -> dict:
+    """The package's recommended settings (its ``sampling`` section) over difflab's ``DEFAULTS``.
+
+    A model's best sampler and guidance are measured on the model, so they travel with it, as a
+    scheduler config does in diffusers. Unknown keys and bad values are refused at load time.
+    """
+    from difflab.samplers import SAMPLERS
+    from difflab.schedules import SPACINGS
+    where = f"{folder}/config.json 'sampling'"
+    if not isinstance(section, dict) or set(section) - set(DEFAULTS):
+        raise ValueError(f"{where} must be a table with keys among {', '.join(DEFAULTS)}, got {section!r}")
+    values = {**DEFAULTS, **section}
+    checks = {"steps": _is_int(values["steps"]) and values["steps"] >= 1,
+              "sampler": values["sampler"] in SAMPLERS,
+              "guidance_scale": _is_number(values["guidance_scale"]) and math.isfinite(values["guidance_scale"]),
+              "spacing": values["spacing"] is None or values["spacing"] in SPACINGS}
+    for key, ok in checks.items():
+        if not ok:
+            raise ValueError(f"{where}: bad {key} {values[key]!r}")
+    return values
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def weights_hash(folder: Path) -> str:
     digest = hashlib.sha256()
     with open(Path(folder) / "model.safetensors", "rb") as f:
@@ -116,7 +147,7 @@ class Pipeline:
                    encoder=text_encoder_from_spec(meta["conditioning"]["encoder"]),
                    resolution=meta["data"]["resolution"], channels=meta["data"]["channels"],
                    name=folder.name, weights=weights_hash(folder), null_condition=meta["conditioning"].get("null", ""),
-                   defaults={**DEFAULTS, **meta.get("sampling", {})}, folder=folder)
+                   defaults=sampling_defaults(meta.get("sampling", {}), folder), folder=folder)
 
     @classmethod
     def from_trainer(cls, trainer) -> "Pipeline":

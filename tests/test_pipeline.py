@@ -1,7 +1,9 @@
 """Pipeline and `difflab generate` on a tiny trained package: recipes replay exactly, seeds are
 batch-invariant, bad inputs and non-finite outputs write nothing."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -82,6 +84,22 @@ def test_bad_arguments_are_refused(pipe):
             pipe("a red circle", **kwargs)
     with pytest.raises(ValueError, match="prompt"):
         pipe([])
+
+
+def test_a_package_carries_its_own_sampling_defaults(package, tmp_path):
+    folder = tmp_path / "tuned"
+    shutil.copytree(package, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "sampling": {"sampler": "euler", "guidance_scale": 1.5}}))
+    tuned = Pipeline.from_pretrained(folder)
+    recipe = tuned("a red circle", seed=0, steps=2).recipes[0]
+    assert (recipe["sampler"], recipe["guidance_scale"], recipe["steps"]) == ("euler", 1.5, 2)
+    assert tuned.defaults["steps"] == Pipeline.from_pretrained(package).defaults["steps"]
+    for bad, message in [({"sampler": "fast"}, "sampler"), ({"steps": 0}, "steps"), ({"cfg": 3}, "keys among"),
+                         ({"guidance_scale": "high"}, "guidance_scale"), ({"spacing": "cubic"}, "spacing")]:
+        (folder / "config.json").write_text(json.dumps({**config, "sampling": bad}))
+        with pytest.raises(ValueError, match=message):
+            Pipeline.from_pretrained(folder)
 
 
 def test_non_finite_output_is_an_error_not_a_black_image(package, tmp_path):
