@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 import difflab
-from difflab.sampling import DEFAULT_SAMPLER, sample
+from difflab.sampling import DEFAULT_SAMPLER, sample, validate_settings
 from difflab.schedules import NoiseSchedule
 
 BUNDLED_MODEL = Path(__file__).parent / "assets" / "models" / "shapes"
@@ -79,28 +78,15 @@ def sampling_defaults(section, folder) -> dict:
     A model's best sampler and guidance are measured on the model, so they travel with it, as a
     scheduler config does in diffusers. Unknown keys and bad values are refused at load time.
     """
-    from difflab.samplers import SAMPLERS
-    from difflab.schedules import SPACINGS
     where = f"{folder}/config.json 'sampling'"
     if not isinstance(section, dict) or set(section) - set(DEFAULTS):
         raise ValueError(f"{where} must be a table with keys among {', '.join(DEFAULTS)}, got {section!r}")
     values = {**DEFAULTS, **section}
-    checks = {"steps": _is_int(values["steps"]) and values["steps"] >= 1,
-              "sampler": values["sampler"] in SAMPLERS,
-              "guidance_scale": _is_number(values["guidance_scale"]) and math.isfinite(values["guidance_scale"]),
-              "spacing": values["spacing"] is None or values["spacing"] in SPACINGS}
-    for key, ok in checks.items():
-        if not ok:
-            raise ValueError(f"{where}: bad {key} {values[key]!r}")
+    try:
+        validate_settings(values["sampler"], values["steps"], values["spacing"], values["guidance_scale"])
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
     return values
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def weights_hash(folder: Path) -> str:

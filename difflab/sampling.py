@@ -128,10 +128,8 @@ class _Offset:
         return self.streams(like, step + self.offset, sub)
 
 
-def _validate(schedule, prediction_type, sampler, steps, spacing, guidance_scale, guidance_rescale, cond, uncond):
-    if not isinstance(schedule, NoiseSchedule):
-        raise ValueError(f"schedule must be a difflab.NoiseSchedule, got {type(schedule).__name__}")
-    validate_prediction_type(prediction_type)
+def validate_settings(sampler, steps, spacing, guidance_scale) -> None:
+    """Checks of the four user-facing sampling settings (also a model package's defaults)."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -141,6 +139,13 @@ def _validate(schedule, prediction_type, sampler, steps, spacing, guidance_scale
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
             or not math.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+
+
+def _validate(schedule, prediction_type, sampler, steps, spacing, guidance_scale, guidance_rescale, cond, uncond):
+    if not isinstance(schedule, NoiseSchedule):
+        raise ValueError(f"schedule must be a difflab.NoiseSchedule, got {type(schedule).__name__}")
+    validate_prediction_type(prediction_type)
+    validate_settings(sampler, steps, spacing, guidance_scale)
     if not isinstance(guidance_rescale, (int, float)) or not 0.0 <= guidance_rescale <= 1.0:
         raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale!r}")
     for name, value in (("cond", cond), ("uncond", uncond)):
