@@ -22,7 +22,7 @@ from PIL import Image
 
 from difflab.data.shapes import render
 from difflab.metrics.adherence import check
-from difflab.pipeline import Pipeline
+from difflab.pipelines import Pipeline
 
 COLOURS = ["red", "orange", "yellow", "green", "blue", "purple"]
 SHAPES = ["circle", "square", "triangle", "cross"]

@@ -18,7 +18,7 @@ import time
 
 from difflab.metrics.adherence import check
 from difflab.metrics.bench import CATEGORIES, bench_prompts, report
-from difflab.pipeline import Pipeline
+from difflab.pipelines import Pipeline
 from difflab.samplers import SAMPLER_INFO
 
 

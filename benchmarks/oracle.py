@@ -20,7 +20,7 @@ from difflab.data.digits import DigitsDataset
 from difflab.data.shapes import ShapesDataset, render
 from difflab.metrics.adherence import check
 from difflab.metrics.bench import bench_prompts, format_table, report
-from difflab.metrics.fid import feature_name, fid, kid
+from difflab.metrics.distances import feature_name, fid, kid
 from difflab.metrics.oracle_eval import Degradation, oracle_rates
 
 

@@ -3,7 +3,7 @@
     difflab bench samplers [--quick] [--out DIR]        (or: python benchmarks/samplers.py ...)
 
 Problems with known answers (Gaussian and Gaussian-mixture data, exact denoisers from
-``tests/gaussian.py``) in three settings: VE (EDM's sigma range, Karras / exponential grids),
+``difflab.testing.gaussian``) in three settings: VE (EDM's sigma range, Karras / exponential grids),
 discrete VP (Stable Diffusion's scaled-linear betas, an epsilon model ``NativeModel``) and rectified
 flow (shift 3, a velocity model). Every difflab sampler runs on every spacing; diffusers' schedulers
 run in their default configuration (constructor defaults + the problem's betas / shift).
@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import copy
 import datetime
-import importlib.util
 import json
 import math
 import os
@@ -44,6 +43,7 @@ import torch
 import difflab
 from difflab import Denoiser, NoiseSchedule
 from difflab.samplers import SAMPLER_INFO, SAMPLERS
+from difflab.testing.gaussian import GaussianMixture, NativeModel
 
 ROOT = Path(__file__).resolve().parents[1]
 NFES, QUICK_NFES = (4, 5, 6, 8, 10, 12, 15, 20, 30, 50), (5, 10, 20)
@@ -53,18 +53,10 @@ EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0
 DIM = 8
 
 
-def _load_gaussian():
-    spec = importlib.util.spec_from_file_location("difflab_bench_gaussian", ROOT / "tests" / "gaussian.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gaussian = _load_gaussian()
-GAUSS = gaussian.GaussianMixture.gaussian(torch.linspace(-1.5, 1.5, DIM).tolist(), torch.logspace(-2, 0, DIM).tolist())
+GAUSS = GaussianMixture.gaussian(torch.linspace(-1.5, 1.5, DIM).tolist(), torch.logspace(-2, 0, DIM).tolist())
 _g = torch.Generator().manual_seed(7)
-MIXTURE = gaussian.GaussianMixture([0.25, 0.45, 0.3], torch.randn(3, DIM, generator=_g, dtype=torch.float64).tolist(),
-                                   (0.02 + 0.3 * torch.rand(3, DIM, generator=_g, dtype=torch.float64)).tolist())
+MIXTURE = GaussianMixture([0.25, 0.45, 0.3], torch.randn(3, DIM, generator=_g, dtype=torch.float64).tolist(),
+                          (0.02 + 0.3 * torch.rand(3, DIM, generator=_g, dtype=torch.float64)).tolist())
 
 
 # ----- problems ------------------------------------------------------------------------------------
@@ -105,7 +97,7 @@ class Setting:
         return Denoiser(self.model(data), self.schedule, self.prediction_type)
 
     def model(self, data):
-        return gaussian.NativeModel(data, self.schedule, self.prediction_type)
+        return NativeModel(data, self.schedule, self.prediction_type)
 
 
 SETTINGS = {

@@ -14,13 +14,13 @@ _EXPORTS = {
     "NoiseSchedule": "difflab.schedules",
     "NoiseStreams": "difflab.noise",
     "Denoiser": "difflab.denoisers",
-    "CFG": "difflab.denoisers",
+    "CFG": "difflab.guidance",
     "SAMPLERS": "difflab.samplers",
     "sample": "difflab.sampling",
-    "Pipeline": "difflab.pipeline",
+    "Pipeline": "difflab.pipelines",
 }
 _SUBMODULES = {"samplers", "schedules", "noise", "denoisers", "sampling", "models", "data", "metrics",
-               "train", "pipeline"}
+               "train", "pipelines", "parameterization", "conditioning", "codecs", "guidance"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 

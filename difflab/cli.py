@@ -1,4 +1,4 @@
-"""The ``difflab`` command line: ``generate | train | eval | bench | serve | info``.
+"""The ``difflab`` command line: ``generate | train | eval | bench | info``.
 
 Each command validates its arguments first and prints one clear line on bad input (exit code 2),
 never a traceback. Heavy imports happen inside the commands so ``difflab --help`` is instant.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -15,6 +16,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="difflab: train, sample, edit and evaluate diffusion models.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: difflab beside the reference libraries.")
 app.add_typer(bench_app, name="bench")
+
+# Sampling settings of `generate` and `eval`, declared once; None means the model package's own default.
+Sampler = Annotated[str | None, typer.Option(help="one of difflab.SAMPLERS (default: the model's)")]
+Steps = Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")]
+Guidance = Annotated[float | None, typer.Option(help="classifier-free guidance scale (default: the model's)")]
 
 
 def fail(message: str) -> None:
@@ -29,10 +35,14 @@ def info() -> None:
     import torch
 
     import difflab
+    from difflab.schedules import KINDS
 
     typer.echo(f"difflab {difflab.__version__}, torch {torch.__version__}, "
                f"cuda {'yes' if torch.cuda.is_available() else 'no'}, threads {torch.get_num_threads()}")
     typer.echo("samplers: " + ", ".join(difflab.SAMPLERS))
+    typer.echo("schedules: " + ", ".join(KINDS))
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    typer.echo("devices: cpu" + (f", cuda x{cuda} ({torch.cuda.get_device_name(0)})" if cuda else ""))
 
 
 # --- train and generate -------------------------------------------------------------------
@@ -106,9 +116,9 @@ def generate(
     prompt: str = typer.Argument(None, help="what to draw (for digits models: a class label)"),
     n: int = typer.Option(1, "-n", "--num-images", help="images per prompt"),
     seed: int = typer.Option(None, help="first seed (image i uses seed + i); random if omitted"),
-    steps: int = typer.Option(None, help="sampling steps (default: the model's)"),
-    sampler: str = typer.Option(None, help="one of difflab.SAMPLERS"),
-    guidance: float = typer.Option(None, help="classifier-free guidance scale"),
+    steps: Steps = None,
+    sampler: Sampler = None,
+    guidance: Guidance = None,
     negative: str = typer.Option(None, help="negative prompt"),
     spacing: str = typer.Option(None, help="sigma spacing: trailing, leading, linspace, karras, exponential"),
     model: str = typer.Option(None, help="a model package folder (default: the bundled model)"),
@@ -122,7 +132,7 @@ def generate(
     mask_blur: float = typer.Option(0.0, help="feather the inpainting seam (pixels, inside the mask)"),
 ):
     """Generate images; each PNG carries the recipe that replays it."""
-    from difflab.pipeline import Pipeline, read_recipe
+    from difflab.pipelines import Pipeline, read_recipe
 
     try:
         edits = {"image": _open_image(image, "--image"), "mask": _open_image(mask, "--mask")}
@@ -216,16 +226,16 @@ def bench_networks(
 def eval_(
     model: str = typer.Argument(..., help="model package folder"),
     prompts: str = typer.Option("shapes-bench", help="shapes-bench, or a text file of canonical shapes prompts"),
-    sampler: str = typer.Option(None, help="sampler name (default: the model's)"),
-    steps: int = typer.Option(None, help="sampling steps (default: the model's)"),
-    guidance: float = typer.Option(None, help="classifier-free guidance scale (default: the model's)"),
+    sampler: Sampler = None,
+    steps: Steps = None,
+    guidance: Guidance = None,
     limit: int = typer.Option(None, help="score only the first N prompts"),
     batch_size: int = typer.Option(16, help="images generated per batch"),
     fid: bool = typer.Option(True, help="also compute FID/KID against real renders"),
     out: str = typer.Option(None, help="JSON report path (default: eval-MODEL-PROMPTS.json)"),
 ) -> None:
     """Generate the prompt set, score it with the shapes oracle and FID/KID; print a table, write JSON."""
-    from difflab.metrics.evaluate import EvalConfig, evaluate, format_summary
+    from difflab.metrics.evaluation import EvalConfig, evaluate, format_summary
 
     config = EvalConfig(model, prompts, sampler, steps, guidance, batch_size, limit, fid, out)
     try:

@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from difflab.denoisers import CFG, PREDICTION_TYPES, Denoiser, Inpaint, validate_prediction_type
+from difflab.denoisers import PREDICTION_TYPES, Denoiser, validate_prediction_type
+from difflab.guidance import CFG, Inpaint
+from difflab.parameterization import get_parameterization
 from difflab.noise import NoiseStreams, validate_seeds
 from difflab.samplers import SAMPLER_INFO, SAMPLERS
 from difflab.schedules import SPACINGS, NoiseSchedule
@@ -58,9 +60,10 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
         return image.to(device=device, dtype=dtype)  # strength 0: nothing to run
     sigmas = sigmas[first:]
     start_at_infinity = math.isinf(float(sigmas[0]))
-    if start_at_infinity and prediction_type == "epsilon":
-        raise ValueError("this grid starts at pure noise (sigma = inf), which an epsilon-prediction model cannot "
-                         "denoise: use a spacing that starts below it (e.g. 'leading') or a v/flow/sample model")
+    if start_at_infinity and not get_parameterization(prediction_type).handles_pure_noise:
+        raise ValueError(f"this grid starts at pure noise (sigma = inf), which a model of the "
+                         f"{get_parameterization(prediction_type).name} parameterization cannot denoise: use a spacing that starts below it (e.g. 'leading') or a "
+                         "v/flow/sample model")
 
     denoiser = Denoiser(model, schedule, prediction_type)
     extra_args = dict(cond or {})

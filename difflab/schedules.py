@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from difflab.parameterization import get_parameterization
+
 KINDS = ("linear", "scaled_linear", "cosine", "flow")
 SPACINGS = ("leading", "trailing", "linspace", "karras", "exponential")
 KARRAS_RHO = 7.0
@@ -183,22 +185,13 @@ class NoiseSchedule:
         alpha, sigma_t = self._native(t, x0)
         return alpha * x0 + sigma_t * noise
 
-    def target(self, x0: torch.Tensor, noise: torch.Tensor, t, prediction_type: str) -> torch.Tensor:
-        """Training target of a prediction type at model time t.
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t, prediction_type) -> torch.Tensor:
+        """Training target of a parameterization at model time t (see ``difflab.parameterization``)."""
+        return get_parameterization(prediction_type).target(x0, noise, *self.native_scales(t, x0))
 
-        epsilon: eps (Ho et al. 2020); v_prediction: alpha eps - sigma x0 (Salimans & Ho 2022, Sec. 4);
-        sample: x0; flow: eps - x0, the rectified-flow velocity dx_t/dt (Liu et al. 2022, eq. 1).
-        """
-        if prediction_type == "epsilon":
-            return noise
-        if prediction_type == "sample":
-            return x0
-        if prediction_type == "flow":
-            return noise - x0
-        if prediction_type == "v_prediction":
-            alpha, sigma_t = self._native(t, x0)
-            return alpha * noise - sigma_t * x0
-        raise ValueError(f"prediction_type must be one of epsilon, v_prediction, sample, flow; got {prediction_type!r}")
+    def native_scales(self, t, like: torch.Tensor):
+        """(alpha_t, sigma_t) at model times t, shaped [B, 1, ...] and typed like ``like``."""
+        return self._native(t, like)
 
     def _native(self, t, like: torch.Tensor):
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)

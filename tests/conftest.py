@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/gaussian.py, tests/kdiffusion_ref.py
+sys.path.insert(0, str(Path(__file__).parent))  # tests/kdiffusion_ref.py
 
 
 @pytest.fixture(autouse=True)

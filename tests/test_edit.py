@@ -11,10 +11,10 @@ from PIL import Image
 
 import difflab
 from difflab.data.shapes import render
-from difflab.pipeline import Pipeline, read_recipe
+from difflab.pipelines import Pipeline, read_recipe
 from difflab.samplers import SAMPLERS
 from difflab.train import Trainer, preset
-from gaussian import GaussianMixture, NativeModel
+from difflab.testing.gaussian import GaussianMixture, NativeModel
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from diffusers.training_utils import compute_snr
 
 from difflab.denoisers import Denoiser
 from difflab.schedules import NoiseSchedule
-from difflab.train.losses import diffusion_loss, loss_weights
+from difflab.train.objectives.denoising import diffusion_loss, loss_weights
 
 PREDICTIONS = ("epsilon", "v_prediction", "sample", "flow")
 T = torch.tensor([0.0, 50, 250, 500, 750, 900, 990])

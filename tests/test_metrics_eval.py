@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from difflab.cli import app
-from difflab.metrics.evaluate import EvalConfig, evaluate, format_summary
+from difflab.metrics.evaluation import EvalConfig, evaluate, format_summary
 
 PROMPTS = ["a red circle", "two blue squares", "a green cross above a yellow triangle"]
 

@@ -13,7 +13,7 @@ from difflab.data.digits import DigitsDataset
 from difflab.data.shapes import ShapesDataset
 from difflab.metrics import features as features_module
 from difflab.metrics.features import as_uint8_batch, load_feature_net
-from difflab.metrics.fid import feature_name, fid, kid
+from difflab.metrics.distances import feature_name, fid, kid
 
 N = 800  # per side: FID's finite-sample bias shrinks as 1/N
 

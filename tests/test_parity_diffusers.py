@@ -20,7 +20,7 @@ import torch
 import difflab
 from difflab import Denoiser
 from difflab.samplers import SAMPLERS
-from gaussian import GaussianMixture, NativeModel
+from difflab.testing.gaussian import GaussianMixture, NativeModel
 
 MIXTURE = GaussianMixture([0.2, 0.5, 0.3], [[-1.5, 0.5, 2.0, 0.0], [1.0, -0.5, 0.0, 1.0], [0.0, 2.0, -1.0, -2.0]],
                           [[0.04, 0.3, 0.1, 1.0], [0.25, 0.05, 0.5, 0.2], [0.5, 0.1, 0.02, 0.3]])

@@ -13,7 +13,7 @@ import torch
 
 import difflab
 from difflab.samplers import SAMPLERS
-from gaussian import GaussianMixture
+from difflab.testing.gaussian import GaussianMixture
 from kdiffusion_ref import load_k_sampling
 
 K = load_k_sampling()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from difflab.pipeline import Pipeline, read_recipe
+from difflab.pipelines import Pipeline, read_recipe
 from difflab.train import Trainer, preset
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -7,7 +7,7 @@ import torch
 
 import difflab
 from difflab.samplers import SAMPLERS
-from gaussian import GaussianMixture, NativeModel
+from difflab.testing.gaussian import GaussianMixture, NativeModel
 
 GAUSS = GaussianMixture.gaussian([0.5, -1.0, 2.0], [0.04, 1.0, 0.25])
 VP = difflab.NoiseSchedule.scaled_linear()

@@ -8,7 +8,7 @@ import torch
 
 import difflab
 from difflab.samplers import SAMPLER_INFO, SAMPLERS
-from gaussian import GaussianMixture, NativeModel
+from difflab.testing.gaussian import GaussianMixture, NativeModel
 
 GAUSS = GaussianMixture.gaussian([0.5, -1.0, 2.0], [0.04, 1.0, 0.25])
 MIXTURE = GaussianMixture([0.3, 0.7], [[-2.0], [1.5]], [[0.09], [0.25]])

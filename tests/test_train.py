@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from difflab.train import Trainer, TrainingStopped, preset
 from difflab.train import checkpoint as ckpt
 from difflab.train import trainer as trainer_module
+from difflab.train.objectives import denoising as denoising_module
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TINY = preset("tiny").replace(threads=1)
@@ -99,7 +100,7 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path):
 
 
 def test_non_finite_losses_are_skipped_counted_and_stop_the_run(tmp_path, monkeypatch):
-    real = trainer_module.diffusion_loss
+    real = denoising_module.diffusion_loss
     calls = []
 
     def sometimes_nan(*args, **kwargs):
@@ -107,7 +108,7 @@ def test_non_finite_losses_are_skipped_counted_and_stop_the_run(tmp_path, monkey
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) in (3, 4) or len(calls) >= 8 else loss
 
-    monkeypatch.setattr(trainer_module, "diffusion_loss", sometimes_nan)
+    monkeypatch.setattr(denoising_module, "diffusion_loss", sometimes_nan)
     trainer = Trainer(TINY.replace(max_steps=20, checkpoint_every=2, max_bad_steps=3), tmp_path, log=lambda *a: None)
     with pytest.raises(TrainingStopped, match="non-finite"):
         trainer.fit()

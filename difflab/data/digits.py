@@ -44,7 +44,8 @@ def split_indices(split: str) -> np.ndarray:
 class DigitsDataset:
     """Items are ``{"image": PIL "L" image, "caption": "the digit three", "label": 3}``."""
 
-    num_classes = 10
+    channels = 1                  # grey images
+    num_classes = 10              # items carry "label" in 0..9
 
     def __init__(self, split: str = "train", resolution: int = 32):
         if split not in SPLITS:

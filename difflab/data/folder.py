@@ -64,6 +64,9 @@ class ImageFolderDataset:
     ``skipped`` lists the files that could not be read and why; ``summary()`` says how many.
     """
 
+    channels = 3                  # every image is converted to RGB
+    num_classes = None            # conditioned on captions, not class labels
+
     def __init__(self, root: str | Path, resolution: int | None = None, recursive: bool = True):
         self.root = Path(root)
         if not self.root.is_dir():

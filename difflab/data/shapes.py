@@ -186,6 +186,9 @@ class ShapesDataset:
     Each split draws from its own seed stream, so no item is shared.
     """
 
+    channels = 3                  # RGB images
+    num_classes = None            # conditioned on captions, not class labels
+
     def __init__(self, split: str = "train", resolution: int = 32, length: int | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")

@@ -5,7 +5,9 @@
     metrics.fid(real_images, fake_images, dataset="shapes")              # difflab shape features
     metrics.kid(real_images, fake_images, dataset="digits")              # (mean, std)
 
-Names are imported lazily so that ``import difflab.metrics`` stays light.
+Names are imported lazily so that ``import difflab.metrics`` stays light. No exported name is also
+the name of a submodule (FID and KID live in ``distances``, the eval command in ``evaluation``):
+importing a submodule binds its name on the package, which would shadow a function of that name.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ import importlib
 
 _EXPORTS = {
     "check": "difflab.metrics.adherence",
-    "fid": "difflab.metrics.fid",
-    "kid": "difflab.metrics.fid",
-    "feature_name": "difflab.metrics.fid",
+    "fid": "difflab.metrics.distances",
+    "kid": "difflab.metrics.distances",
+    "feature_name": "difflab.metrics.distances",
     "bench_prompts": "difflab.metrics.bench",
-    "evaluate": "difflab.metrics.evaluate",
-    "EvalConfig": "difflab.metrics.evaluate",
+    "evaluate": "difflab.metrics.evaluation",
+    "EvalConfig": "difflab.metrics.evaluation",
     "oracle_rates": "difflab.metrics.oracle_eval",
 }
 

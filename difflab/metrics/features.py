@@ -17,11 +17,11 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
+
+from difflab.data.images import from_uint8, to_uint8
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 FEATURE_DATASETS = ("shapes", "digits")
@@ -67,7 +67,7 @@ class FeatureNet(nn.Module):
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float in [-1, 1] at the network's channels and resolution."""
-        x = images.float() / 127.5 - 1.0                                  # (N, C, H, W)
+        x = from_uint8(images)                                            # (N, C, H, W)
         if x.shape[1] != self.config.channels:
             x = x.mean(1, keepdim=True) if self.config.channels == 1 else x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (self.config.resolution,) * 2:
@@ -130,14 +130,11 @@ def as_uint8_batch(images) -> torch.Tensor:
             raise ValueError(f"image tensors must be uint8 of shape (N, 1 or 3, H, W), got "
                              f"{images.dtype} {tuple(images.shape)}")
         return images
-    images = list(images)
-    if not images or not all(isinstance(im, Image.Image) for im in images):
-        raise ValueError("images must be a non-empty list of PIL images or a uint8 tensor (N, C, H, W)")
-    sizes = {im.size for im in images}
-    if len(sizes) != 1:
-        raise ValueError(f"all images must have one size, got {sorted(sizes)}")
-    arrays = np.stack([np.asarray(im.convert("RGB")) for im in images])      # (N, H, W, 3)
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
+    try:
+        return to_uint8(images, channels=3).contiguous()                      # (N, 3, H, W)
+    except ValueError as error:
+        raise ValueError(f"images must be a non-empty list of PIL images of one size or a uint8 tensor "
+                         f"(N, C, H, W): {error}") from None
 
 
 @torch.no_grad()

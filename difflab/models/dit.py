@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from difflab.models.layers import Attention, broadcast_time, class_labels_tensor, timestep_embedding
-from difflab.models.package import ModelMixin, is_int, is_optional_int, register_model, require
+from difflab.models.base import ModelMixin, is_int, is_optional_int, register_model, require
+from difflab.models.layers import Attention, ConditionEmbedding
 
 # Named sizes: DiT-S/B/L/XL from the paper (Table 1), plus T and XS that train on a CPU.
 DIT_SIZES = {
@@ -106,19 +106,15 @@ class DiTBlock(nn.Module):
 
 
 @register_model
-class DiT(ModelMixin):
+class DiT(ConditionEmbedding, ModelMixin):
     """DiT(in_channels=4, patch_size=2, hidden_size=384, depth=12, ...) or DiT.from_size("DiT-S", ...)."""
 
     config_class = DiTConfig
 
-    def __init__(self, *args, config: DiTConfig | None = None, **kwargs):
-        super().__init__()
-        self.config = cfg = config if config is not None else DiTConfig(*args, **kwargs)
+    def build(self, cfg: DiTConfig) -> None:
         D, p = cfg.hidden_size, cfg.patch_size
         self.patchify = nn.Conv2d(cfg.in_channels, D, p, stride=p)
-        self.time_mlp = nn.Sequential(nn.Linear(cfg.frequency_dim, D), nn.SiLU(), nn.Linear(D, D))
-        self.class_embed = nn.Embedding(cfg.num_classes + 1, D) if cfg.num_classes else None
-        self.pooled_proj = nn.Linear(cfg.pooled_dim, D) if cfg.pooled_dim else None
+        self.init_condition_embedding(cfg.frequency_dim, D, cfg.num_classes, cfg.pooled_dim)
         self.blocks = nn.ModuleList(DiTBlock(D, cfg.num_heads, cfg.mlp_ratio, cfg.context_dim) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(D, 2 * D)
@@ -146,23 +142,9 @@ class DiT(ModelMixin):
         return cls(**{**DIT_SIZES[name], **kwargs})
 
     @property
-    def null_class(self) -> int | None:
-        return self.config.num_classes
-
-    def condition(self, t, batch, device, class_labels=None, pooled=None) -> torch.Tensor:
-        """Conditioning vector c [B, D] = time (+ class) (+ pooled text) embedding."""
-        cfg = self.config
-        c = self.time_mlp(timestep_embedding(broadcast_time(t, batch, device), cfg.frequency_dim))
-        if class_labels is not None and self.class_embed is None:
-            raise ValueError("class_labels given, but this DiT has no num_classes (it is not class-conditional)")
-        if self.class_embed is not None:
-            c = c + self.class_embed(class_labels_tensor(class_labels, cfg.num_classes, batch, device))
-        if pooled is not None:
-            if self.pooled_proj is None or pooled.shape != (batch, cfg.pooled_dim):
-                raise ValueError(f"pooled must have shape [{batch}, pooled_dim] with pooled_dim={cfg.pooled_dim}, "
-                                 f"got {list(pooled.shape)}")
-            c = c + self.pooled_proj(pooled)
-        return c
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this (its patch size)."""
+        return self.config.patch_size
 
     def forward(self, x, t, context=None, context_mask=None, class_labels=None, pooled=None):
         """x [B, C, H, W], t [B] or scalar -> [B, C_out, H, W]."""

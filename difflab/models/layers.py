@@ -60,6 +60,66 @@ def class_labels_tensor(labels, num_classes: int, batch: int, device) -> torch.T
     return labels
 
 
+class TimestepEmbedder(nn.Sequential):
+    """Model time t [B] -> [B, D]: sinusoidal features, then Linear-SiLU-Linear (DiT's ``TimestepEmbedder``).
+
+    A ``Sequential`` of the MLP, so its weights keep the names ``0.weight``, ``2.weight``, ...
+    """
+
+    def __init__(self, frequency_dim: int, dim: int):
+        super().__init__(nn.Linear(frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.frequency_dim = frequency_dim
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return super().forward(timestep_embedding(t, self.frequency_dim))      # [B, D]
+
+
+class LabelEmbedder(nn.Embedding):
+    """Class labels [B] -> [B, D]; row ``num_classes`` is the learned null class (Ho & Salimans, 2022)."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__(num_classes + 1, dim)
+        self.num_classes = num_classes
+
+    def forward(self, labels, batch: int, device) -> torch.Tensor:
+        return super().forward(class_labels_tensor(labels, self.num_classes, batch, device))
+
+
+class ConditionEmbedding:
+    """Mixin of a network conditioned as DiT is: ``c = t_embedder(t) + y_embedder(y) + pooled_proj(pooled)``.
+
+    The embedders are attributes of the network itself (``time_mlp``, ``class_embed``, ``pooled_proj``),
+    so their weights keep those names in the state_dict. A new condition is one more embedder here.
+    """
+
+    def init_condition_embedding(self, frequency_dim: int, dim: int, num_classes: int | None,
+                                 pooled_dim: int | None) -> None:
+        self.time_mlp = TimestepEmbedder(frequency_dim, dim)
+        self.class_embed = LabelEmbedder(num_classes, dim) if num_classes else None
+        self.pooled_proj = nn.Linear(pooled_dim, dim) if pooled_dim else None
+
+    @property
+    def null_class(self) -> int | None:
+        """The label that means "no class" (classifier-free guidance), or None if unconditional."""
+        return self.class_embed.num_classes if self.class_embed is not None else None
+
+    def condition(self, t, batch: int, device, class_labels=None, pooled=None) -> torch.Tensor:
+        """Conditioning vector c [B, D] = time (+ class) (+ pooled text) embedding."""
+        c = self.time_mlp(broadcast_time(t, batch, device))                   # [B, D]
+        if class_labels is not None and self.class_embed is None:
+            raise ValueError(f"class_labels given, but this {type(self).__name__} has no num_classes "
+                             f"(it is not class-conditional)")
+        if self.class_embed is not None:
+            c = c + self.class_embed(class_labels, batch, device)
+        if pooled is not None:
+            pooled_dim = self.pooled_proj.in_features if self.pooled_proj is not None else None
+            if pooled_dim is None or pooled.shape != (batch, pooled_dim):
+                raise ValueError(f"pooled must have shape [{batch}, pooled_dim] with pooled_dim={pooled_dim}, "
+                                 f"got {list(pooled.shape)}")
+            c = c + self.pooled_proj(pooled)
+        return c
+
+
 def to_tokens(x: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] -> [B, H*W, C]; a free view when ``x`` is channels_last."""
     return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])

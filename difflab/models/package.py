@@ -32,79 +32,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+# Re-exported: the registry and the config helpers lived here before models/base.py held them.
+from difflab.models.base import (MODEL_CLASSES, ModelMixin, _to_tuples, config_from_dict, create_model,  # noqa: F401
+                                 is_int, is_optional_int, known_models, model_class, register_model, require)
+
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, EMA_FILE = "config.json", "model.safetensors", "ema.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 RESERVED_SECTIONS = ("format_version", "class_name", "config")
-MODEL_CLASSES: dict[str, type] = {}
-
-
-def register_model(cls: type) -> type:
-    """Class decorator: make ``cls`` loadable by its name from a package's ``class_name``."""
-    MODEL_CLASSES[cls.__name__] = cls
-    return cls
-
-
-def _to_tuples(value):
-    """JSON lists back to the tuples a frozen config holds."""
-    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def config_from_dict(config_class: type, values: dict):
-    """Build ``config_class`` from a dict, refusing unknown or missing fields by name."""
-    if not isinstance(values, dict):
-        raise ValueError(f"the 'config' section must be a JSON object, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown {config_class.__name__} field(s) {unknown}; allowed: {sorted(fields)}")
-    required = [n for n, f in fields.items()
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    missing = [n for n in required if n not in values]
-    if missing:
-        raise ValueError(f"{config_class.__name__} is missing required field(s) {missing}")
-    return config_class(**{k: _to_tuples(v) for k, v in values.items()})
-
-
-def require(condition: bool, message: str) -> None:
-    """Raise ``ValueError(message)`` unless ``condition``: config validation reads as a list of rules."""
-    if not condition:
-        raise ValueError(message)
-
-
-def is_int(value, minimum: int = 1) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def is_optional_int(value, minimum: int = 1) -> bool:
-    return value is None or is_int(value, minimum)
-
-
-class ModelMixin(nn.Module):
-    """Adds ``save_pretrained`` / ``from_pretrained`` to a network with a frozen ``config``."""
-
-    config_class: type
-
-    def save_pretrained(self, folder, metadata: dict | None = None, ema_state_dict: dict | None = None) -> Path:
-        """Write this model as a package (see the module docstring); returns the folder.
-
-        ``metadata``: extra top-level sections ("diffusion", "conditioning", "data", "training"),
-        stored verbatim. ``ema_state_dict``: optional EMA weights written to ema.safetensors.
-        """
-        return save_package(self, folder, metadata=metadata, ema_state_dict=ema_state_dict)
-
-    @classmethod
-    def from_pretrained(cls, folder):
-        """Load a package whose ``class_name`` is this class (strictly; see :func:`load`)."""
-        model = load(folder)
-        if not isinstance(model, cls):
-            raise ValueError(f"{folder} holds a {type(model).__name__}, not a {cls.__name__}; "
-                             f"use difflab.models.load() to load any model class")
-        return model
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 @dataclass
@@ -262,9 +197,9 @@ def _read_header(folder: Path) -> dict:
     if header.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{folder / CONFIG_FILE}: unsupported format_version {header.get('format_version')!r}; "
                          f"this difflab reads format_version {FORMAT_VERSION}")
-    if header.get("class_name") not in MODEL_CLASSES:
+    if not isinstance(header.get("class_name"), str) or header["class_name"] not in known_models():
         raise ValueError(f"{folder / CONFIG_FILE}: unknown class_name {header.get('class_name')!r}; "
-                         f"known: {sorted(MODEL_CLASSES)}")
+                         f"known: {known_models()}")
     if "config" not in header:
         raise ValueError(f"{folder / CONFIG_FILE} has no 'config' section")
     return header
@@ -272,10 +207,9 @@ def _read_header(folder: Path) -> dict:
 
 def load_package(folder) -> ModelPackage:
     """Load a package strictly: the model (in eval mode), its metadata sections and EMA access."""
-    _register_builtin()
     folder = Path(folder)
     header = _read_header(folder)
-    cls = MODEL_CLASSES[header["class_name"]]
+    cls = model_class(header["class_name"])
     model = cls(config=config_from_dict(cls.config_class, header["config"]))
     model.load_state_dict(read_weights(folder / WEIGHTS_FILE, model), strict=True)
     metadata = {k: v for k, v in header.items() if k not in RESERVED_SECTIONS}
@@ -286,7 +220,3 @@ def load(folder) -> nn.Module:
     """Load the model of a package (see :func:`load_package` for metadata and EMA weights)."""
     return load_package(folder).model
 
-
-def _register_builtin() -> None:
-    """Import the built-in model modules so their classes are registered."""
-    from difflab.models import dit, unet, vae  # noqa: F401

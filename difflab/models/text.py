@@ -16,15 +16,11 @@ and unconditional batches stack, and caches the embedding of every prompt it has
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")        # before transformers is imported: never download
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 class TextEncoder:

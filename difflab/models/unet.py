@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from difflab.models.layers import (AttentionBlock, Downsample, ResBlock, Upsample, broadcast_time,
-                                   class_labels_tensor, group_norm, groups_for, timestep_embedding)
-from difflab.models.package import ModelMixin, is_int, is_optional_int, register_model, require
+from difflab.models.base import ModelMixin, is_int, is_optional_int, register_model, require
+from difflab.models.layers import (AttentionBlock, ConditionEmbedding, Downsample, ResBlock, Upsample, group_norm,
+                                   groups_for)
 
 
 @dataclass(frozen=True)
@@ -69,18 +69,14 @@ class UNetConfig:
 
 
 @register_model
-class UNet(ModelMixin):
+class UNet(ConditionEmbedding, ModelMixin):
     """UNet(in_channels, out_channels, channels=(64, 128, 128), ...) or UNet(config=UNetConfig(...))."""
 
     config_class = UNetConfig
 
-    def __init__(self, *args, config: UNetConfig | None = None, **kwargs):
-        super().__init__()
-        self.config = cfg = config if config is not None else UNetConfig(*args, **kwargs)
+    def build(self, cfg: UNetConfig) -> None:
         ch, E, groups = cfg.channels, cfg.embed_dim, cfg.norm_groups
-        self.time_mlp = nn.Sequential(nn.Linear(ch[0], E), nn.SiLU(), nn.Linear(E, E))
-        self.class_embed = nn.Embedding(cfg.num_classes + 1, E) if cfg.num_classes else None
-        self.pooled_proj = nn.Linear(cfg.pooled_dim, E) if cfg.pooled_dim else None
+        self.init_condition_embedding(ch[0], E, cfg.num_classes, cfg.pooled_dim)   # time_mlp, class_embed, ...
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
 
         def level(c_in, c_out, level_index, n, skip_widths=None):
@@ -121,26 +117,6 @@ class UNet(ModelMixin):
         blocks = [b[0] for lvl in self.down for b in lvl] + [self.mid_block1, self.mid_block2]
         return blocks + [b[0] for lvl in self.up for b in lvl]
 
-    @property
-    def null_class(self) -> int | None:
-        """The label that means "no class" (classifier-free guidance), or None if unconditional."""
-        return self.config.num_classes
-
-    def embed(self, t, batch, device, class_labels=None, pooled=None) -> torch.Tensor:
-        """Time (+ class, + pooled text) embedding [B, E]."""
-        cfg = self.config
-        emb = self.time_mlp(timestep_embedding(broadcast_time(t, batch, device), cfg.channels[0]))
-        if class_labels is not None and self.class_embed is None:
-            raise ValueError("class_labels given, but this UNet has no num_classes (it is not class-conditional)")
-        if self.class_embed is not None:
-            emb = emb + self.class_embed(class_labels_tensor(class_labels, cfg.num_classes, batch, device))
-        if pooled is not None:
-            if self.pooled_proj is None or pooled.shape != (batch, cfg.pooled_dim):
-                raise ValueError(f"pooled must have shape [{batch}, pooled_dim] with pooled_dim={cfg.pooled_dim}, "
-                                 f"got {list(pooled.shape)}")
-            emb = emb + self.pooled_proj(pooled)
-        return emb
-
     def check_input(self, x, context, context_mask):
         cfg, factor = self.config, 2 ** (len(self.config.channels) - 1)
         if x.dim() != 4 or x.shape[1] != cfg.in_channels:
@@ -155,12 +131,17 @@ class UNet(ModelMixin):
             if context_mask is not None and context_mask.shape != context.shape[:2]:
                 raise ValueError(f"context_mask must have shape {list(context.shape[:2])}, got {list(context_mask.shape)}")
 
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this (its total downsampling)."""
+        return 2 ** (len(self.config.channels) - 1)
+
     def forward(self, x, t, context=None, context_mask=None, class_labels=None, pooled=None):
         """x [B, C_in, H, W], t [B] or scalar -> [B, C_out, H, W]. ``context=None`` skips cross-attention."""
         self.check_input(x, context, context_mask)
         if context_mask is not None:
             context_mask = context_mask.bool()
-        emb = self.embed(t, x.shape[0], x.device, class_labels, pooled)       # [B, E]
+        emb = self.condition(t, x.shape[0], x.device, class_labels, pooled)   # [B, E]
         scale_shift = iter(self.scale_shift(F.silu(emb)).split([2 * b.out_channels for b in self.res_blocks], 1))
         h = self.conv_in(x.contiguous(memory_format=torch.channels_last))    # [B, ch0, H, W]
         skips = [h]

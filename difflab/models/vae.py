@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from difflab.models.base import ModelMixin, is_int, register_model, require
 from difflab.models.layers import AttentionBlock, Downsample, ResBlock, Upsample, group_norm, groups_for
-from difflab.models.package import ModelMixin, is_int, register_model, require
 
 
 @dataclass(frozen=True)
@@ -105,9 +105,7 @@ class AutoencoderKL(ModelMixin):
 
     config_class = AutoencoderKLConfig
 
-    def __init__(self, *args, config: AutoencoderKLConfig | None = None, **kwargs):
-        super().__init__()
-        self.config = cfg = config if config is not None else AutoencoderKLConfig(*args, **kwargs)
+    def build(self, cfg: AutoencoderKLConfig) -> None:
         self.encoder = _Coder(cfg, cfg.in_channels, 2 * cfg.latent_channels, down=True)
         self.decoder = _Coder(cfg, cfg.latent_channels, cfg.in_channels, down=False)
         self.to(memory_format=torch.channels_last)

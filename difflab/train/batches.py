@@ -7,42 +7,33 @@ resumed run continues exactly, and processes split a global batch without coordi
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from difflab.data import load_dataset, to_tensor
 from difflab.noise import stream_seed
 from difflab.train.config import TrainConfig
 
 
 def build_dataset(config: TrainConfig):
-    if config.dataset == "shapes":
-        from difflab.data.shapes import ShapesDataset
-        return ShapesDataset("train", resolution=config.resolution)
-    if config.dataset == "digits":
-        from difflab.data.digits import DigitsDataset
-        return DigitsDataset("train", resolution=config.resolution)
-    from difflab.data.folder import FolderDataset
-    return FolderDataset(config.data_dir, resolution=config.resolution)
-
-
-def image_to_tensor(image, channels: int) -> torch.Tensor:
-    """PIL image -> float tensor [C, H, W] in [-1, 1]."""
-    image = image.convert("RGB" if channels == 3 else "L")
-    array = np.asarray(image, dtype=np.uint8)
-    tensor = torch.from_numpy(array.copy()).float().div(127.5).sub(1)
-    return tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor[None]
+    """The training split of ``config.dataset`` (an image folder: ``config.data_dir``)."""
+    return load_dataset(config.dataset, "train", config.resolution, data_dir=config.data_dir)
 
 
 class TrainingData:
-    """Images and captions/labels for global sample positions, with an in-memory image cache."""
+    """Images and captions/labels for global sample positions, with an in-memory image cache.
+
+    ``channels`` and ``num_classes`` come from the dataset (its attributes of those names; a dataset
+    without them holds RGB images and captions). ``class_conditional``: items are labelled classes.
+    """
 
     def __init__(self, config: TrainConfig, dataset=None):
         self.config = config
         self.dataset = dataset if dataset is not None else build_dataset(config)
         if len(self.dataset) == 0:
             raise ValueError(f"the {config.dataset} dataset has no images")
-        self.channels = 1 if config.dataset == "digits" else 3
-        self.class_conditional = config.dataset == "digits"
+        self.channels = getattr(self.dataset, "channels", 3)
+        self.num_classes = getattr(self.dataset, "num_classes", None)
+        self.class_conditional = self.num_classes is not None
         self._cache: dict[int, tuple[torch.Tensor, object]] = {}
         self._perm_epoch, self._perm = None, None
 
@@ -64,7 +55,7 @@ class TrainingData:
             if image.size != (self.config.resolution, self.config.resolution):
                 image = image.resize((self.config.resolution,) * 2)
             condition = item["label"] if self.class_conditional else item.get("caption", "")
-            self._cache[index] = (image_to_tensor(image, self.channels), condition)
+            self._cache[index] = (to_tensor(image, self.channels)[0], condition)       # [C, H, W]
         return self._cache[index]
 
     def batch(self, positions: list[int]) -> tuple[torch.Tensor, list]:

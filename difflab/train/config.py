@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 DATASETS = ("shapes", "digits", "folder")
 WEIGHTINGS = ("uniform", "min_snr", "min_snr_plus_one")

@@ -3,7 +3,7 @@
 One CPU process by default; ``torchrun --nproc_per_node N -m difflab train ...`` or ``accelerate
 launch`` for several processes (DDP over gloo on CPU, NCCL on GPUs) with no code change. The global
 batch ``batch_size`` is split over processes and gradient-accumulation micro-batches; every sample's
-noise, timestep and dropout come from its global position (``losses.draw_per_sample``), so the
+noise, timestep and dropout come from its global position (``objectives.draw_per_sample``), so the
 result does not depend on that split, and a resumed run ends with exactly the weights of an
 uninterrupted one (on CPU, same thread count).
 """
@@ -24,8 +24,9 @@ from difflab.schedules import NoiseSchedule
 from difflab.train import checkpoint as ckpt
 from difflab.train.batches import TrainingData
 from difflab.train.config import TrainConfig
-from difflab.models.text import encode_each
-from difflab.train.losses import diffusion_loss, draw_per_sample, ema_decay_at, ema_update, lr_at
+from difflab.conditioning import Conditioner
+from difflab.train.objectives import OBJECTIVES, Batch
+from difflab.train.optim import ema_decay_at, ema_update, lr_at
 
 
 class TrainingStopped(RuntimeError):
@@ -38,23 +39,34 @@ def make_schedule(config: TrainConfig) -> NoiseSchedule:
     return getattr(NoiseSchedule, config.schedule)(rescale_zero_terminal_snr=config.rescale_zero_terminal_snr)
 
 
-def make_conditioner(config: TrainConfig):
-    """The frozen encoder of captions (text) or labels (digits)."""
+def make_conditioner(config: TrainConfig, data: TrainingData) -> Conditioner:
+    """The frozen encoder of captions (text) or of class labels, as the dataset says."""
     from difflab.models.text import ClassLabelEncoder, text_encoder_from_spec
-    if config.dataset == "digits":
-        return ClassLabelEncoder([str(d) for d in range(10)])
+    if data.class_conditional:
+        names = getattr(data.dataset, "class_names", None) or [str(i) for i in range(data.num_classes)]
+        return Conditioner(ClassLabelEncoder(list(names)))
     spec = {"type": "minilm", "max_length": 32} if config.text_encoder == "minilm" else config.text_encoder
-    return text_encoder_from_spec(spec)
+    return Conditioner(text_encoder_from_spec(spec))
 
 
-def make_model(config: TrainConfig, channels: int, conditioner):
-    from difflab.models import UNet
+def make_model(config: TrainConfig, channels: int, conditioner: Conditioner):
+    """The network named by ``config.model`` (``class_name``, default UNet) with its conditioning inputs."""
+    from difflab.models import create_model
     model_args = dict(config.model)
-    if config.dataset == "digits":
-        model_args.update(num_classes=10)
+    class_name = model_args.pop("class_name", "UNet")
+    if conditioner.class_labels:
+        model_args.update(num_classes=conditioner.encoder.null_label)
     else:
         model_args.update(context_dim=conditioner.dim, pooled_dim=conditioner.dim)
-    return UNet(in_channels=channels, out_channels=channels, **model_args)
+    return create_model(class_name, in_channels=channels, out_channels=channels, **model_args)
+
+
+def make_objective(config: TrainConfig, schedule: NoiseSchedule, conditioner: Conditioner, accelerator,
+                   channels_last: bool):
+    return OBJECTIVES["denoising"](schedule, config.prediction_type, conditioner, weighting=config.loss_weighting,
+                                   snr_gamma=config.snr_gamma, timestep_sampling=config.timestep_sampling,
+                                   cond_dropout=config.cond_dropout, seed=config.seed, channels_last=channels_last,
+                                   autocast=accelerator.autocast)
 
 
 def warm_start(model, folder) -> tuple[str, dict | None]:
@@ -114,7 +126,7 @@ class Trainer:
                              f"grad_accum ({config.grad_accum})")
         self.schedule = make_schedule(config)
         self.data = TrainingData(config)
-        self.conditioner = make_conditioner(config)
+        self.conditioner = make_conditioner(config, self.data)
         torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
         model = make_model(config, self.data.channels, self.conditioner)
         self.parent_training = None
@@ -124,6 +136,7 @@ class Trainer:
         elif config.init_from:  # resumed: the weights come from the checkpoint, the lineage from the package
             self.parent_training = _training_record(config.init_from)
         self.channels_last = not cuda
+        self.objective = make_objective(config, self.schedule, self.conditioner, self.accelerator, self.channels_last)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
@@ -135,7 +148,6 @@ class Trainer:
             self._resume()
         elif ckpt.latest_checkpoint(self.out) is not None:
             raise ValueError(f"{self.out} already holds checkpoints: pass --resume to continue, or another --out")
-        self.null_condition = None if config.dataset == "digits" else ""
         self._tensorboard = None  # opened at the first log row; False when TensorBoard is not installed
 
     # ----- state -------------------------------------------------------------------------------
@@ -172,16 +184,6 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     # ----- one optimiser step ------------------------------------------------------------------
-    def conditioning(self, conditions: list, drop: torch.Tensor) -> dict:
-        device = self.accelerator.device
-        conditions = [self.null_condition if d else c for c, d in zip(conditions, drop.tolist())]
-        if self.config.dataset == "digits":
-            labels = [10 if c is None else c for c in conditions]
-            return {"class_labels": torch.tensor(labels, device=device)}
-        encode_each(self.conditioner, conditions)
-        tokens, mask, pooled = self.conditioner.encode(conditions)
-        return {"context": tokens.to(device), "context_mask": mask.to(device), "pooled": pooled.to(device)}
-
     def micro_batches(self):
         """Global positions of this process's micro-batches for the current step."""
         config, acc = self.config, self.accelerator
@@ -192,18 +194,8 @@ class Trainer:
         return [positions[i:i + size] for i in range(0, per_process, size)]
 
     def micro_loss(self, positions: list[int]) -> torch.Tensor:
-        config = self.config
         images, conditions = self.data.batch(positions)
-        t, noise, u = draw_per_sample(config.seed, positions, tuple(images.shape[1:]), self.schedule,
-                                      config.timestep_sampling)
-        images = images.to(self.accelerator.device)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-            noise = noise.contiguous(memory_format=torch.channels_last)
-        cond = self.conditioning(conditions, u < config.cond_dropout)
-        with self.accelerator.autocast():
-            return diffusion_loss(self.model, images, cond, t, noise.to(images.device), self.schedule,
-                                  config.prediction_type, config.loss_weighting, config.snr_gamma)
+        return self.objective.loss(self.model, Batch(images.to(self.accelerator.device), conditions, positions))
 
     def train_step(self) -> float:
         config, acc = self.config, self.accelerator
@@ -296,7 +288,7 @@ class Trainer:
         config = self.config
         return {
             "diffusion": {"schedule": self.schedule.to_config(), "prediction_type": config.prediction_type},
-            "conditioning": {"encoder": self.conditioner.spec, "null": self.null_condition},
+            "conditioning": {"encoder": self.conditioner.spec, "null": self.conditioner.null},
             "data": {"dataset": config.dataset, "resolution": config.resolution, "channels": self.data.channels},
             "training": {**config.to_dict(), "steps_done": self.step, "skipped_steps": self.skipped,
                          **({"parent": self.parent_training} if self.parent_training else {})},
@@ -312,12 +304,16 @@ class Trainer:
         model.load_state_dict(self.ema)
         return model.eval()
 
+    def pipeline(self):
+        """A :class:`~difflab.Pipeline` over the EMA weights, built through its public constructor."""
+        from difflab.codecs import PixelCodec
+        from difflab.pipelines import Pipeline
+        return Pipeline(self.ema_model(), self.schedule, self.config.prediction_type, self.conditioner,
+                        PixelCodec(self.data.channels), self.config.resolution, name="training")
+
     def write_sample_grid(self):
-        from difflab.pipeline import Pipeline
-        pipe = Pipeline.from_trainer(self)
-        prompts = ["a red circle", "two blue squares", "a green triangle above a yellow cross",
-                   "a small purple square in the top left"] if self.config.dataset != "digits" else list(range(4))
-        result = pipe(prompts, seed=0, steps=20)
+        prompts = getattr(self.data.dataset, "preview_prompts", None) or [self.data.item(p)[1] for p in range(4)]
+        result = self.pipeline()(list(prompts), seed=0, steps=20)
         result.grid().save(self.out / f"samples-step-{self.step}.png")
 
 

@@ -1,6 +1,6 @@
 """Multistep samplers: each step reuses the denoiser outputs of earlier steps (one NFE per step).
 
-Registered in ``difflab.SAMPLERS`` by ``difflab.samplers``; the notation is the same as there
+Registered in ``difflab.SAMPLERS``; the call and the notation are those of ``difflab.samplers.base``
 (``d`` = dx/dsigma, ``lam = -log sigma``, ``h`` a step in ``lam``). Histories are local lists.
 """
 
@@ -9,9 +9,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
-from difflab.samplers import _Run, register, to_d
+from difflab.samplers.base import _data_multistep, _dpmpp_step, _Run, register, to_d
 
 
 # ----- linear multistep in sigma ---------------------------------------------------------------
@@ -38,12 +37,10 @@ def lms_coefficients(sigmas: list[float], i: int, order: int) -> list[float]:
 @register("lms", order=4)
 def lms(denoiser, x, sigmas, extra_args=None, callback=None, noise=None, order=4):
     """Linear multistep (Adams-Bashforth) on the PF-ODE in sigma, as k-diffusion's ``sample_lms``."""
-    run = _Run(denoiser, x, sigmas, extra_args, callback, noise)
-    x, sigmas = run.start(x)
+    run, x, sigmas = _Run.begin(denoiser, x, sigmas, extra_args, callback, noise)
     ds = []
     for i in range(len(sigmas) - 1):
-        x0 = run(x, sigmas[i])
-        run.report(i, x, sigmas[i], x0)
+        x0 = run.denoise(i, x, sigmas[i])
         ds = (ds + [to_d(x, sigmas[i], x0)])[-order:]
         weights = lms_coefficients(sigmas, i, min(i + 1, order))
         x = x + sum(w * d for w, d in zip(weights, reversed(ds)))
@@ -59,12 +56,10 @@ def plms(denoiser, x, sigmas, extra_args=None, callback=None, noise=None):
     diffusers' start for ``skip_prk_steps``: the first step is a pseudo improved-Euler step
     (two evaluations), then Adams-Bashforth on eps of orders 2, 3, 4 with the DDIM transfer
     x' = x + (sigma' - sigma) * eps (eq. 9 in VE form)."""
-    run = _Run(denoiser, x, sigmas, extra_args, callback, noise)
-    x, sigmas = run.start(x)
+    run, x, sigmas = _Run.begin(denoiser, x, sigmas, extra_args, callback, noise)
     eps_history = []
     for i in range(len(sigmas) - 1):
-        x0 = run(x, sigmas[i])
-        run.report(i, x, sigmas[i], x0)
+        x0 = run.denoise(i, x, sigmas[i])
         eps = to_d(x, sigmas[i], x0)
         dt = sigmas[i + 1] - sigmas[i]
         if not eps_history:
@@ -84,23 +79,16 @@ def plms(denoiser, x, sigmas, extra_args=None, callback=None, noise=None):
 @register("dpmpp_2m", order=2)
 def dpmpp_2m(denoiser, x, sigmas, extra_args=None, callback=None, noise=None):
     """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2): first order on the first and final steps."""
-    run = _Run(denoiser, x, sigmas, extra_args, callback, noise)
-    x, sigmas = run.start(x)
-    x0_prev = h_prev = None
-    for i in range(len(sigmas) - 1):
-        x0 = run(x, sigmas[i])
-        run.report(i, x, sigmas[i], x0)
-        if sigmas[i + 1] == 0:
-            x = x0
-            break
-        h = math.log(sigmas[i] / sigmas[i + 1])
+    run, x, sigmas = _Run.begin(denoiser, x, sigmas, extra_args, callback, noise)
+
+    def step(i, x, x0, h, x0s, hs):
         x0_d = x0
-        if x0_prev is not None:
-            r = h_prev / h
-            x0_d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-        x = (sigmas[i + 1] / sigmas[i]) * x - math.expm1(-h) * x0_d
-        x0_prev, h_prev = x0, h
-    return x
+        if x0s:
+            r = hs[0] / h
+            x0_d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0s[0]
+        return _dpmpp_step(x, x0_d, sigmas[i], sigmas[i + 1], h)
+
+    return _data_multistep(run, x, sigmas, step)
 
 
 @register("dpmpp_2m_sde", stochastic=True, order=2)
@@ -109,43 +97,30 @@ def dpmpp_2m_sde(denoiser, x, sigmas, extra_args=None, callback=None, noise=None
     """DPM-Solver++(2M) SDE (Lu et al. 2022b, Sec. 5 / Appendix; k-diffusion's form), midpoint or heun."""
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
-    run = _Run(denoiser, x, sigmas, extra_args, callback, noise)
-    x, sigmas = run.start(x, eta, s_noise)
-    x0_prev = h_prev = None
-    for i in range(len(sigmas) - 1):
-        x0 = run(x, sigmas[i])
-        run.report(i, x, sigmas[i], x0)
-        if sigmas[i + 1] == 0:
-            x = x0
-            break
-        h = math.log(sigmas[i] / sigmas[i + 1])
+    run, x, sigmas = _Run.begin(denoiser, x, sigmas, extra_args, callback, noise, eta, s_noise)
+
+    def step(i, x, x0, h, x0s, hs):
         eta_h = eta * h
         x = (sigmas[i + 1] / sigmas[i]) * math.exp(-eta_h) * x - math.expm1(-h - eta_h) * x0
-        if x0_prev is not None:
-            r = h_prev / h
+        if x0s:
+            r = hs[0] / h
             if solver_type == "midpoint":
-                x = x - 0.5 * math.expm1(-h - eta_h) * (x0 - x0_prev) / r
+                x = x - 0.5 * math.expm1(-h - eta_h) * (x0 - x0s[0]) / r
             else:
-                x = x + (-math.expm1(-h - eta_h) / (-h - eta_h) + 1) * (x0 - x0_prev) / r
+                x = x + (-math.expm1(-h - eta_h) / (-h - eta_h) + 1) * (x0 - x0s[0]) / r
         if eta:
             x = x + run.noise(x, i) * sigmas[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
-        x0_prev, h_prev = x0, h
-    return x
+        return x
+
+    return _data_multistep(run, x, sigmas, step)
 
 
 @register("dpmpp_3m_sde", stochastic=True, order=3)
 def dpmpp_3m_sde(denoiser, x, sigmas, extra_args=None, callback=None, noise=None, eta=1.0, s_noise=1.0):
     """DPM-Solver++(3M) SDE (Lu et al. 2022b, third-order multistep; k-diffusion's form)."""
-    run = _Run(denoiser, x, sigmas, extra_args, callback, noise)
-    x, sigmas = run.start(x, eta, s_noise)
-    x0s, hs = [], []  # newest first
-    for i in range(len(sigmas) - 1):
-        x0 = run(x, sigmas[i])
-        run.report(i, x, sigmas[i], x0)
-        if sigmas[i + 1] == 0:
-            x = x0
-            break
-        h = math.log(sigmas[i] / sigmas[i + 1])
+    run, x, sigmas = _Run.begin(denoiser, x, sigmas, extra_args, callback, noise, eta, s_noise)
+
+    def step(i, x, x0, h, x0s, hs):
         h_eta = h * (eta + 1)
         x = math.exp(-h_eta) * x - math.expm1(-h_eta) * x0
         phi_2 = math.expm1(-h_eta) / h_eta + 1
@@ -161,8 +136,9 @@ def dpmpp_3m_sde(denoiser, x, sigmas, extra_args=None, callback=None, noise=None
                 x = x + phi_2 * d1_0
         if eta:
             x = x + run.noise(x, i) * sigmas[i + 1] * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise
-        x0s, hs = [x0] + x0s[:1], [h] + hs[:1]
-    return x
+        return x
+
+    return _data_multistep(run, x, sigmas, step)
 
 
 # ----- UniPC -----------------------------------------------------------------------------------
@@ -196,13 +172,11 @@ def unipc(denoiser, x, sigmas, extra_args=None, callback=None, noise=None, order
         raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-    run = _Run(denoiser, x, sigmas, extra_args, callback, noise)
-    x, sigmas = run.start(x)
+    run, x, sigmas = _Run.begin(denoiser, x, sigmas, extra_args, callback, noise)
     n = len(sigmas) - 1
     history, last = [], None  # history: (lam, x0), newest last; last: state of the previous predictor
     for i in range(n):
-        x0 = run(x, sigmas[i])
-        run.report(i, x, sigmas[i], x0)
+        x0 = run.denoise(i, x, sigmas[i])
         if corrector and last is not None:
             x = _unic(last, x0)
         lam = -math.log(sigmas[i])
@@ -269,13 +243,11 @@ def deis(denoiser, x, sigmas, extra_args=None, callback=None, noise=None, order=
     diffusers' rule of lower orders on the last two steps of runs shorter than 15 steps."""
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-    run = _Run(denoiser, x, sigmas, extra_args, callback, noise)
-    x, sigmas = run.start(x)
+    run, x, sigmas = _Run.begin(denoiser, x, sigmas, extra_args, callback, noise)
     n = len(sigmas) - 1
     eps_hist, sigma_hist = [], []  # newest first
     for i in range(n):
-        x0 = run(x, sigmas[i])
-        run.report(i, x, sigmas[i], x0)
+        x0 = run.denoise(i, x, sigmas[i])
         eps_hist = [to_d(x, sigmas[i], x0)] + eps_hist[:order - 1]
         sigma_hist = [sigmas[i]] + sigma_hist[:order - 1]
         this_order = len(eps_hist)

@@ -1,7 +1,8 @@
 """Edits for the Pipeline: image-to-image, inpainting and outpainting, checked before any compute.
 
-All three reduce to ``difflab.sample(image=, strength=, mask=)`` in the model's data space, so they
-work with every sampler and every model type (pixel space, eps / v / x0 / flow, VP or flow).
+All three reduce to ``difflab.sample(image=, strength=, mask=)`` in model space (the codec encodes
+the image and shrinks the mask), so they work with every sampler, every parameterization and every
+codec (pixels or latents).
 Outpainting pads the canvas by (left, right, top, bottom) pixels and inpaints the new border.
 """
 
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from difflab.data.images import to_tensor
+
 
 @dataclass
 class Edit:
@@ -23,8 +26,10 @@ class Edit:
     size: tuple[int, int]                # (width, height)
     record: dict
 
-    def sample_args(self) -> dict:
-        return {"image": self.image, "strength": self.strength, "mask": self.mask}
+    def sample_args(self, codec) -> dict:
+        """The edit in model space, as ``difflab.sample``'s keyword arguments."""
+        mask = None if self.mask is None else codec.downsample_mask(self.mask)
+        return {"image": codec.encode(self.image), "strength": self.strength, "mask": mask}
 
     def recipe(self) -> dict:
         return dict(self.record)
@@ -34,7 +39,7 @@ def image_hash(image: Image.Image) -> str:
     return hashlib.sha256(np.asarray(image.convert("RGBA")).tobytes() + repr(image.size).encode()).hexdigest()[:16]
 
 
-def prepare(pipe, image, strength, mask, outpaint, mask_blur, batch: int) -> Edit | None:
+def prepare(codec, size_multiple: int, image, strength, mask, outpaint, mask_blur, batch: int) -> Edit | None:
     if image is None:
         if mask is not None or strength is not None or outpaint is not None:
             raise ValueError("strength, mask and outpaint edit an input image: pass image= too")
@@ -60,8 +65,8 @@ def prepare(pipe, image, strength, mask, outpaint, mask_blur, batch: int) -> Edi
         strength = 1.0 if mask is not None else 0.75
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
         raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
-    _check_size(image.size, pipe.size_multiple)
-    tensor = _to_tensor(image, pipe.channels).expand(batch, -1, -1, -1)
+    _check_size(image.size, size_multiple)
+    tensor = to_tensor(image, codec.channels).expand(batch, -1, -1, -1)
     mask_tensor = None if mask is None else _mask_tensor(mask, mask_blur)
     record.update(strength=strength, mask_blur=mask_blur)
     return Edit(tensor, float(strength), mask_tensor, image.size, record)
@@ -93,12 +98,6 @@ def _outpaint_canvas(image: Image.Image, outpaint):
     mask = Image.new("L", (width, height), 255)
     mask.paste(0, (left, top, left + image.size[0], top + image.size[1]))
     return canvas, mask
-
-
-def _to_tensor(image: Image.Image, channels: int) -> torch.Tensor:
-    array = np.asarray(image.convert("RGB" if channels == 3 else "L"), dtype=np.float32) / 127.5 - 1
-    tensor = torch.from_numpy(array)
-    return (tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor[None])[None]
 
 
 def _mask_tensor(mask: Image.Image, blur: float) -> torch.Tensor:

@@ -4,72 +4,30 @@
     result = pipe("a red circle above a blue square", num_images=4, seed=0)
     result.images[0].save("out.png")                     # or result.save(folder): PNGs with recipes
 
-A recipe is a JSON dict (prompt, negative prompt, seed, sampler, steps, spacing, guidance, size,
-model name and weights hash, difflab version) stored in each PNG's text chunk ``difflab``;
-``pipe.replay(recipe)`` regenerates the identical image.
+A pipeline is a network, a schedule and parameterization (the denoiser), a conditioner (prompts ->
+network arguments) and a codec (data <-> model space); ``difflab.sample`` runs the sampler. Recipes
+are in :mod:`difflab.pipelines.recipes`, edits in :mod:`difflab.pipelines.edit`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image, PngImagePlugin
 
 import difflab
+from difflab.codecs import Codec, PixelCodec
+from difflab.conditioning import Conditioner
+from difflab.data.images import to_images
+from difflab.pipelines import edit
+from difflab.pipelines.recipes import Result, weights_hash
 from difflab.sampling import DEFAULT_SAMPLER, sample, validate_settings
 from difflab.schedules import NoiseSchedule
 
-BUNDLED_MODEL = Path(__file__).parent / "assets" / "models" / "shapes"
-RECIPE_KEY = "difflab"
+BUNDLED_MODEL = Path(__file__).parent.parent / "assets" / "models" / "shapes"
 DEFAULTS = {"steps": 20, "sampler": DEFAULT_SAMPLER, "guidance_scale": 3.0, "spacing": None}
-
-
-@dataclass
-class Result:
-    images: list[Image.Image]
-    recipes: list[dict]
-
-    def grid(self, columns: int | None = None) -> Image.Image:
-        columns = columns or min(len(self.images), 8)
-        rows = -(-len(self.images) // columns)
-        w, h = self.images[0].size
-        canvas = Image.new("RGB", (columns * w, rows * h), "white")
-        for i, image in enumerate(self.images):
-            canvas.paste(image.convert("RGB"), ((i % columns) * w, (i // columns) * h))
-        return canvas
-
-    def save(self, folder, prefix: str = "image") -> list[Path]:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i, (image, recipe) in enumerate(zip(self.images, self.recipes)):
-            path = folder / f"{prefix}-{recipe['seed']}-{i:03d}.png"
-            save_png(image, recipe, path)
-            paths.append(path)
-        return paths
-
-
-def save_png(image: Image.Image, recipe: dict, path) -> None:
-    info = PngImagePlugin.PngInfo()
-    info.add_text(RECIPE_KEY, json.dumps(recipe, sort_keys=True))
-    image.save(path, pnginfo=info)
-
-
-def read_recipe(path) -> dict:
-    """The recipe stored in a PNG written by difflab."""
-    try:
-        with Image.open(path) as image:
-            text = image.text.get(RECIPE_KEY) if hasattr(image, "text") else None
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read {path} as an image: {error}") from None
-    if text is None:
-        raise ValueError(f"{path} holds no difflab recipe (was it written by difflab generate?)")
-    return json.loads(text)
 
 
 def sampling_defaults(section, folder) -> dict:
@@ -89,29 +47,31 @@ def sampling_defaults(section, folder) -> dict:
     return values
 
 
-def weights_hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    with open(Path(folder) / "model.safetensors", "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 @dataclass
 class Pipeline:
-    """A model package made callable: text (or class labels) in, PIL images out."""
+    """A model package made callable: text (or class labels) in, PIL images out.
+
+    Build one with :meth:`from_pretrained`, or directly from its parts: ``Pipeline(model, schedule,
+    prediction_type, conditioner, codec, resolution)`` (``conditioner`` may be a bare encoder;
+    ``codec`` defaults to a 3-channel :class:`~difflab.codecs.PixelCodec`).
+    """
 
     model: torch.nn.Module
     schedule: NoiseSchedule
-    prediction_type: str
-    encoder: object
-    resolution: int
-    channels: int
+    prediction_type: object
+    conditioner: Conditioner
+    codec: Codec | None = None
+    resolution: int = 32
     name: str = "model"
     weights: str = ""
-    null_condition: object = ""
     defaults: dict = field(default_factory=lambda: dict(DEFAULTS))
     folder: Path | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.conditioner, Conditioner):
+            self.conditioner = Conditioner(self.conditioner)
+        if self.codec is None:
+            self.codec = PixelCodec(3)
 
     @classmethod
     def from_pretrained(cls, folder=None) -> "Pipeline":
@@ -130,17 +90,24 @@ class Pipeline:
             model = model.to(memory_format=torch.channels_last)
         return cls(model=model, schedule=NoiseSchedule.from_config(meta["diffusion"]["schedule"]),
                    prediction_type=meta["diffusion"]["prediction_type"],
-                   encoder=text_encoder_from_spec(meta["conditioning"]["encoder"]),
-                   resolution=meta["data"]["resolution"], channels=meta["data"]["channels"],
-                   name=folder.name, weights=weights_hash(folder), null_condition=meta["conditioning"].get("null", ""),
+                   conditioner=Conditioner(text_encoder_from_spec(meta["conditioning"]["encoder"])),
+                   codec=PixelCodec(meta["data"]["channels"]), resolution=meta["data"]["resolution"],
+                   name=folder.name, weights=weights_hash(folder),
                    defaults=sampling_defaults(meta.get("sampling", {}), folder), folder=folder)
 
-    @classmethod
-    def from_trainer(cls, trainer) -> "Pipeline":
-        meta = trainer.package_metadata()
-        return cls(model=trainer.ema_model(), schedule=trainer.schedule, prediction_type=meta["diffusion"]["prediction_type"],
-                   encoder=trainer.conditioner, resolution=meta["data"]["resolution"],
-                   channels=meta["data"]["channels"], name="training", null_condition=trainer.null_condition)
+    @property
+    def encoder(self):
+        """The conditioner's text (or class-label) encoder."""
+        return self.conditioner.encoder
+
+    @property
+    def channels(self) -> int:
+        """Channels of the images this pipeline makes (data space, not model space)."""
+        return self.codec.channels
+
+    @property
+    def null_condition(self):
+        return self.conditioner.null
 
     # ----- generation ----------------------------------------------------------------------------
     def __call__(self, prompt, negative_prompt=None, num_images: int = 1, seed=None, steps=None, sampler=None,
@@ -150,7 +117,6 @@ class Pipeline:
         """Text-to-image; with ``image``: image-to-image (``strength``), inpainting (``mask``, white =
         regenerate, ``mask_blur`` feathers the seam inside the mask) or outpainting (``outpaint`` =
         (left, right, top, bottom) pixels added and filled); see ``difflab.edit``."""
-        from difflab import edit
         prompts = _as_list(prompt, "prompt")
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
@@ -158,16 +124,17 @@ class Pipeline:
         seeds = _seeds(seed, len(prompts))
         negatives = self._negatives(negative_prompt, len(prompts))
         settings = self._settings(steps, sampler, guidance_scale, spacing)
-        edits = edit.prepare(self, image, strength, mask, outpaint, mask_blur, len(prompts))
+        edits = edit.prepare(self.codec, self.size_multiple, image, strength, mask, outpaint, mask_blur,
+                             len(prompts))
         cond, uncond = self._encode(prompts), self._encode(negatives)
         guided = settings["guidance_scale"] != 1.0
         size = edits.size if edits else (self.resolution, self.resolution)
         x = sample(self.model, self.schedule, self.prediction_type, settings["sampler"], settings["steps"],
-                   shape=(len(prompts), self.channels, size[1], size[0]), seeds=seeds,
+                   shape=self.codec.model_shape(len(prompts), size[0], size[1]), seeds=seeds,
                    spacing=settings["spacing"], cond=cond, uncond=uncond if guided else None,
                    guidance_scale=settings["guidance_scale"], guidance_rescale=guidance_rescale,
-                   callback=callback, progress=progress, **(edits.sample_args() if edits else {}))
-        images = to_images(x)
+                   callback=callback, progress=progress, **(edits.sample_args(self.codec) if edits else {}))
+        images = to_images(self.codec.decode(x))
         recipes = [self._recipe(p, n, s, settings, guidance_rescale, size) | (edits.recipe() if edits else {})
                    for p, n, s in zip(prompts, negatives, seeds)]
         return Result(images, recipes)
@@ -175,7 +142,6 @@ class Pipeline:
     def replay(self, recipe: dict, image=None, mask=None) -> Result:
         """Regenerate the image a recipe describes (same pixels on the same machine and weights).
         An edit's recipe needs its input image (and mask) again; their hashes are checked."""
-        from difflab import edit
         if recipe.get("weights") and self.weights and recipe["weights"] != self.weights:
             raise ValueError(f"the recipe was made with weights {recipe['weights']}, this model has {self.weights}")
         edit.check_replay_inputs(recipe, image, mask)
@@ -202,15 +168,7 @@ class Pipeline:
         return negatives
 
     def _encode(self, prompts: list) -> dict:
-        device = next(self.model.parameters()).device
-        if getattr(self.model.config, "num_classes", None):
-            null = self.model.config.num_classes
-            labels = [null if p in (None, "") else self.encoder.label_index(p) for p in prompts]
-            return {"class_labels": torch.tensor(labels, device=device)}
-        from difflab.models.text import encode_each
-        encode_each(self.encoder, prompts)
-        tokens, mask, pooled = self.encoder.encode(prompts)
-        return {"context": tokens.to(device), "context_mask": mask.to(device), "pooled": pooled.to(device)}
+        return self.conditioner(prompts, next(self.model.parameters()).device)
 
     def _recipe(self, prompt, negative, seed, settings, guidance_rescale, size) -> dict:
         return {"prompt": prompt, "negative_prompt": negative if negative != self.null_condition else None,
@@ -220,17 +178,8 @@ class Pipeline:
 
     @property
     def size_multiple(self) -> int:
-        """Image sides must be multiples of this (the network's total downsampling)."""
-        channels = getattr(self.model.config, "channels", (1,))
-        return 2 ** (len(channels) - 1)
-
-
-def to_images(x: torch.Tensor) -> list[Image.Image]:
-    """Samples in [-1, 1] -> PIL images; a non-finite sample is an error, never a black image."""
-    if not torch.isfinite(x).all():
-        raise FloatingPointError("the model produced non-finite values; no image was written")
-    array = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in array]
+        """Image sides must be multiples of this (the codec's and the network's downsampling)."""
+        return self.codec.size_multiple(getattr(self.model, "size_multiple", 1))
 
 
 def _as_list(value, name: str) -> list:

@@ -8,8 +8,6 @@ For a mixture, D is the posterior-weighted sum of the components' denoisers.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from difflab.denoisers import batch_sigma

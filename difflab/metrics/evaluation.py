@@ -62,7 +62,7 @@ def _generate(pipe, entries: list[dict], config: EvalConfig, progress: bool) -> 
 def _distances(images: list, entries: list[dict], resolution: int) -> dict:
     """FID and KID against real renders of the same prompts and seeds, named by their features."""
     from difflab.data.shapes import render
-    from difflab.metrics.fid import feature_name, fid, kid
+    from difflab.metrics.distances import feature_name, fid, kid
 
     if len(images) < 2:
         return {"note": "FID/KID need at least 2 images"}
@@ -76,7 +76,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict:
     """Run the benchmark; returns the report and writes it as JSON to ``report["out"]``."""
     from difflab.metrics.adherence import check
     from difflab.metrics.bench import load_prompts, report
-    from difflab.pipeline import Pipeline
+    from difflab.pipelines import Pipeline
 
     config.validate()
     entries = load_prompts(config.prompts)[: config.limit]

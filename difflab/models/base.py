@@ -1,0 +1,128 @@
+"""What every difflab network shares, and the registry that names them; imports no network.
+
+:class:`ModelMixin` gives a network with a frozen config dataclass its constructor convention
+(``Net(field=...)`` or ``Net(config=NetConfig(...))``), ``save_pretrained`` / ``from_pretrained`` and
+``num_parameters``. A network declares itself with ``@register_model``; the built-in ones are listed
+by module in :data:`BUILTIN_MODELS` and imported the first time their name is looked up, so this
+module and :mod:`difflab.models.package` import no network (the networks import this module).
+
+    create_model("DiT", in_channels=4, patch_size=2, depth=12)   # any registered class, by name
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+
+from torch import nn
+
+# Built-in model classes -> the module that defines (and registers) them, imported on first use.
+BUILTIN_MODELS = {"UNet": "difflab.models.unet", "DiT": "difflab.models.dit",
+                  "AutoencoderKL": "difflab.models.vae"}
+MODEL_CLASSES: dict[str, type] = {}
+
+
+def register_model(cls: type) -> type:
+    """Class decorator: make ``cls`` loadable by its name from a package's ``class_name``."""
+    MODEL_CLASSES[cls.__name__] = cls
+    return cls
+
+
+def known_models() -> list[str]:
+    """Every class name :func:`model_class` resolves: the registered ones and the built-in ones."""
+    return sorted(set(MODEL_CLASSES) | set(BUILTIN_MODELS))
+
+
+def model_class(name: str) -> type:
+    """The registered model class called ``name``, importing a built-in one on first use."""
+    if isinstance(name, str) and name not in MODEL_CLASSES and name in BUILTIN_MODELS:
+        importlib.import_module(BUILTIN_MODELS[name])                  # registers the class
+    if not isinstance(name, str) or name not in MODEL_CLASSES:
+        raise ValueError(f"unknown model class {name!r}; known: {known_models()}")
+    return MODEL_CLASSES[name]
+
+
+def create_model(class_name: str, **config_fields) -> nn.Module:
+    """A new model of a registered class from its config fields (unknown or missing ones are errors)."""
+    cls = model_class(class_name)
+    return cls(config=config_from_dict(cls.config_class, config_fields))
+
+
+def _to_tuples(value):
+    """JSON lists back to the tuples a frozen config holds."""
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def config_from_dict(config_class: type, values: dict):
+    """Build ``config_class`` from a dict, refusing unknown or missing fields by name."""
+    if not isinstance(values, dict):
+        raise ValueError(f"the 'config' section must be a JSON object, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {config_class.__name__} field(s) {unknown}; allowed: {sorted(fields)}")
+    required = [n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in values]
+    if missing:
+        raise ValueError(f"{config_class.__name__} is missing required field(s) {missing}")
+    return config_class(**{k: _to_tuples(v) for k, v in values.items()})
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``condition``: config validation reads as a list of rules."""
+    if not condition:
+        raise ValueError(message)
+
+
+def is_int(value, minimum: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def is_optional_int(value, minimum: int = 1) -> bool:
+    return value is None or is_int(value, minimum)
+
+
+class ModelMixin(nn.Module):
+    """A network built from a frozen ``config``: ``Net(**fields)`` or ``Net(config=Net.config_class(...))``.
+
+    A subclass sets ``config_class`` and builds its layers in :meth:`build`, which runs once
+    ``self.config`` is set.
+    """
+
+    config_class: type
+
+    def __init__(self, *args, config=None, **kwargs):
+        super().__init__()
+        self.config = config if config is not None else self.config_class(*args, **kwargs)
+        self.build(self.config)
+
+    def build(self, config) -> None:
+        """Create the layers of ``config`` (the subclass's architecture)."""
+        raise NotImplementedError
+
+    def save_pretrained(self, folder, metadata: dict | None = None, ema_state_dict: dict | None = None) -> Path:
+        """Write this model as a package (see :mod:`difflab.models.package`); returns the folder.
+
+        ``metadata``: extra top-level sections ("diffusion", "conditioning", "data", "training"),
+        stored verbatim. ``ema_state_dict``: optional EMA weights written to ema.safetensors.
+        """
+        from difflab.models.package import save_package  # package I/O builds on this module: import on use
+
+        return save_package(self, folder, metadata=metadata, ema_state_dict=ema_state_dict)
+
+    @classmethod
+    def from_pretrained(cls, folder):
+        """Load a package whose ``class_name`` is this class (strictly; see :func:`difflab.models.load`)."""
+        from difflab.models.package import load
+
+        model = load(folder)
+        if not isinstance(model, cls):
+            raise ValueError(f"{folder} holds a {type(model).__name__}, not a {cls.__name__}; "
+                             f"use difflab.models.load() to load any model class")
+        return model
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,120 @@
+"""The denoising objective: the diffusion loss of every parameterization, with per-sample randomness.
+
+Each sample's timestep, noise and conditioning-dropout draw come from its own generator, seeded by
+(run seed, global sample index): a batch is the same whatever the number of processes, the
+gradient-accumulation split or an interruption, which makes resumed and multi-process runs exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from difflab.noise import stream_seed
+from difflab.parameterization import get_parameterization
+from difflab.schedules import NoiseSchedule
+from difflab.train.objectives.base import Batch, Objective
+
+WEIGHTINGS = ("uniform", "min_snr", "min_snr_plus_one")
+TIMESTEP_SAMPLING = ("uniform", "logit_normal")
+
+
+def draw_per_sample(seed: int, indices: list[int], shape: tuple[int, ...], schedule: NoiseSchedule,
+                    timestep_sampling: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(t [B] model times, noise [B, *shape], u [B] uniforms for conditioning dropout)."""
+    generator = torch.Generator()
+    ts, noises, uniforms = [], [], []
+    for index in indices:
+        generator.manual_seed(stream_seed(seed, index, 7))
+        uniforms.append(torch.rand((), generator=generator, dtype=torch.float64))
+        if timestep_sampling == "logit_normal":  # SD3 (Esser et al. 2024), eq. 19 with m = 0, s = 1
+            u = torch.sigmoid(torch.randn((), generator=generator, dtype=torch.float64))
+        else:
+            u = torch.rand((), generator=generator, dtype=torch.float64)
+        ts.append(_model_time(u, schedule))
+        noises.append(torch.randn(shape, generator=generator))
+    return torch.stack(ts), torch.stack(noises), torch.stack(uniforms)
+
+
+def _model_time(u: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
+    """u in [0, 1) -> model time: continuous for flow, an integer training step for discrete VP."""
+    T = schedule.num_train_timesteps
+    if schedule.is_flow:
+        return (u.clamp(1e-5, 1 - 1e-5) * T)  # avoid the exact endpoints, where one of alpha/sigma_t is 0
+    return (u * T).floor().clamp(0, T - 1)
+
+
+def loss_weights(schedule: NoiseSchedule, t: torch.Tensor, prediction_type, weighting: str,
+                 snr_gamma: float) -> torch.Tensor:
+    """Per-sample weights on the prediction-space MSE.
+
+    uniform: 1 (the plain objective of each parameterisation). min_snr: Hang et al. (2023), eq. 10:
+    the x0-space weight min(SNR, gamma), mapped to prediction space by c_out^2 (x0 = c_skip x_in +
+    c_out F), i.e. min(SNR, gamma)/SNR for eps and min(SNR, gamma)/(SNR + 1) for v, as in the paper.
+    min_snr_plus_one: the same clamp applied to SNR + 1, the x0-space weight of the plain
+    v objective (Salimans & Ho 2022, sec. 4; Kingma & Gao 2023, table 1): for v it is
+    min(1, gamma / (SNR + 1)), which keeps weight 1 where the noise dominates, the steps that decide
+    the layout, instead of min-SNR's weight ~SNR that vanishes towards the pure-noise end.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"loss weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if weighting == "uniform":
+        return torch.ones_like(t, dtype=torch.float64)
+    alpha, sigma_t = schedule.alpha_sigma(schedule.sigma(t))
+    snr = (alpha / sigma_t) ** 2
+    clamped = snr + 1 if weighting == "min_snr_plus_one" else snr
+    x0_weight = torch.minimum(clamped, torch.full_like(snr, snr_gamma))
+    weight = get_parameterization(prediction_type).loss_weight(x0_weight, alpha, sigma_t)
+    return torch.where(torch.isfinite(weight), weight, torch.zeros_like(weight))
+
+
+def diffusion_loss(model, x0: torch.Tensor, cond: dict, t: torch.Tensor, noise: torch.Tensor,
+                   schedule: NoiseSchedule, prediction_type, weighting: str = "uniform",
+                   snr_gamma: float = 5.0) -> torch.Tensor:
+    """Weighted MSE between the model's output at x_in and the target of its parameterization."""
+    parameterization = get_parameterization(prediction_type)
+    if not parameterization.native:
+        raise ValueError(f"the denoising loss feeds the network x_t; the {parameterization.name} "
+                         "parameterization needs its own objective")
+    noise = noise.to(x0)
+    alpha, sigma_t = schedule.native_scales(t, x0)
+    x_t = alpha * x0 + sigma_t * noise
+    target = parameterization.target(x0, noise, alpha, sigma_t)
+    prediction = model(x_t, t.to(device=x0.device, dtype=torch.float32), **cond)
+    per_sample = (prediction.float() - target.float()).pow(2).mean(dim=tuple(range(1, x0.ndim)))
+    weights = loss_weights(schedule, t, parameterization, weighting, snr_gamma).to(per_sample)
+    return (weights * per_sample).mean()
+
+
+class DenoisingObjective(Objective):
+    """Denoising score matching in the model's parameterization (Ho et al. 2020, eq. 14, and its
+    v / x0 / flow forms), with a loss weighting, a timestep distribution and conditioning dropout
+    (Ho & Salimans 2022) for classifier-free guidance."""
+
+    name = "denoising"
+
+    def __init__(self, schedule: NoiseSchedule, prediction_type, conditioner, *, weighting: str = "uniform",
+                 snr_gamma: float = 5.0, timestep_sampling: str = "uniform", cond_dropout: float = 0.1,
+                 seed: int = 0, channels_last: bool = False, autocast=contextlib.nullcontext):
+        if timestep_sampling not in TIMESTEP_SAMPLING:
+            raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLING}, got {timestep_sampling!r}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"loss weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        self.schedule, self.parameterization = schedule, get_parameterization(prediction_type)
+        self.conditioner, self.weighting, self.snr_gamma = conditioner, weighting, snr_gamma
+        self.timestep_sampling, self.cond_dropout, self.seed = timestep_sampling, cond_dropout, seed
+        self.channels_last, self.autocast = channels_last, autocast
+
+    def loss(self, model, batch: Batch) -> torch.Tensor:
+        x0 = batch.x0
+        t, noise, u = draw_per_sample(self.seed, batch.positions, tuple(x0.shape[1:]), self.schedule,
+                                      self.timestep_sampling)
+        if self.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+            noise = noise.contiguous(memory_format=torch.channels_last)
+        conditions = self.conditioner.dropped(batch.conditions, (u < self.cond_dropout).tolist())
+        cond = self.conditioner(conditions, x0.device)
+        with self.autocast():
+            return diffusion_loss(model, x0, cond, t, noise.to(x0.device), self.schedule, self.parameterization,
+                                  self.weighting, self.snr_gamma)
