@@ -188,6 +188,8 @@ class ShapesDataset:
 
     channels = 3                  # RGB images
     num_classes = None            # conditioned on captions, not class labels
+    preview_prompts = ("a red circle", "two blue squares", "a green triangle above a yellow cross",
+                       "a small purple square in the top left")   # the trainer's sample grids
 
     def __init__(self, split: str = "train", resolution: int = 32, length: int | None = None):
         if split not in SPLITS:

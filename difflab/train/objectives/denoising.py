@@ -74,14 +74,14 @@ def diffusion_loss(model, x0: torch.Tensor, cond: dict, t: torch.Tensor, noise: 
                    snr_gamma: float = 5.0) -> torch.Tensor:
     """Weighted MSE between the model's output at x_in and the target of its parameterization."""
     parameterization = get_parameterization(prediction_type)
-    if not parameterization.native:
-        raise ValueError(f"the denoising loss feeds the network x_t; the {parameterization.name} "
-                         "parameterization needs its own objective")
     noise = noise.to(x0)
     alpha, sigma_t = schedule.native_scales(t, x0)
-    x_t = alpha * x0 + sigma_t * noise
+    if parameterization.native:
+        x_in = alpha * x0 + sigma_t * noise                      # x_t, q(x_t | x0)
+    else:
+        x_in = parameterization.c_in(alpha, sigma_t) * (x0 + sigma_t / alpha * noise)
     target = parameterization.target(x0, noise, alpha, sigma_t)
-    prediction = model(x_t, t.to(device=x0.device, dtype=torch.float32), **cond)
+    prediction = model(x_in, t.to(device=x0.device, dtype=torch.float32), **cond)
     per_sample = (prediction.float() - target.float()).pow(2).mean(dim=tuple(range(1, x0.ndim)))
     weights = loss_weights(schedule, t, parameterization, weighting, snr_gamma).to(per_sample)
     return (weights * per_sample).mean()
