@@ -145,11 +145,10 @@ def _imports(path: Path, module_level_only: bool) -> set[str]:
 def test_base_and_package_import_no_network():
     networks = {"difflab.models.unet", "difflab.models.dit", "difflab.models.vae", "difflab.models.layers",
                 "difflab.models.text"}
-    for name in ("base", "package"):
+    for name in ("base", "package", "registry"):
         assert not _imports(ROOT / "models" / f"{name}.py", module_level_only=False) & networks, name
-    for name in ("unet", "dit", "vae"):
-        assert "difflab.models.package" not in _imports(ROOT / "models" / f"{name}.py", module_level_only=False)
-    assert _imports(ROOT / "models" / "base.py", module_level_only=True) == set()
+    assert _imports(ROOT / "models" / "registry.py", module_level_only=False) == set()
+    assert _imports(ROOT / "models" / "package.py", module_level_only=False) == {"difflab.models.registry"}
 
 
 def test_create_model_by_name():

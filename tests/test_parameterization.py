@@ -69,7 +69,7 @@ def test_teacher_steps_on_grids_that_end_above_zero_follow_the_exact_ode(sampler
     sigmas = torch.linspace(2.0, 1.0, 41, dtype=torch.float64)
     out = difflab.SAMPLERS[sampler](denoiser, x.clone(), sigmas)
     exact = x * math.sqrt((sd**2 + 1.0) / (sd**2 + 4.0))
-    assert (out - exact).abs().max().item() < 2e-3
+    assert (out - exact).abs().max().item() < 1e-3 * x.abs().max().item()  # first order: ~4e-4 at 40 steps
 
 
 def test_a_model_outputting_the_target_has_zero_edm_loss_and_the_edm_input_is_unit_variance():

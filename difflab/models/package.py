@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# Re-exported: the registry and the config helpers lived here before models/base.py held them.
-from difflab.models.base import (MODEL_CLASSES, ModelMixin, _to_tuples, config_from_dict, create_model,  # noqa: F401
-                                 is_int, is_optional_int, known_models, model_class, register_model, require)
+# Re-exported: the registry and the config helpers lived here before models/registry.py held them.
+from difflab.models.registry import (MODEL_CLASSES, _to_tuples, config_from_dict, create_model,  # noqa: F401
+                                     known_models, model_class, register_model)
 
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, EMA_FILE = "config.json", "model.safetensors", "ema.safetensors"
@@ -84,7 +84,7 @@ def _state_to_save(state: dict) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
-def save_package(model: ModelMixin, folder, metadata=None, ema_state_dict=None) -> Path:
+def save_package(model: nn.Module, folder, metadata=None, ema_state_dict=None) -> Path:
     """Write ``model`` as a package at ``folder``, atomically (see :meth:`ModelMixin.save_pretrained`)."""
     from safetensors.torch import save_file
 

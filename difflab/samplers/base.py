@@ -132,8 +132,9 @@ class _Run:
 
 
 def _check_grid(sigmas: list[float]) -> None:
-    if len(sigmas) < 2 or sigmas[-1] != 0:
-        raise ValueError("sigmas must hold at least two descending values and end in 0")
+    if len(sigmas) < 2:
+        raise ValueError("sigmas must hold at least two descending values (a grid ends in 0, or above it for "
+                         "a teacher step)")
     if any(b >= a for a, b in zip(sigmas, sigmas[1:])) or any(math.isnan(s) or s < 0 for s in sigmas):
         raise ValueError("sigmas must be strictly descending and non-negative")
     if any(math.isinf(s) for s in sigmas[1:]):
