@@ -128,3 +128,17 @@ def test_the_trainer_builds_its_pipeline_through_the_public_constructor(tmp_path
     assert isinstance(pipe, difflab.Pipeline) and pipe.conditioner is trainer.conditioner
     assert not hasattr(difflab.Pipeline, "from_trainer")
     assert pipe("a red circle", steps=2).images[0].size == (16, 16)
+
+
+def test_the_trainer_builds_any_registered_network_and_trains_edm(tmp_path):
+    from difflab.train import Trainer, preset
+
+    dit = dict(class_name="DiT", patch_size=4, hidden_size=32, depth=1, num_heads=1)
+    config = preset("tiny").replace(max_steps=2, checkpoint_every=0, model=dit, prediction_type="edm",
+                                    schedule="scaled_linear", rescale_zero_terminal_snr=False)
+    trainer = Trainer(config, tmp_path, log=lambda *a: None)
+    assert type(trainer.unwrapped).__name__ == "DiT"
+    assert trainer.objective.parameterization.name == "edm"
+    folder = trainer.fit()
+    pipe = difflab.Pipeline.from_pretrained(folder)
+    assert pipe.size_multiple == 4 and pipe("a red circle", steps=2).images[0].size == (16, 16)

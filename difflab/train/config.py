@@ -16,9 +16,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
-DATASETS = ("shapes", "digits", "folder")
-WEIGHTINGS = ("uniform", "min_snr", "min_snr_plus_one")
-TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
+from difflab.data import DATASETS
+from difflab.parameterization import PARAMETERIZATIONS
+from difflab.train.objectives.denoising import TIMESTEP_SAMPLING as TIMESTEP_SAMPLINGS
+from difflab.train.objectives.denoising import WEIGHTINGS
 LR_SCHEDULES = ("constant", "cosine")
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine", "flow")
@@ -64,17 +65,17 @@ class TrainConfig:
     init_from: str | None = None          # a model package whose weights start the run (fine-tune / grow)
 
     def __post_init__(self):
-        _check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {DATASETS}")
+        _check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {tuple(DATASETS)}")
         _check(self.dataset != "folder" or self.data_dir, "data_dir", self.data_dir, "a folder for dataset=folder")
         _check(_int(self.resolution, 8) and self.resolution % 4 == 0, "resolution", self.resolution,
                "an integer >= 8 divisible by 4")
-        _check(isinstance(self.model, dict), "model", self.model, "a table of UNet fields")
-        _check(self.prediction_type in ("epsilon", "v_prediction", "sample", "flow"), "prediction_type",
-               self.prediction_type, "epsilon, v_prediction, sample or flow")
+        _check(isinstance(self.model, dict), "model", self.model, "a table of network fields (class_name: UNet or DiT)")
+        _check(self.prediction_type in PARAMETERIZATIONS, "prediction_type", self.prediction_type,
+               f"one of {', '.join(PARAMETERIZATIONS)}")
         _check(self.schedule in SCHEDULE_KINDS, "schedule", self.schedule, f"one of {SCHEDULE_KINDS}")
-        _check(not (self.prediction_type == "epsilon" and (self.rescale_zero_terminal_snr or self.schedule == "flow")),
-               "prediction_type", self.prediction_type,
-               "v_prediction, sample or flow with a pure-noise endpoint (eps cannot be trained where alpha = 0)")
+        _check(PARAMETERIZATIONS[self.prediction_type].handles_pure_noise
+               or not (self.rescale_zero_terminal_snr or self.schedule == "flow"), "prediction_type", self.prediction_type,
+               "v_prediction, sample or flow with a pure-noise endpoint (it cannot be trained where alpha = 0)")
         _check(self.loss_weighting in WEIGHTINGS, "loss_weighting", self.loss_weighting, f"one of {WEIGHTINGS}")
         _check(self.timestep_sampling in TIMESTEP_SAMPLINGS, "timestep_sampling", self.timestep_sampling,
                f"one of {TIMESTEP_SAMPLINGS}")
