@@ -20,7 +20,7 @@ _EXPORTS = {
     "Pipeline": "difflab.pipelines",
 }
 _SUBMODULES = {"samplers", "schedules", "noise", "denoisers", "sampling", "models", "data", "metrics",
-               "train", "pipelines", "parameterization", "conditioning", "codecs", "guidance"}
+               "train", "pipelines", "parameterization", "conditioning", "codecs", "guidance", "limits"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 

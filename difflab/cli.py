@@ -1,21 +1,33 @@
 """The ``difflab`` command line: ``generate | train | eval | bench | info``.
 
-Each command validates its arguments first and prints one clear line on bad input (exit code 2),
-never a traceback. Heavy imports happen inside the commands so ``difflab --help`` is instant.
+One error path: every expected failure (a bad argument, a file that cannot be read or written,
+difflab's own errors) prints one line ``error: ...`` on stderr and exits with status 2; arguments and
+output folders are checked before any model is loaded. An unexpected exception prints one line and
+exits with status 1; ``--debug`` shows its traceback. Heavy imports happen inside the commands so
+``difflab --help`` is instant.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+import typer.core
+
+from difflab.outputs import COUNTER, check_output_folder, write_file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="difflab: train, sample, edit and evaluate diffusion models.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: difflab beside the reference libraries.")
 app.add_typer(bench_app, name="bench")
+DEBUG = {"on": False}
+DEV_EXTRA = 'pip install -e ".[dev]"'
 
 # Sampling settings of `generate` and `eval`, declared once; None means the model package's own default.
 Sampler = Annotated[str | None, typer.Option(help="one of difflab.SAMPLERS (default: the model's)")]
@@ -29,7 +41,51 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _expected(error: BaseException) -> bool:
+    """A failure the user can act on: bad input, an unreadable or unwritable file, difflab's own errors."""
+    from PIL import Image
+    return isinstance(error, (ValueError, OSError, FloatingPointError, Image.DecompressionBombError)) \
+        or type(error).__module__.startswith("difflab.")
+
+
+def one_line_errors(command):
+    """Expected failures -> ``error: ...`` and status 2; anything else -> one line and status 1."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as error:
+            if DEBUG["on"]:
+                import traceback
+                traceback.print_exc()
+            if _expected(error):
+                fail(one_line(error) or type(error).__name__)
+            typer.echo(f"error: unexpected {type(error).__name__}: {one_line(error)} "
+                       "(re-run with --debug for the traceback)", err=True)
+            raise typer.Exit(code=1)
+    return run
+
+
+@app.callback()
+def options(debug: bool = typer.Option(False, "--debug", help="show the traceback of an unexpected error")):
+    """difflab: train, sample, edit and evaluate diffusion models."""
+    DEBUG["on"] = DEBUG["on"] or debug
+
+
+def _quiet_loading() -> None:
+    """MiniLM loads through transformers, whose "Loading weights" bar is not ours to show."""
+    from transformers.utils import logging
+    logging.disable_progress_bar()
+
+
 @app.command()
+@one_line_errors
 def info() -> None:
     """Print versions and the samplers, schedules and devices difflab sees."""
     import torch
@@ -45,54 +101,93 @@ def info() -> None:
     typer.echo("devices: cpu" + (f", cuda x{cuda} ({torch.cuda.get_device_name(0)})" if cuda else ""))
 
 
-# --- train and generate -------------------------------------------------------------------
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+# --- train ---------------------------------------------------------------------------------
+class TrainCommand(typer.core.TyperCommand):
+    """``difflab train --help`` lists every training field, from ``TrainConfig`` and its comments."""
+
+    def format_help(self, ctx, formatter):
+        super().format_help(ctx, formatter)
+        if typer.core.HAS_RICH and self.rich_markup_mode is not None:
+            typer.echo(training_fields_help())  # rich printed the rest already
+        else:
+            formatter.write(training_fields_help())
+
+
+def training_fields_help() -> str:
+    import dataclasses
+
+    from difflab.train.config import TrainConfig, field_help
+
+    notes, kinds = field_help(), {int: " INT", float: " FLOAT"}
+    lines = ["Training fields: each is a flag below, or a line of a --config TOML file (flags win); "
+             "--preset sets other defaults.", ""]
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "model":
+            flag, default = "[model] (TOML)", "see --preset"
+        elif isinstance(f.default, bool):
+            flag, default = f"{flag} / --no-{flag[2:]}", "on" if f.default else "off"
+        else:
+            flag, default = flag + kinds.get(type(f.default), " TEXT"), f.default
+        lines.append(f"  {flag:<40} {notes.get(f.name, '')} [default: {default}]")
+    return "\n".join(lines) + "\n"
+
+
+@app.command(cls=TrainCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@one_line_errors
 def train(
     ctx: typer.Context,
-    dataset: str = typer.Option(None, help="shapes | digits | folder"),
+    dataset: str = typer.Option(None, help="shapes | digits | folder (with --data-dir)"),
     preset: str = typer.Option(None, help="tiny | shapes-quick | shapes | digits"),
     config: str = typer.Option(None, "--config", help="a TOML file of training fields"),
     out: str = typer.Option(..., help="output folder: checkpoints/, log.csv, model/"),
     resume: bool = typer.Option(False, help="continue from the newest complete checkpoint in --out"),
 ):
-    """Train a model. Every training field is a flag too: --max-steps 500 --batch-size 32 --lr 3e-4 ..."""
+    """Train a model. Every training field is a flag too (listed below): --max-steps 500 --lr 3e-4 ..."""
     from difflab.train import TrainingStopped, build_config, train as run_training
 
-    try:
-        overrides = _parse_field_flags(ctx.args)
-        if dataset is not None:
-            overrides["dataset"] = dataset
-        cfg = build_config(preset, config, overrides)
-    except ValueError as error:
-        fail(str(error))
+    overrides = _parse_field_flags(ctx.args)
+    if dataset is not None:
+        overrides["dataset"] = dataset
+    cfg = build_config(preset, config, overrides)
+    check_output_folder(out)
+    _quiet_loading()
     try:
         path = run_training(cfg, out, resume=resume)
     except TrainingStopped as error:
-        fail(str(error))
-    except ValueError as error:
-        fail(str(error))
+        fail(one_line(error))
     if os.environ.get("RANK", "0") == "0":
         typer.echo(f"model package: {path}")
 
 
 def _parse_field_flags(args: list[str]) -> dict:
-    """``--max-steps 500 --ema-warmup false`` -> {"max_steps": 500, "ema_warmup": False} with field types."""
+    """``--max-steps 500 --no-ema-warmup --rescale-zero-terminal-snr`` -> field values with field types.
+    A boolean is ``--x``, ``--no-x`` or ``--x true|false``; every flag also takes ``--x=VALUE``."""
     import dataclasses
 
     from difflab.train import TrainConfig
 
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name != "model"}
     values, i = {}, 0
     while i < len(args):
-        flag = args[i]
+        flag, _, inline = args[i].partition("=")
         name = flag[2:].replace("-", "_") if flag.startswith("--") else None
-        if name not in fields or name == "model":
-            raise ValueError(f"unknown option {flag!r}; training fields: "
-                             + ", ".join("--" + n.replace("_", "-") for n in fields if n != "model"))
-        if i + 1 >= len(args):
+        if name not in fields and name and name.startswith("no_") and isinstance(
+                getattr(fields.get(name[3:]), "default", None), bool) and not inline:
+            values[name[3:]], i = False, i + 1
+            continue
+        if name not in fields:
+            raise ValueError(f"unknown option {args[i]!r}; training fields: "
+                             + ", ".join("--" + n.replace("_", "-") for n in fields))
+        default = fields[name].default
+        if inline:
+            values[name], i = _convert(inline, default, flag), i + 1
+        elif isinstance(default, bool) and (i + 1 == len(args) or args[i + 1].startswith("--")):
+            values[name], i = True, i + 1
+        elif i + 1 < len(args):
+            values[name], i = _convert(args[i + 1], default, flag), i + 2
+        else:
             raise ValueError(f"option {flag} needs a value")
-        values[name] = _convert(args[i + 1], fields[name].default, flag)
-        i += 2
     return values
 
 
@@ -111,7 +206,9 @@ def _convert(text: str, default, flag: str):
     return text
 
 
+# --- generate -------------------------------------------------------------------------------
 @app.command()
+@one_line_errors
 def generate(
     prompt: str = typer.Argument(None, help="what to draw (for digits models: a class label)"),
     n: int = typer.Option(1, "-n", "--num-images", help="images per prompt"),
@@ -123,6 +220,8 @@ def generate(
     spacing: str = typer.Option(None, help="sigma spacing: trailing, leading, linspace, karras, exponential"),
     model: str = typer.Option(None, help="a model package folder (default: the bundled model)"),
     out: str = typer.Option("outputs", help="folder for the PNGs"),
+    overwrite: bool = typer.Option(False, help="replace files of the same name in --out (never a link or an "
+                                                "input); by default a taken name gets a counter prefix"),
     grid: bool = typer.Option(False, help="also write a grid of all images"),
     recipe: str = typer.Option(None, help="replay the recipe stored in a PNG written by difflab"),
     image: str = typer.Option(None, help="input image to edit (image-to-image, inpainting, outpainting)"),
@@ -134,38 +233,79 @@ def generate(
     """Generate images; each PNG carries the recipe that replays it."""
     from difflab.pipelines import Pipeline, read_recipe
 
-    try:
-        edits = {"image": _open_image(image, "--image"), "mask": _open_image(mask, "--mask")}
-        if recipe is not None:
-            replay = read_recipe(recipe)
-            pipe = Pipeline.from_pretrained(model)
-            result = pipe.replay(replay, **edits)
-        else:
-            if not prompt:
-                fail("give a PROMPT, or --recipe IMAGE.png")
-            pipe = Pipeline.from_pretrained(model)
-            result = pipe(prompt, negative_prompt=negative, num_images=n, seed=seed, steps=steps, sampler=sampler,
-                          guidance_scale=guidance, spacing=spacing, progress=True, strength=strength,
-                          outpaint=_parse_outpaint(outpaint), mask_blur=mask_blur, **edits)
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
-        fail(str(error))
-    paths = result.save(out)
+    if recipe is None and not prompt:
+        fail("give a PROMPT, or --recipe IMAGE.png")
+    _check_settings(prompt, negative, n, steps, sampler, spacing, guidance)
+    margins = _check_edit_flags(image, strength, mask, outpaint, mask_blur)
+    edits = {"image": _open_image(image, "--image"), "mask": _open_image(mask, "--mask")}
+    if edits["mask"] is not None and edits["mask"].size != edits["image"].size:
+        raise ValueError(f"--mask is {edits['mask'].size[0]}x{edits['mask'].size[1]} but --image is "
+                         f"{edits['image'].size[0]}x{edits['image'].size[1]}; they must match")
+    replay = read_recipe(recipe) if recipe is not None else None
+    check_output_folder(out)
+    _quiet_loading()
+    pipe = Pipeline.from_pretrained(model)
+    if replay is not None:
+        result = pipe.replay(replay, **edits)
+    else:
+        result = pipe(prompt, negative_prompt=negative, num_images=n, seed=seed, steps=steps, sampler=sampler,
+                      guidance_scale=guidance, spacing=spacing, progress=True, strength=strength,
+                      outpaint=margins, mask_blur=mask_blur, **edits)
+    inputs = [p for p in (image, mask, recipe) if p is not None]
+    paths = result.save(out, overwrite=overwrite, inputs=inputs)
     if grid:
-        result.grid().save(Path(out) / "grid.png")
+        canvas = result.grid()
+        counter = COUNTER.match(paths[0].name)  # the grid takes its images' counter prefix, if any
+        name = f"{counter.group(1)}-grid.png" if counter else "grid.png"
+        paths.append(write_file(Path(out) / name, lambda f: canvas.save(f, format="PNG"), overwrite, inputs))
     for path in paths:
         typer.echo(str(path))
+
+
+def _check_settings(prompt, negative, n: int, steps, sampler, spacing, guidance) -> None:
+    """The text and sampling flags, checked (with difflab.limits) before the model loads; None is the
+    model's default, checked when it loads."""
+    from difflab import limits
+    from difflab.models.text import validate_text
+    from difflab.sampling import DEFAULT_SAMPLER, validate_settings
+
+    for text, name in ((prompt, "PROMPT"), (negative, "--negative")):
+        if text is not None:
+            validate_text(text, name)
+    if n < 1:
+        raise ValueError(f"-n must be a positive integer, got {n}")
+    limits.check("images", n, "images per call (-n)")
+    validate_settings(sampler or DEFAULT_SAMPLER, 1 if steps is None else steps, spacing,
+                      1.0 if guidance is None else guidance)
+
+
+def _check_edit_flags(image, strength, mask, outpaint, mask_blur):
+    """The edit flags, checked before the model loads; returns the outpaint margins."""
+    import math
+
+    if image is None and (mask is not None or strength is not None or outpaint is not None):
+        raise ValueError("--strength, --mask and --outpaint edit an input image: give --image too")
+    if mask is not None and outpaint is not None:
+        raise ValueError("choose one edit: --mask (inpainting) or --outpaint, not both")
+    if strength is not None and not 0 <= strength <= 1:
+        raise ValueError(f"--strength must be a number in [0, 1], got {strength}")
+    if not (math.isfinite(mask_blur) and mask_blur >= 0):
+        raise ValueError(f"--mask-blur must be a number >= 0 (pixels), got {mask_blur}")
+    return _parse_outpaint(outpaint)
 
 
 def _open_image(path: str | None, flag: str):
     if path is None:
         return None
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from difflab import limits
     try:
-        with Image.open(path) as image:
+        with limits.open_image(path, flag) as image:  # its size is checked before any pixel is decoded
             image.load()
             return image.copy()
-    except (OSError, UnidentifiedImageError) as error:
-        raise ValueError(f"{flag} {path}: cannot read it as an image ({error})") from None
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise ValueError(f"{flag} {path}: cannot read it as an image ({one_line(error)})") from None
 
 
 def _parse_outpaint(text: str | None):
@@ -175,76 +315,87 @@ def _parse_outpaint(text: str | None):
         values = [int(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != 4:
-        raise ValueError(f"--outpaint takes four integers LEFT,RIGHT,TOP,BOTTOM, got {text!r}")
+    if len(values) != 4 or min(values) < 0 or not any(values):
+        raise ValueError(f"--outpaint takes four integers >= 0 (not all 0) LEFT,RIGHT,TOP,BOTTOM, got {text!r}")
     return tuple(values)
 
 
 # --- bench commands -------------------------------------------------------------------------
-@bench_app.command("samplers")
-def bench_samplers(
-    quick: bool = typer.Option(False, "--quick", help="Fewer NFEs, Gaussian data, VP and flow only (< 1 min)."),
-    out: str = typer.Option(None, "--out", help="Folder for samplers.md/.json/.png (default: benchmarks/results)."),
-) -> None:
-    """Sampler error against NFE on exact Gaussian problems and per-step overhead, beside diffusers."""
+def _benchmark(name: str, *requires: str):
+    """The benchmark script ``benchmarks/NAME.py`` of the source checkout, after checking its packages."""
+    import importlib
     import importlib.util
-    import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "samplers.py"
+    for package in requires:
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            fail(f"difflab bench {name} needs {package}, from the [dev] extra: {DEV_EXTRA}")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
     if not script.is_file():
         fail(f"{script} not found: the benchmarks live in difflab's source checkout (git clone, pip install -e .)")
-    spec = importlib.util.spec_from_file_location("difflab_bench_samplers", script)
+    spec = importlib.util.spec_from_file_location(f"difflab_bench_{name}", script)
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
     spec.loader.exec_module(module)
+    return module
+
+
+@bench_app.command("samplers")
+@one_line_errors
+def bench_samplers(
+    quick: bool = typer.Option(False, "--quick", help="Fewer NFEs, Gaussian data, VP and flow only (< 1 min)."),
+    out: str = typer.Option("outputs/bench", "--out", help="Folder for samplers.md/.json/.png (the tracked "
+                                                            "results: --out benchmarks/results)."),
+) -> None:
+    """Sampler error against NFE on exact Gaussian problems and per-step overhead, beside diffusers."""
+    check_output_folder(out)
+    module = _benchmark("samplers", "diffusers", "scipy", "matplotlib")
     module.main(quick=quick, out=out, log=typer.echo)
 
 
 @bench_app.command("networks")
+@one_line_errors
 def bench_networks(
     rounds: int = typer.Option(7, "--rounds", help="Alternating rounds; medians are reported."),
     configs: str = typer.Option("small,medium", "--configs", help="Comma list of: small (16x16x1), medium (32x32x3)."),
 ) -> None:
     """difflab's UNet beside diffusers' UNet2DModel on CPU: train and forward img/s, FLOPs, % of peak."""
-    import importlib.util
-    from pathlib import Path
-
     unknown = sorted(set(configs.split(",")) - {"small", "medium"})
     if unknown or rounds < 1:
         fail(f"--configs must be a comma list of small, medium (got {unknown}) and --rounds >= 1 (got {rounds})")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "networks.py"
-    if not script.is_file():
-        fail(f"{script} not found: the benchmarks live in difflab's source checkout (git clone, pip install -e .)")
-    spec = importlib.util.spec_from_file_location("difflab_bench_networks", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _benchmark("networks", "diffusers")
     module.main(["--rounds", str(rounds), "--configs", configs])
 
 
 # --- eval command ---------------------------------------------------------------------------
 @app.command("eval")
+@one_line_errors
 def eval_(
     model: str = typer.Argument(..., help="model package folder"),
     prompts: str = typer.Option("shapes-bench", help="shapes-bench, or a text file of canonical shapes prompts"),
     sampler: Sampler = None,
     steps: Steps = None,
     guidance: Guidance = None,
-    limit: int = typer.Option(None, help="score only the first N prompts"),
+    limit: int = typer.Option(None, help="score a balanced sample of N prompts (round-robin over categories)"),
     batch_size: int = typer.Option(16, help="images generated per batch"),
     fid: bool = typer.Option(True, help="also compute FID/KID against real renders"),
-    out: str = typer.Option(None, help="JSON report path (default: eval-MODEL-PROMPTS.json)"),
+    out: str = typer.Option(None, help="JSON report path (default: outputs/eval/eval-MODEL-PROMPTS-LIMIT-HASH.json;"
+                                       " a taken name gets a counter prefix)"),
 ) -> None:
     """Generate the prompt set, score it with the shapes oracle and FID/KID; print a table, write JSON."""
     from difflab.metrics.evaluation import EvalConfig, evaluate, format_summary
 
     config = EvalConfig(model, prompts, sampler, steps, guidance, batch_size, limit, fid, out)
-    try:
-        config.validate()
-        summary = evaluate(config)
-    except (ValueError, FileNotFoundError) as error:
-        fail(str(error).splitlines()[0])
-    typer.echo(format_summary(summary))
+    config.validate()
+    _quiet_loading()
+    typer.echo(format_summary(evaluate(config)))
 
 
 def main() -> None:
-    app()
+    """The ``difflab`` entry point: ``--debug`` may stand anywhere; warnings print as one line each."""
+    args = sys.argv[1:]
+    if "--debug" in args:
+        DEBUG["on"] = True
+        args = [a for a in args if a != "--debug"]
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {one_line(message)}\n"
+    app(args=args, prog_name="difflab")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from difflab import limits
 from difflab.denoisers import PREDICTION_TYPES, Denoiser, validate_prediction_type
 from difflab.guidance import CFG, Inpaint
 from difflab.parameterization import get_parameterization
@@ -26,6 +27,7 @@ from difflab.schedules import SPACINGS, NoiseSchedule
 # DPMSolverMultistep configuration on VP, and 0.46x diffusers' FlowMatchEuler on flow.
 DEFAULT_SAMPLER = "deis"
 DEFAULT_STEPS = 20
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
 def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sampler: str = DEFAULT_SAMPLER,
@@ -47,12 +49,16 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
     (image-to-image, diffusers' meaning; strength 1 ignores the image and equals text-to-image,
     strength 0 returns it). ``mask`` ([B or 1, 1, H, W] in [0, 1], 1 = regenerate) keeps the image
     outside the mask at every step and exactly in the result (inpainting).
+
+    ``device`` (default: the model's) must exist here; ``dtype`` is a floating-point torch dtype or
+    one of the names in ``DTYPES`` (default float32). Steps and the sample's size are bounded by
+    :mod:`difflab.limits`.
     """
     _validate(schedule, prediction_type, sampler, steps, spacing, guidance_scale, guidance_rescale, cond, uncond)
     options = _validate_options(sampler, sampler_options)
     streams = NoiseStreams(validate_seeds(seeds)) if seeds is not None else None
-    device = device if device is not None else _model_device(model)
-    dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
+    device = validate_device(device) if device is not None else _model_device(model)
+    dtype = validate_dtype(dtype)
     z = _initial_noise(noise, shape, streams, device, dtype)
     sigmas = schedule.sigmas(steps, spacing)
     image, mask, first = _validate_edit(image, strength, mask, z, steps)
@@ -132,16 +138,48 @@ class _Offset:
 
 
 def validate_settings(sampler, steps, spacing, guidance_scale) -> None:
-    """Checks of the four user-facing sampling settings (also a model package's defaults)."""
-    if sampler not in SAMPLERS:
+    """Checks of the four user-facing sampling settings (also a model package's defaults and a recipe's)."""
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    limits.check("steps", steps, "sampling steps")
     if spacing is not None and spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
             or not math.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+
+
+def validate_device(device) -> torch.device:
+    """A device that exists on this machine, else ``ValueError`` naming the ones that do."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device must be a torch device or its name (e.g. 'cpu', 'cuda:0'), got {device!r}") from None
+    available = available_devices()
+    if device.type == "cpu" or str(device) in available or (device.index is None and f"{device.type}:0" in available):
+        return device
+    raise ValueError(f"device {str(device)!r} is not available on this machine; available: {', '.join(available)}")
+
+
+def available_devices() -> list[str]:
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps:0")
+    return devices
+
+
+def validate_dtype(dtype) -> torch.dtype:
+    """None (float32), a floating-point torch dtype, or its name ("float16", "torch.bfloat16", ...)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point and dtype in DTYPES.values():
+        return dtype
+    raise ValueError(f"dtype must be a floating-point dtype, one of {', '.join(DTYPES)} (a torch.dtype or "
+                     f"its name), got {dtype!r}")
 
 
 def _validate(schedule, prediction_type, sampler, steps, spacing, guidance_scale, guidance_rescale, cond, uncond):
@@ -178,10 +216,14 @@ def _initial_noise(noise, shape, streams, device, dtype) -> torch.Tensor:
             raise ValueError("noise contains non-finite values")
         if streams is not None and len(streams) != noise.shape[0]:
             raise ValueError(f"got {len(streams)} seeds for a batch of {noise.shape[0]}")
+        limits.check_sample_shape(tuple(noise.shape))
         return noise.to(device=device, dtype=dtype)
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise ValueError(f"shape must be a tuple of positive integers, batch first; got {shape!r}")
     shape = tuple(shape)
     if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
         raise ValueError(f"shape must be a tuple of positive integers, batch first; got {shape!r}")
+    limits.check_sample_shape(shape)
     if streams is None:
         return torch.randn(shape, device=device, dtype=dtype)
     if len(streams) != shape[0]:
@@ -226,4 +268,5 @@ class _Progress:
         return self.denoiser(x, sigma, **kwargs)
 
 
-__all__ = ["sample", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "PREDICTION_TYPES"]
+__all__ = ["sample", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "DTYPES", "PREDICTION_TYPES", "validate_settings",
+           "validate_device", "validate_dtype"]

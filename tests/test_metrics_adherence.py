@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from difflab.data import shapes
+from difflab.data import shapes, shapes_grammar
 from difflab.metrics import adherence, bench
 from difflab.metrics.oracle_eval import corrupt, degrade, oracle_rates
 
@@ -56,14 +56,23 @@ def test_reasons_name_what_is_wrong():
     assert "small" in result["requirements"][1]["reason"]
 
 
-def test_unnamed_objects_are_ignored_but_counts_are_exact():
+def test_single_prompts_are_strict_other_forms_ignore_unnamed_objects_but_counts_are_exact():
     image = shapes.render("a red circle and a blue square", seed=2)
-    assert adherence.check(image, "a red circle")["ok"]
-    assert adherence.check(image, "a blue square")["ok"]
+    for prompt, other in (("a red circle", "blue square"), ("a blue square", "red circle")):
+        result = adherence.check(image, prompt)
+        assert not result["ok"]
+        assert result["requirements"][-1]["requirement"] == f"only {prompt}"
+        assert other in result["requirements"][-1]["reason"]
+        assert adherence.check(image, prompt, strict_single=False)["ok"]
     three = shapes.render("three green triangles", seed=0)
-    assert adherence.check(three, "a green triangle")["ok"]
+    assert not adherence.check(three, "a green triangle")["ok"]
+    assert adherence.check(three, "a green triangle", strict_single=False)["ok"]
     assert adherence.check(three, "three green triangles")["ok"]
     assert not adherence.check(three, "two green triangles")["ok"]
+    cell = shapes.scene_for("a red circle and a blue square", 2).objects[1].cell
+    busier = _with_others("a red circle and a blue square", 2, 1)
+    assert adherence.check(busier, "a red circle and a blue square")["ok"]
+    assert adherence.check(busier, f"a blue square {shapes_grammar.CELL_NAMES[cell]}", strict_single=False)["ok"]
 
 
 def test_background_is_checked():
@@ -128,3 +137,108 @@ def test_custom_prompt_file(tmp_path):
         bench.load_prompts(str(path))
     with pytest.raises(ValueError, match="neither"):
         bench.load_prompts(str(tmp_path / "missing.txt"))
+
+
+# The validity gate: noise, blank, constant and cluttered images fail every prompt form.
+
+PROMPTS = {  # one prompt per shapes-bench category
+    "single_object": "a circle", "colours": "a red circle", "position": "a blue square in the top left",
+    "two_objects": "a red circle and a blue square", "counting": "two green triangles",
+    "relation": "a purple cross above an orange square",
+}
+
+
+def _not_scenes(seed: int, size: int) -> dict:
+    """Images that are no shapes scene: noise of several kinds, blank and constant images."""
+    rng = np.random.default_rng(seed)
+    u8 = lambda a: np.clip(a, 0, 255).round().astype(np.uint8)  # noqa: E731
+    low = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    low4 = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    mess = np.full((size, size, 3), 255 if seed % 2 else 128, np.uint8)
+    r = rng.random((size, size))
+    mess[r < 0.15], mess[(r >= 0.15) & (r < 0.3)] = 0, 255
+    mess[(r >= 0.3) & (r < 0.4)] = rng.integers(0, 256, (int(((r >= 0.3) & (r < 0.4)).sum()), 3))
+    return {
+        "uniform noise": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        "gaussian noise": u8(rng.normal(128, 60, (size, size, 3))),
+        "gray gaussian noise": u8(np.repeat(rng.normal(128, 60, (size, size, 1)), 3, axis=2)),
+        "colour noise 8x8 upscaled": np.asarray(low.resize((size, size), Image.Resampling.NEAREST)),
+        "colour noise 8x8 upscaled smoothly": np.asarray(low.resize((size, size), Image.Resampling.BILINEAR)),
+        "colour noise 4x4 upscaled smoothly": np.asarray(low4.resize((size, size), Image.Resampling.BILINEAR)),
+        "salt and pepper": mess,
+        "blank white": np.full((size, size, 3), 255, np.uint8),
+        "blank black": np.zeros((size, size, 3), np.uint8),
+        "constant colour": np.full((size, size, 3), rng.integers(0, 256, 3), np.uint8),
+    }
+
+
+def _with_others(prompt: str, seed: int, n_others: int, resolution: int = 32) -> Image.Image:
+    """The render of ``prompt`` with ``n_others`` more objects in free cells (other shapes and colours)."""
+    scene = shapes.scene_for(prompt, seed)
+    taken = {o.cell for o in scene.objects}
+    free = [cell for cell in shapes.CELLS if cell not in taken][:n_others]
+    asked = {(o.colour, o.shape) for o in scene.objects}
+    kinds = [(c, s) for s in shapes_grammar.SHAPES for c in shapes_grammar.COLOURS if (c, s) not in asked
+             and s not in {o.shape for o in scene.objects}]
+    picks = [kinds[5 * k % len(kinds)] for k in range(len(free))]
+    others = tuple(shapes.ShapeObject(s, c, "small", cell) for cell, (c, s) in zip(free, picks))
+    return shapes.render_scene(shapes.Scene(scene.objects + others, scene.background, prompt), resolution)
+
+
+@pytest.mark.parametrize("kind", list(_not_scenes(0, 32)))
+def test_noise_blank_and_constant_images_fail_every_prompt_form(kind):
+    for seed, size in ((0, 32), (1, 32), (2, 64)):
+        image = _not_scenes(seed, size)[kind]
+        expected = "not a scene: blank" if kind.startswith(("blank", "constant")) else "not a scene: noise-like"
+        for category, prompt in PROMPTS.items():
+            result = adherence.check(image, prompt)
+            assert not result["ok"], (kind, seed, category)
+            assert [r["requirement"] for r in result["requirements"]] == ["a scene"]
+            assert result["requirements"][0]["reason"].startswith(expected), result["requirements"][0]["reason"]
+            assert not result["scene"]["valid"]
+        assert not adherence.check(image, "a red circle on a white background")["ok"]
+
+
+def test_uniform_noise_no_longer_passes_single_object_prompts():
+    # the old oracle passed 73% of these checks (100 noise images x 12 single-object prompts)
+    prompts = sorted({e["prompt"] for e in bench.bench_prompts() if e["category"] == "single_object"})
+    for seed in range(5):
+        image = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        assert not any(adherence.check(image, p)["ok"] for p in prompts)
+
+
+@pytest.mark.parametrize("category", list(PROMPTS))
+def test_the_asked_objects_plus_many_others_fail(category):
+    prompt = PROMPTS[category]
+    for seed in range(3):
+        assert adherence.check(shapes.render(prompt, seed), prompt)["ok"]
+        crowded = _with_others(prompt, seed, 9)  # every free cell of the grid taken
+        result = adherence.check(crowded, prompt)
+        assert len(result["objects"]) == 9 and not result["ok"], (prompt, seed)
+        if category in ("single_object", "colours", "position"):  # single-object prompts: one more is enough
+            one_more = adherence.check(_with_others(prompt, seed, 1), prompt)
+            assert not one_more["ok"] and one_more["requirements"][-1]["requirement"].startswith("only ")
+        else:
+            assert result["requirements"][0]["reason"].startswith("not a scene: cluttered")
+
+
+def test_real_renders_are_valid_scenes_clean_and_damaged():
+    """Measured on the test split (items 0..199): all valid and all pass, before and after the gate."""
+    data = shapes.ShapesDataset("test", length=200)
+    passed = 0
+    for i in range(200):
+        item = data[i]
+        result = adherence.check(item["image"], item["prompt"])
+        passed += result["ok"]
+        assert result["scene"]["valid"] and result["scene"]["unexplained"] <= 0.02, (i, result["scene"])
+        assert adherence.check(degrade(item["image"], i), item["prompt"])["scene"]["valid"], i
+    assert passed / 200 >= 0.99
+
+
+def test_scene_statistics_separate_renders_from_noise():
+    real = adherence.scene_validity(adherence.scan(shapes.render("two red circles", 0)))
+    noise = adherence.scene_validity(adherence.scan(_not_scenes(0, 32)["uniform noise"]))
+    assert real == {"valid": True, "reason": "a scene", "unexplained": 0.0, "roughness": real["roughness"],
+                    "objects": 2}
+    assert real["roughness"] < 0.1 < adherence.MAX_UNEXPLAINED * 5 < noise["unexplained"]
+    assert noise["roughness"] > adherence.MAX_ROUGHNESS

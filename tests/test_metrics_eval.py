@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from difflab.cli import app
+from difflab.metrics.bench import balanced, bench_prompts
 from difflab.metrics.evaluation import EvalConfig, evaluate, format_summary
 
 PROMPTS = ["a red circle", "two blue squares", "a green cross above a yellow triangle"]
@@ -18,7 +19,8 @@ def package(tmp_path_factory):
     from difflab.schedules import NoiseSchedule
 
     folder = tmp_path_factory.mktemp("eval") / "tiny"
-    names = PROMPTS + ["a circle"]
+    quick = [e["prompt"] for e in balanced(bench_prompts(), 4)]   # what `--limit 4` generates
+    names = PROMPTS + [p for p in quick if p not in PROMPTS]
     model = UNet(3, 3, channels=(8, 16), norm_groups=4, head_dim=8, num_classes=len(names),
                  attention_levels=(), mid_attention=False)
     metadata = {"diffusion": {"schedule": NoiseSchedule.linear().to_config(), "prediction_type": "epsilon"},
@@ -53,7 +55,8 @@ def test_eval_command_runs_shapes_bench_with_a_table(package, tmp_path):
     assert result.exit_code == 0, result.output
     assert "single_object" in result.output and "FID" in result.output
     saved = json.loads(out.read_text())
-    assert saved["table"]["single_object"]["n"] == 4 and saved["settings"]["sampler"] == "euler"
+    categories = ("single_object", "two_objects", "counting", "colours")   # --limit: a balanced sample
+    assert all(saved["table"][c]["n"] == 1 for c in categories) and saved["settings"]["sampler"] == "euler"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -3,8 +3,9 @@
 Captions come from ``metadata.jsonl`` (one JSON object per line with ``file_name`` and a ``text`` or
 ``caption`` field, as Hugging Face ``imagefolder``) or from a ``name.txt`` file beside ``name.png``
 (as kohya's trainers); metadata wins when both exist. Every image is decoded once when the dataset is
-opened: unreadable, empty or truncated files are skipped, counted and reported, never fatal. Other
-modes (CMYK, palette, grey, alpha) are converted to RGB.
+opened: unreadable, empty or truncated files are skipped with one warning each, never fatal unless
+nothing usable remains. Images without a caption train unconditionally; one warning says how many.
+Other modes (CMYK, palette, grey, alpha) are converted to RGB.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps
+
+from difflab import limits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CAPTION_FIELDS = ("text", "caption")
@@ -50,10 +53,10 @@ def _probe(path: Path) -> str | None:
     if path.stat().st_size == 0:
         return "empty file"
     try:
-        with Image.open(path) as image:
+        with limits.open_image(path) as image:  # too many pixels: refused before decoding
             image.load()
     except Exception as error:  # any decoder failure means: skip this file, say why
-        return f"{type(error).__name__}: {error}"
+        return " ".join(f"{type(error).__name__}: {error}".split())
     return None
 
 
@@ -77,6 +80,9 @@ class ImageFolderDataset:
         metadata = _read_metadata(self.root)
         pattern = "**/*" if recursive else "*"
         files = sorted(p for p in self.root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"no readable images in {str(root)!r}: it holds no files ending in "
+                             f"{', '.join(IMAGE_SUFFIXES)}" + (" (sub-folders included)" if recursive else ""))
         self.files: list[Path] = []
         self.captions: list[str] = []
         self.skipped: list[Skipped] = []
@@ -87,11 +93,23 @@ class ImageFolderDataset:
                 continue
             self.files.append(path)
             self.captions.append(self._caption(path, metadata))
-        if self.skipped:
-            warnings.warn(self.summary(), stacklevel=2)
         if not self.files:
-            raise ValueError(f"no readable images in {str(root)!r} (looked for {', '.join(IMAGE_SUFFIXES)}); "
-                             f"{self.summary()}")
+            reasons = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in self.skipped[:3])
+            raise ValueError(f"no readable images in {str(root)!r}: all {len(self.skipped)} image files were "
+                             f"skipped ({reasons}{'; ...' if len(self.skipped) > 3 else ''})")
+        for skipped in self.skipped:
+            warnings.warn(f"skipping {skipped.path}: {skipped.reason}", stacklevel=2)
+        if self.skipped:
+            warnings.warn(f"{self.root}: {len(self.files)} images read, {len(self.skipped)} skipped", stacklevel=2)
+        self._warn_uncaptioned()
+
+    def _warn_uncaptioned(self) -> None:
+        bare = [path.relative_to(self.root).as_posix() for path, caption in zip(self.files, self.captions)
+                if not caption]
+        if bare:
+            warnings.warn(f"{self.root}: {len(bare)} of {len(self.files)} images have no caption (no metadata.jsonl "
+                          f"entry, no .txt beside them) and train unconditionally: {', '.join(bare[:3])}"
+                          + (", ..." if len(bare) > 3 else ""), stacklevel=3)
 
     def _caption(self, path: Path, metadata: dict[str, str]) -> str:
         key = path.relative_to(self.root).as_posix()

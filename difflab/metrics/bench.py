@@ -79,6 +79,22 @@ def load_prompts(spec: str) -> list[dict]:
             for i, p in enumerate(lines)]
 
 
+def balanced(entries: list[dict], limit: int | None) -> list[dict]:
+    """The first ``limit`` entries of a round-robin over categories (in their order of appearance), each
+    category giving its distinct prompts before their repeats, so a quick look covers every category
+    and as many prompts as it can; deterministic. ``None`` keeps every entry in its order."""
+    if limit is None or limit >= len(entries):
+        return list(entries)
+    queues: dict[str, list[dict]] = {}
+    for entry in sorted(entries, key=lambda e: e.get("repeat", 0)):  # stable: prompt order kept per repeat
+        queues.setdefault(entry["category"], []).append(entry)
+    picked, depth = [], 0
+    while len(picked) < limit:
+        picked += [queue[depth] for queue in queues.values() if depth < len(queue)][: limit - len(picked)]
+        depth += 1
+    return picked
+
+
 def report(entries: list[dict], oks: list[bool]) -> dict:
     """Accuracy per category, over held-out pairs, and overall (GenEval's overall is the category mean)."""
     if len(entries) != len(oks):

@@ -32,6 +32,7 @@ HUES = {name: colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] * 360 for name, rg
 TEMPLATE_SUPERSAMPLE = 6
 BLUR_WIDTHS = (0.0, 0.4, 0.8, 1.2)  # template blur (Gaussian sigma) in pixels of a 32 x 32 image
 PALETTE_RESIDUAL = 0.08  # how far (RGB distance) a core may sit off the background-palette line
+EXPLAINED_DISTANCE = 0.15  # a pixel this close to the background or to an object's mixing line is explained
 
 
 @dataclass(frozen=True)
@@ -170,8 +171,25 @@ def _coverage(rgb: np.ndarray, bg: np.ndarray, colour: np.ndarray) -> np.ndarray
     return np.clip(((rgb - bg) @ direction) / (direction @ direction), 0, 1)
 
 
-def detect(image) -> tuple[list[Detection], np.ndarray]:
-    """All objects of an image, and its background colour (RGB in [0, 1]).
+@dataclass(frozen=True)
+class Scan:
+    """Everything ``scan`` measures: the objects, the background, and what the objects fail to explain.
+
+    ``unexplained`` marks pixels that are neither background nor on the mixing line of a detected
+    object (background -> its colour); ``roughness`` is the mean absolute difference of horizontally
+    and vertically adjacent pixels (RGB distance). Both are small for a rendered scene: flat colours,
+    anti-aliased edges that mix one object with the background, and nothing else.
+    """
+
+    detections: list[Detection]
+    background: np.ndarray
+    unexplained: np.ndarray
+    roughness: float
+    background_fraction: float
+
+
+def scan(image) -> Scan:
+    """All objects of an image, its background colour (RGB in [0, 1]) and how well they explain it.
 
     Components of far-from-background pixels are unmixed into coverage, then split again where their
     coverage falls below one half, which separates neighbours that blur has joined.
@@ -179,15 +197,27 @@ def detect(image) -> tuple[list[Detection], np.ndarray]:
     rgb = to_array(image)
     bg = background_colour(rgb)
     reach = 2.5 * rgb.shape[1] / 32
-    first, n = _owners(np.linalg.norm(rgb - bg, axis=2) > SEED_DISTANCE, reach)
+    off_background = np.linalg.norm(rgb - bg, axis=2)
+    first, n = _owners(off_background > SEED_DISTANCE, reach)
     detections = []
+    explained = off_background <= EXPLAINED_DISTANCE
     for k in range(1, n + 1):
-        seeds = (first == k) & (np.linalg.norm(rgb - bg, axis=2) > SEED_DISTANCE)
+        seeds = (first == k) & (off_background > SEED_DISTANCE)
         colour = object_colour(rgb, bg, seeds)
         alpha = _coverage(rgb, bg, colour) * (first == k)
         parts, m = _owners(alpha > 0.5, reach)
+        residual = np.linalg.norm(rgb - bg - _coverage(rgb, bg, colour)[..., None] * (colour - bg), axis=2)
         for j in range(1, m + 1):
             found = _measure(rgb, colour, alpha * (parts == j))
             if found is not None:
                 detections.append(found)
-    return detections, bg
+                explained |= (parts == j) & (residual <= EXPLAINED_DISTANCE)
+    roughness = (np.linalg.norm(np.diff(rgb, axis=0), axis=2).mean()
+                 + np.linalg.norm(np.diff(rgb, axis=1), axis=2).mean()) / 2
+    return Scan(detections, bg, ~explained, float(roughness), float((off_background <= EXPLAINED_DISTANCE).mean()))
+
+
+def detect(image) -> tuple[list[Detection], np.ndarray]:
+    """All objects of an image, and its background colour (RGB in [0, 1]); see ``scan``."""
+    found = scan(image)
+    return found.detections, found.background

@@ -4,14 +4,21 @@ Every benchmark entry is generated with its own seed through ``difflab.Pipeline`
 package works), checked by the adherence oracle, and the whole set is compared with real renders of
 the same prompts and seeds by FID and KID on difflab's shapes features. The report gives accuracy per
 category, over held-out colour-shape pairs and overall, the feature network's name beside every FID,
-and every prompt's verdict with its reasons.
+and every prompt's verdict with its reasons. ``limit`` takes a balanced sample (round-robin over the
+categories). Each report gets its own name (model, prompt set, limit and a hash of the settings) and
+is written atomically; an existing report is never overwritten (the new one takes a counter prefix).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from difflab.outputs import check_output_file, check_output_folder, free_names, write_text
+
+REPORTS = Path("outputs") / "eval"
 
 
 @dataclass(frozen=True)
@@ -22,9 +29,9 @@ class EvalConfig:
     steps: int | None = None
     guidance_scale: float | None = None
     batch_size: int = 16
-    limit: int | None = None            # only the first N entries (quick looks); None = all
+    limit: int | None = None            # a balanced sample of N entries (quick looks); None = all
     fid: bool = True
-    out: str | None = None              # JSON path; None = eval-<model>-<prompts>.json
+    out: str | None = None              # JSON path; None = outputs/eval/eval-MODEL-PROMPTS-LIMIT-HASH.json
 
     def validate(self) -> None:
         """Every argument checked before any model is loaded; errors say what is allowed."""
@@ -41,6 +48,19 @@ class EvalConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.guidance_scale is not None and not 0 <= self.guidance_scale <= 100:
             raise ValueError(f"--guidance must be a number in [0, 100], got {self.guidance_scale!r}")
+        if self.out is not None:
+            check_output_file(self.out)
+        else:
+            check_output_folder(REPORTS, "the report folder")
+
+    def report_path(self) -> Path:
+        """``out``, or a name of its own: model, prompt set, limit and a hash of the sampling settings."""
+        if self.out is not None:
+            return Path(self.out)
+        settings = json.dumps([self.sampler, self.steps, self.guidance_scale, self.fid]).encode()
+        limit = f"limit{self.limit}" if self.limit else "all"
+        return REPORTS / (f"eval-{Path(self.model).name}-{Path(self.prompts).stem}-{limit}-"
+                          f"{hashlib.sha256(settings).hexdigest()[:8]}.json")
 
 
 def _generate(pipe, entries: list[dict], config: EvalConfig, progress: bool) -> tuple[list, dict]:
@@ -75,11 +95,11 @@ def _distances(images: list, entries: list[dict], resolution: int) -> dict:
 def evaluate(config: EvalConfig, progress: bool = True) -> dict:
     """Run the benchmark; returns the report and writes it as JSON to ``report["out"]``."""
     from difflab.metrics.adherence import check
-    from difflab.metrics.bench import load_prompts, report
+    from difflab.metrics.bench import balanced, load_prompts, report
     from difflab.pipelines import Pipeline
 
     config.validate()
-    entries = load_prompts(config.prompts)[: config.limit]
+    entries = balanced(load_prompts(config.prompts), config.limit)
     pipe = Pipeline.from_pretrained(config.model)
     if pipe.channels != 3:
         raise ValueError(f"{config.prompts} needs an RGB text-to-image model; {config.model} makes "
@@ -88,13 +108,13 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict:
     verdicts = [check(image, e["prompt"]) for image, e in zip(images, entries)]
     results = [{**e, "ok": v["ok"], "failed": [r["reason"] for r in v["requirements"] if not r["ok"]],
                 "objects": v["objects"]} for e, v in zip(entries, verdicts)]
-    out = Path(config.out or f"eval-{Path(config.model).name}-{Path(config.prompts).stem}.json")
+    path = config.report_path()
+    out = free_names(path.parent, [path.name])[0]   # an earlier report keeps its name
     summary = {"model": str(config.model), "prompts": config.prompts, "settings": settings,
                "config": asdict(config), "table": report(entries, [r["ok"] for r in results]),
                "distances": _distances(images, entries, pipe.resolution) if config.fid else None,
                "results": results, "out": str(out)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=1))
+    summary["out"] = str(write_text(out, json.dumps(summary, indent=1)))
     return summary
 
 

@@ -13,7 +13,9 @@ Format (``format_version`` 1)::
 Loading is strict and never runs code from the folder: only safetensors are read (a package whose
 weights are a pickle file -- .bin, .pt, .pth, .ckpt, .pkl -- is refused without opening it);
 a missing, extra or mis-shaped tensor, a NaN or infinite value, a truncated file, an unknown
-``format_version``, ``class_name`` or config field is an error naming the problem. Nothing is
+``format_version``, ``class_name`` or config field is an error naming the problem. The network's
+size is counted from ``config.json`` on the ``meta`` device (no memory) before it is built, and a
+network above :mod:`difflab.limits` (``network_bytes``, ``network_modules``) is refused. Nothing is
 downloaded. Saving writes a temporary folder beside the target and renames it into place, so a
 crash never leaves a half-written package.
 """
@@ -26,12 +28,14 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from difflab import limits
 # Re-exported: the registry and the config helpers lived here before models/registry.py held them.
 from difflab.models.registry import (MODEL_CLASSES, _to_tuples, config_from_dict, create_model,  # noqa: F401
                                      known_models, model_class, register_model)
@@ -138,10 +142,26 @@ def _check_complete(path: Path) -> None:
             header = json.loads(f.read(n))
         except ValueError:
             raise ValueError(f"{path} has a corrupt safetensors header (not valid JSON)") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    end = max((_data_end(path, k, v) for k, v in _header_entries(path, header)), default=0)
     if size != 8 + n + end:
         raise ValueError(f"{path} is truncated or corrupt: the header describes {8 + n + end} bytes, "
                          f"the file has {size}")
+
+
+def _header_entries(path: Path, header) -> list:
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} has a corrupt safetensors header: a JSON {type(header).__name__}, "
+                         f"not an object of tensors")
+    return [(k, v) for k, v in header.items() if k != "__metadata__"]
+
+
+def _data_end(path: Path, name: str, entry) -> int:
+    """Where tensor ``name``'s bytes end, from its ``data_offsets`` [begin, end]."""
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and o >= 0 for o in offsets)):
+        raise ValueError(f"{path} has a corrupt safetensors header: tensor {name!r} lacks valid 'data_offsets' "
+                         f"[begin, end]")
+    return offsets[1]
 
 
 def check_state(state: dict, model: nn.Module, what: str) -> None:
@@ -173,6 +193,11 @@ def read_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
     check_state(state, model, str(path))
     return state
+
+
+def read_config(folder) -> dict:
+    """The checked ``config.json`` of the package at ``folder`` (nothing else is read)."""
+    return _read_header(Path(folder))
 
 
 def _read_header(folder: Path) -> dict:
@@ -210,10 +235,55 @@ def load_package(folder) -> ModelPackage:
     folder = Path(folder)
     header = _read_header(folder)
     cls = model_class(header["class_name"])
-    model = cls(config=config_from_dict(cls.config_class, header["config"]))
+    try:
+        config = config_from_dict(cls.config_class, header["config"])
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{folder / CONFIG_FILE}: {error}") from None
+    check_network_size(cls, config, folder / CONFIG_FILE)
+    model = cls(config=config)
     model.load_state_dict(read_weights(folder / WEIGHTS_FILE, model), strict=True)
     metadata = {k: v for k, v in header.items() if k not in RESERVED_SECTIONS}
     return ModelPackage(model=model.eval(), metadata=metadata, folder=folder)
+
+
+def check_network_size(cls: type, config, where) -> int:
+    """Count the parameters of ``cls(config=config)`` without allocating them (built on the ``meta``
+    device, stopped early past ``network_modules`` modules); refuse a network above the limits.
+    Returns the parameter count."""
+    counter = _ModuleCounter(limits.get().network_modules, f"{cls.__name__} of {where}")
+    try:
+        with counter, torch.device("meta"):
+            model = cls(config=config)
+    except limits.LimitError:
+        raise
+    except (ValueError, TypeError, ArithmeticError, IndexError, KeyError, RuntimeError) as error:
+        raise ValueError(f"{where}: its 'config' cannot build a {cls.__name__}: {error}") from None
+    count = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    limits.check("network_bytes", 4 * count, f"{cls.__name__} of {where}: float32 weights in bytes "
+                                             f"({count:,} parameters, counted from the config before building)")
+    return count
+
+
+class _ModuleCounter:
+    """Counts the submodules registered by this thread while active; past ``limit`` raises LimitError."""
+
+    def __init__(self, limit: int, what: str):
+        self.limit, self.what, self.count, self.thread = limit, what, 0, threading.get_ident()
+
+    def __call__(self, module, name, submodule):
+        if threading.get_ident() == self.thread:
+            self.count += 1
+            if self.count > self.limit:
+                raise limits.LimitError(f"{self.what}: modules of the network: more than {self.limit:,} asked (counting "
+                                        f"stopped there), the limit is {self.limit:,}; "
+                                        f"{limits.how_to_raise('network_modules')}")
+
+    def __enter__(self):
+        self.handle = torch.nn.modules.module.register_module_module_registration_hook(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
 
 
 def load(folder) -> nn.Module:

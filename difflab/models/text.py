@@ -22,6 +22,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from difflab import limits
+
+
+def validate_text(prompt, name: str = "prompt") -> str:
+    """A prompt as text: a ``str`` within the length limit that is valid UTF-8 (no lone surrogates,
+    which a non-UTF-8 command-line argument decodes to)."""
+    if isinstance(prompt, (bytes, bytearray)):
+        raise ValueError(f"{name} is not valid UTF-8 text: got {type(prompt).__name__}, pass a str")
+    if not isinstance(prompt, str):
+        raise ValueError(f"{name} must be a string, got {type(prompt).__name__}")
+    limits.check("prompt_chars", len(prompt), f"{name} length in characters")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{name} is not valid UTF-8 text: {error.object[error.start:error.end]!r} at character "
+                         f"{error.start} (a command-line argument in another encoding?)") from None
+    return prompt
+
 
 class TextEncoder:
     """Base class: batching, padding, caching and validation around :meth:`_encode_batch`."""
@@ -50,10 +68,11 @@ class TextEncoder:
 
     @staticmethod
     def _check_prompts(prompts) -> list[str]:
-        prompts = [prompts] if isinstance(prompts, str) else prompts
-        if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+        prompts = [prompts] if isinstance(prompts, (str, bytes, bytearray)) else prompts
+        if not isinstance(prompts, (list, tuple)) or not prompts \
+                or not all(isinstance(p, (str, bytes, bytearray)) for p in prompts):
             raise ValueError(f"prompts must be a string or a non-empty list of strings, got {prompts!r}"[:200])
-        return list(prompts)
+        return [validate_text(p) for p in prompts]
 
     @torch.no_grad()
     def encode(self, prompts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -7,27 +7,43 @@
 A pipeline is a network, a schedule and parameterization (the denoiser), a conditioner (prompts ->
 network arguments) and a codec (data <-> model space); ``difflab.sample`` runs the sampler. Recipes
 are in :mod:`difflab.pipelines.recipes`, edits in :mod:`difflab.pipelines.edit`.
+
+Every argument, recipe and package section is checked before any compute, against
+:mod:`difflab.limits` too (images per call, steps, output pixels, prompt length, network size); a
+bad one raises ``ValueError`` (``LimitError`` for a limit) with one line naming it.
 """
 
 from __future__ import annotations
 
+import numbers
+import os
+import re
 import secrets
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 import difflab
+from difflab import limits
 from difflab.codecs import Codec, PixelCodec
 from difflab.conditioning import Conditioner
+from difflab.data import shapes_grammar as shapes
 from difflab.data.images import to_images
+from difflab.models.text import validate_text
 from difflab.pipelines import edit
-from difflab.pipelines.recipes import Result, weights_hash
+from difflab.pipelines.recipes import Result, validate_recipe, weights_hash
 from difflab.sampling import DEFAULT_SAMPLER, sample, validate_settings
 from difflab.schedules import NoiseSchedule
 
 BUNDLED_MODEL = Path(__file__).parent.parent / "assets" / "models" / "shapes"
 DEFAULTS = {"steps": 20, "sampler": DEFAULT_SAMPLER, "guidance_scale": 3.0, "spacing": None}
+# Every word the shapes world's grammar uses (difflab.data.shapes_grammar): a prompt with others is
+# outside what a shapes model has seen.
+SHAPES_WORDS = frozenset(" ".join([*shapes.SHAPES, *shapes.PLURALS.values(), *shapes.COLOURS, *shapes.SIZES,
+                                   *shapes.BACKGROUNDS, *shapes.POSITIONS, *shapes.COUNTS, *shapes.RELATIONS,
+                                   "a an and on background grey"]).split())
 
 
 def sampling_defaults(section, folder) -> dict:
@@ -43,8 +59,54 @@ def sampling_defaults(section, folder) -> dict:
     try:
         validate_settings(values["sampler"], values["steps"], values["spacing"], values["guidance_scale"])
     except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
+        raise type(error)(f"{where}: {error}") from None
     return values
+
+
+def _package_folder(folder) -> Path:
+    if folder is None:
+        return BUNDLED_MODEL
+    if not isinstance(folder, (str, os.PathLike)):
+        raise ValueError(f"Pipeline.from_pretrained(folder): folder must be the path of a model package folder "
+                         f"(a str or os.PathLike), got {type(folder).__name__} {folder!r}"[:300])
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} is not a difflab model package (no config.json)")
+    return folder
+
+
+PIPELINE_KEYS = {"diffusion": ("schedule", "prediction_type"), "conditioning": ("encoder",),
+                 "data": ("resolution", "channels")}
+
+
+def check_pipeline_sections(header: dict, folder: Path) -> NoiseSchedule:
+    """The sections a pipeline needs, checked (with the limits) before the network is built;
+    returns the noise schedule."""
+    where = folder / "config.json"
+    for section, keys in PIPELINE_KEYS.items():
+        if section not in header:
+            raise ValueError(f"{folder} lacks the '{section}' section a pipeline needs; was it made by difflab train?")
+        if not isinstance(header[section], dict):
+            raise ValueError(f"{where}: the '{section}' section must be a JSON object, got {header[section]!r}"[:300])
+        missing = [key for key in keys if key not in header[section]]
+        if missing:
+            raise ValueError(f"{where}: the '{section}' section has no {' or '.join(map(repr, missing))}, "
+                             f"which a pipeline needs")
+    resolution = header["data"]["resolution"]
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(f"{where}: data.resolution must be a positive integer, got {resolution!r}")
+    limits.check("pixels", resolution * resolution, f"{where}: data.resolution {resolution}: pixels per image "
+                                                     f"({resolution}x{resolution})")
+    schedule = header["diffusion"]["schedule"]
+    if not isinstance(schedule, dict):
+        raise ValueError(f"{where}: diffusion.schedule must be a JSON object, got {schedule!r}"[:300])
+    timesteps = schedule.get("num_train_timesteps", 0)
+    if isinstance(timesteps, int):
+        limits.check("train_timesteps", timesteps, f"{where}: diffusion.schedule.num_train_timesteps")
+    try:
+        return NoiseSchedule.from_config(schedule)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: diffusion.schedule: {error}") from None
 
 
 @dataclass
@@ -66,6 +128,7 @@ class Pipeline:
     weights: str = ""
     defaults: dict = field(default_factory=lambda: dict(DEFAULTS))
     folder: Path | None = None
+    dataset: str | None = None           # the package's data.dataset: "shapes" enables the vocabulary warning
 
     def __post_init__(self):
         if not isinstance(self.conditioner, Conditioner):
@@ -75,25 +138,28 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, folder=None) -> "Pipeline":
-        from difflab.models.package import load_package
+        """The pipeline of a model package folder (default: the bundled shapes model). Its sections,
+        sampling defaults and network size are checked before the network is built."""
+        from difflab.models.package import load_package, read_config
         from difflab.models.text import text_encoder_from_spec
-        folder = Path(folder) if folder is not None else BUNDLED_MODEL
-        if not (folder / "config.json").is_file():
-            raise ValueError(f"{folder} is not a difflab model package (no config.json)")
+        folder = _package_folder(folder)
+        header = read_config(folder)
+        schedule = check_pipeline_sections(header, folder)
+        defaults = sampling_defaults(header.get("sampling", {}), folder)
+        codec = PixelCodec(header["data"]["channels"])
         package = load_package(folder)
         meta = package.metadata
-        for section in ("diffusion", "conditioning", "data"):
-            if section not in meta:
-                raise ValueError(f"{folder} lacks the '{section}' section a pipeline needs; was it made by difflab train?")
         model = package.model
         if not torch.cuda.is_available():
             model = model.to(memory_format=torch.channels_last)
-        return cls(model=model, schedule=NoiseSchedule.from_config(meta["diffusion"]["schedule"]),
-                   prediction_type=meta["diffusion"]["prediction_type"],
-                   conditioner=Conditioner(text_encoder_from_spec(meta["conditioning"]["encoder"])),
-                   codec=PixelCodec(meta["data"]["channels"]), resolution=meta["data"]["resolution"],
-                   name=folder.name, weights=weights_hash(folder),
-                   defaults=sampling_defaults(meta.get("sampling", {}), folder), folder=folder)
+        try:
+            encoder = text_encoder_from_spec(meta["conditioning"]["encoder"])
+        except TypeError as error:
+            raise ValueError(f"{folder / 'config.json'}: conditioning.encoder: {error}") from None
+        return cls(model=model, schedule=schedule, prediction_type=meta["diffusion"]["prediction_type"],
+                   conditioner=Conditioner(encoder), codec=codec, resolution=meta["data"]["resolution"],
+                   name=folder.name, weights=weights_hash(folder), defaults=defaults, folder=folder,
+                   dataset=meta["data"].get("dataset"))
 
     @property
     def encoder(self):
@@ -116,21 +182,26 @@ class Pipeline:
                  outpaint=None, mask_blur: float = 0.0) -> Result:
         """Text-to-image; with ``image``: image-to-image (``strength``), inpainting (``mask``, white =
         regenerate, ``mask_blur`` feathers the seam inside the mask) or outpainting (``outpaint`` =
-        (left, right, top, bottom) pixels added and filled); see ``difflab.edit``."""
-        prompts = _as_list(prompt, "prompt")
-        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
+        (left, right, top, bottom) pixels added and filled); see ``difflab.edit``.
+
+        Everything is checked before any compute: ``ValueError`` (``difflab.limits.LimitError`` above
+        a limit) names the argument. A prompt outside a shapes model's vocabulary is only warned about."""
+        prompts = self._prompts(prompt, "prompt")
+        _check_count(num_images, len(prompts))
         prompts = [p for p in prompts for _ in range(num_images)]
         seeds = _seeds(seed, len(prompts))
         negatives = self._negatives(negative_prompt, len(prompts))
         settings = self._settings(steps, sampler, guidance_scale, spacing)
         edits = edit.prepare(self.codec, self.size_multiple, image, strength, mask, outpaint, mask_blur,
                              len(prompts))
+        size = edits.size if edits else (self.resolution, self.resolution)
+        shape = self.codec.model_shape(len(prompts), size[0], size[1])
+        limits.check_sample_shape(shape, "output")
+        self._warn_outside_vocabulary(prompts)
         cond, uncond = self._encode(prompts), self._encode(negatives)
         guided = settings["guidance_scale"] != 1.0
-        size = edits.size if edits else (self.resolution, self.resolution)
         x = sample(self.model, self.schedule, self.prediction_type, settings["sampler"], settings["steps"],
-                   shape=self.codec.model_shape(len(prompts), size[0], size[1]), seeds=seeds,
+                   shape=shape, seeds=seeds,
                    spacing=settings["spacing"], cond=cond, uncond=uncond if guided else None,
                    guidance_scale=settings["guidance_scale"], guidance_rescale=guidance_rescale,
                    callback=callback, progress=progress, **(edits.sample_args(self.codec) if edits else {}))
@@ -141,7 +212,9 @@ class Pipeline:
 
     def replay(self, recipe: dict, image=None, mask=None) -> Result:
         """Regenerate the image a recipe describes (same pixels on the same machine and weights).
-        An edit's recipe needs its input image (and mask) again; their hashes are checked."""
+        An edit's recipe needs its input image (and mask) again; their hashes are checked. The recipe
+        is checked by :func:`~difflab.pipelines.recipes.validate_recipe`, then as the arguments are."""
+        recipe = validate_recipe(recipe, "recipe")
         if recipe.get("weights") and self.weights and recipe["weights"] != self.weights:
             raise ValueError(f"the recipe was made with weights {recipe['weights']}, this model has {self.weights}")
         edit.check_replay_inputs(recipe, image, mask)
@@ -155,12 +228,36 @@ class Pipeline:
         settings = {"steps": steps, "sampler": sampler, "guidance_scale": guidance_scale, "spacing": spacing}
         settings = {k: self.defaults[k] if v is None else v for k, v in settings.items()}
         settings["spacing"] = settings["spacing"] or self.schedule.default_spacing
+        validate_settings(settings["sampler"], settings["steps"], settings["spacing"], settings["guidance_scale"])
         return settings
+
+    def _prompts(self, value, name: str) -> list:
+        """Prompts as a list: text (valid UTF-8, within the length limit) or, for a class-label
+        model, labels (int or name)."""
+        values = _as_list(value, name)
+        limits.check("images", len(values), f"{name}s in one call")
+        for v in values:
+            labelled = self.conditioner.class_labels and (v is None or isinstance(v, int) and not isinstance(v, bool))
+            if not labelled:
+                validate_text(v, name)
+        return values
+
+    def _warn_outside_vocabulary(self, prompts: list) -> None:
+        """Warn (once per prompt and call) when a shapes model is asked for words it never saw."""
+        if not (self.dataset == "shapes" or self.folder is not None and Path(self.folder) == BUNDLED_MODEL):
+            return
+        for prompt in dict.fromkeys(p for p in prompts if isinstance(p, str)):
+            words = re.findall(r"[a-z]+", prompt.lower())
+            unknown = list(dict.fromkeys(w for w in words if w not in SHAPES_WORDS))
+            if unknown:
+                warnings.warn(f"prompt {prompt[:80]!r} uses words outside the shapes model's vocabulary "
+                              f"({', '.join(unknown[:8])}); it only knows the shapes world, e.g. 'a red circle above "
+                              f"a blue square' (difflab.data.shapes_grammar)", UserWarning, stacklevel=3)
 
     def _negatives(self, negative_prompt, n: int) -> list:
         if negative_prompt is None:
             return [self.null_condition] * n
-        negatives = _as_list(negative_prompt, "negative_prompt")
+        negatives = self._prompts(negative_prompt, "negative_prompt")
         if len(negatives) == 1:
             return negatives * n
         if len(negatives) != n:
@@ -183,20 +280,29 @@ class Pipeline:
 
 
 def _as_list(value, name: str) -> list:
-    values = [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+    values = [value] if isinstance(value, (str, bytes, bytearray, int)) and not isinstance(value, bool) else value
     if not isinstance(values, (list, tuple)) or not values:
-        raise ValueError(f"{name} must be a string or a non-empty list of strings, got {value!r}")
+        raise ValueError(f"{name} must be a string or a non-empty list of strings, got {value!r}"[:300])
     return list(values)
+
+
+def _check_count(num_images, prompts: int) -> None:
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
+    limits.check("images", prompts * num_images, f"images in one call ({prompts} prompt(s) x num_images {num_images})")
 
 
 def _seeds(seed, n: int) -> list[int]:
     """None: fresh random seeds (recorded in the recipes); int: seed, seed + 1, ...; list: one per image."""
     if seed is None:
         seed = secrets.randbelow(2**31)
-    if isinstance(seed, int) and not isinstance(seed, bool):
-        seeds = [seed + i for i in range(n)]
-    else:
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        seeds = [int(seed) + i for i in range(n)]
+    elif isinstance(seed, (list, tuple)):
         seeds = list(seed)
         if len(seeds) != n:
             raise ValueError(f"got {len(seeds)} seeds for {n} images")
+    else:
+        raise ValueError(f"seed must be an integer in [0, 2**63) or a list of them (one per image), got "
+                         f"{seed!r}"[:300])
     return difflab.noise.validate_seeds(seeds)

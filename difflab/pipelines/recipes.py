@@ -2,19 +2,29 @@
 
 A recipe is a JSON dict (prompt, negative prompt, seed, sampler, steps, spacing, guidance, size,
 model name and weights hash, difflab version) stored in each PNG's text chunk ``difflab``;
-``Pipeline.replay(recipe)`` regenerates the identical image.
+``Pipeline.replay(recipe)`` regenerates the identical image. :func:`read_recipe` and ``replay``
+check a recipe with :func:`validate_recipe` (types, limits) before anything runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from difflab import limits
+from difflab.models.text import validate_text
+from difflab.outputs import check_output_folder, free_names, write_file
+from difflab.sampling import validate_settings
+
 RECIPE_KEY = "difflab"
+REQUIRED_KEYS = ("prompt", "seed", "steps", "sampler", "guidance_scale", "spacing")
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
 
 
 @dataclass
@@ -31,33 +41,90 @@ class Result:
             canvas.paste(image.convert("RGB"), ((i % columns) * w, (i // columns) * h))
         return canvas
 
-    def save(self, folder, prefix: str = "image") -> list[Path]:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i, (image, recipe) in enumerate(zip(self.images, self.recipes)):
-            path = folder / f"{prefix}-{recipe['seed']}-{i:03d}.png"
-            save_png(image, recipe, path)
-            paths.append(path)
-        return paths
+    def save(self, folder, prefix: str = "image", overwrite: bool = False, inputs=()) -> list[Path]:
+        """PNGs ``PREFIX-SEED-INDEX.png`` with their recipes, written atomically (:mod:`difflab.outputs`):
+        taken names get a counter prefix unless ``overwrite``; links and ``inputs`` are never replaced.
+        Returns the paths written."""
+        folder = check_output_folder(folder)
+        names = [f"{prefix}-{recipe['seed']}-{i:03d}.png" for i, recipe in enumerate(self.recipes)]
+        paths = free_names(folder, names, overwrite, inputs)
+        return [save_png(image, recipe, path, overwrite, inputs)
+                for image, recipe, path in zip(self.images, self.recipes, paths)]
 
 
-def save_png(image: Image.Image, recipe: dict, path) -> None:
+def save_png(image: Image.Image, recipe: dict, path, overwrite: bool = False, inputs=()) -> Path:
+    """One PNG carrying its recipe, written atomically; returns the path written (see ``Result.save``)."""
     info = PngImagePlugin.PngInfo()
     info.add_text(RECIPE_KEY, json.dumps(recipe, sort_keys=True))
-    image.save(path, pnginfo=info)
+    return write_file(path, lambda f: image.save(f, format="PNG", pnginfo=info), overwrite, inputs)
 
 
 def read_recipe(path) -> dict:
-    """The recipe stored in a PNG written by difflab."""
+    """The recipe stored in a PNG written by difflab, checked by :func:`validate_recipe`. The image's
+    size is checked on its header and its pixels are not decoded (difflab writes the recipe first)."""
     try:
-        with Image.open(path) as image:
-            text = image.text.get(RECIPE_KEY) if hasattr(image, "text") else None
-    except (OSError, ValueError) as error:
+        with limits.open_image(path, "recipe image") as image:
+            text = image.info.get(RECIPE_KEY)
+            if text is None and hasattr(image, "text"):
+                text = image.text.get(RECIPE_KEY)  # a text chunk after the pixels: decodes them
+    except limits.LimitError:
+        raise
+    except (OSError, ValueError, SyntaxError) as error:
         raise ValueError(f"cannot read {path} as an image: {error}") from None
     if text is None:
         raise ValueError(f"{path} holds no difflab recipe (was it written by difflab generate?)")
-    return json.loads(text)
+    try:
+        recipe = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{path}: the difflab recipe is not valid JSON: {error}") from None
+    return validate_recipe(recipe, path)
+
+
+def validate_recipe(recipe, source) -> dict:
+    """Check a recipe (from ``source``, named in every error) before it is replayed: a JSON object
+    with the keys a replay needs, each of the right type and within :mod:`difflab.limits`. Returns
+    the recipe unchanged; a bad one raises one ``ValueError`` line (``LimitError`` for a limit)."""
+    where = f"{source}: the difflab recipe"
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{where} must be a JSON object, got a JSON {_JSON_TYPES.get(type(recipe), 'value')}")
+    missing = [key for key in REQUIRED_KEYS if key not in recipe]
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(map(repr, missing))}")
+    try:
+        _check_fields(recipe)
+        validate_settings(recipe["sampler"], recipe["steps"], recipe["spacing"], recipe["guidance_scale"])
+    except ValueError as error:
+        raise type(error)(f"{where}: {error}") from None
+    return recipe
+
+
+def _check_fields(recipe: dict) -> None:
+    for key in ("prompt", "negative_prompt"):
+        value = recipe.get(key)
+        if value is not None and not _is_int(value):  # None and ints: a class-label model's labels
+            validate_text(value, key)
+    seed = recipe["seed"]
+    if not _is_int(seed) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}"[:200])
+    for key, low, high in (("guidance_rescale", 0, 1), ("strength", 0, 1), ("mask_blur", 0, math.inf)):
+        value = recipe.get(key)
+        if value is not None and not (_is_number(value) and low <= value <= high):
+            raise ValueError(f"{key} must be a number in [{low}, {high}], got {value!r}"[:200])
+    outpaint = recipe.get("outpaint")
+    if outpaint is not None and not (isinstance(outpaint, list) and len(outpaint) == 4
+                                     and all(_is_int(v) and v >= 0 for v in outpaint)):
+        raise ValueError(f"outpaint must be a list of four non-negative integers, got {outpaint!r}"[:200])
+    for key in ("image", "mask", "weights"):
+        if recipe.get(key) is not None and not isinstance(recipe[key], str):
+            raise ValueError(f"{key} must be a hash string, got {recipe[key]!r}"[:200])
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def weights_hash(folder: Path) -> str:

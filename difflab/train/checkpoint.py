@@ -4,6 +4,8 @@
 (AdamW moments; loaded with ``weights_only=True``, which runs no code) and ``state.json`` (step,
 samples consumed, skipped steps, torch RNG state, the config). A checkpoint is written into a
 temporary folder and renamed into place; older ones are deleted only after the new one is complete.
+A checkpoint damaged later (a truncated copy, a full disk) is detected when it is read:
+``load_latest`` then falls back to the newest one that reads completely, and says so.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -43,31 +46,63 @@ def save_checkpoint(out: Path, step: int, model_state: dict, ema_state: dict, op
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_dir(root)
-    _prune(root, keep)
+    _prune(root, keep, step)
     return final
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint, or None. Leftover temporary folders are ignored."""
+def checkpoints(out: Path) -> list[Path]:
+    """The checkpoint folders, newest first. Leftover temporary folders are ignored."""
     root = checkpoint_dir(out)
     if not root.is_dir():
-        return None
+        return []
     steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir())
-    return steps[-1][1] if steps else None
+    return [p for _, p in reversed(steps)]
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint folder, or None."""
+    found = checkpoints(out)
+    return found[0] if found else None
 
 
 def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's tensors and state; ValueError naming the file if one is missing or damaged."""
     path = Path(path)
     missing = [f for f in ("model.safetensors", "ema.safetensors", "optimizer.pt", "state.json")
                if not (path / f).is_file()]
     if missing:
         raise ValueError(f"checkpoint {path} is incomplete: missing {missing}")
-    return {
-        "model": load_file(path / "model.safetensors"),
-        "ema": load_file(path / "ema.safetensors"),
-        "optimizer": torch.load(path / "optimizer.pt", weights_only=True),
-        "state": json.loads((path / "state.json").read_text()),
-    }
+    loaders = {"model": (load_file, "model.safetensors"), "ema": (load_file, "ema.safetensors"),
+               "optimizer": (lambda f: torch.load(f, weights_only=True), "optimizer.pt"),
+               "state": (lambda f: json.loads(f.read_text()), "state.json")}
+    saved = {}
+    for key, (load, name) in loaders.items():
+        try:
+            saved[key] = load(path / name)
+        except (OSError, ValueError, RuntimeError, EOFError, SafetensorError) as error:  # truncated or corrupt
+            raise ValueError(f"checkpoint {path} is damaged: {name} cannot be read "
+                             f"({' '.join(str(error).split())[:120]})") from None
+    if not isinstance(saved["state"], dict) or "step" not in saved["state"]:
+        raise ValueError(f"checkpoint {path} is damaged: state.json holds no step")
+    return saved
+
+
+def load_latest(out: Path, log=print) -> tuple[Path, dict]:
+    """The newest checkpoint that reads completely; a damaged newer one is reported and passed over."""
+    damaged = []
+    for path in checkpoints(out):
+        try:
+            saved = load_checkpoint(path)
+        except ValueError as error:
+            damaged.append(str(error))
+            continue
+        if damaged:
+            log(f"{'; '.join(damaged)}: resuming from the previous complete one, {path.name}")
+        return path, saved
+    if damaged:
+        raise ValueError(f"no complete checkpoint in {checkpoint_dir(out)}: {'; '.join(damaged)}; "
+                         "start a new run with another --out")
+    raise ValueError(f"no checkpoint in {out}; run without --resume to start a new run")
 
 
 def clean_temporary(out: Path) -> None:
@@ -79,9 +114,12 @@ def clean_temporary(out: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def _prune(root: Path, keep: int) -> None:
+def _prune(root: Path, keep: int, step: int) -> None:
+    """Keep the ``keep`` newest; a checkpoint newer than ``step`` is a damaged one a resume passed over."""
     steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)))
-    for _, p in steps[:-keep]:
+    newer = [p for n, p in steps if n > step]
+    older = [p for n, p in steps if n <= step][:-keep]
+    for p in newer + older:
         shutil.rmtree(p, ignore_errors=True)
 
 

@@ -7,7 +7,9 @@ TOML table with the same names (``batch_size = 64``); flags given on the command
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,38 +31,38 @@ SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine", "flow")
 class TrainConfig:
     """A training run. ``model`` holds the UNet's architecture fields (see ``difflab.models.UNetConfig``)."""
 
-    dataset: str = "shapes"
-    data_dir: str | None = None
-    resolution: int = 32
+    dataset: str = "shapes"               # what to train on (folder: an image folder, set data_dir)
+    data_dir: str | None = None           # the image folder of dataset=folder (captions: metadata.jsonl or .txt)
+    resolution: int = 32                  # training image side in pixels (a multiple of 4)
     model: dict = field(default_factory=lambda: dict(channels=(64, 128, 128), layers_per_block=2,
-                                                     attention_levels=(1, 2), head_dim=32))
+                                                     attention_levels=(1, 2), head_dim=32))  # network: [model] in --config
     text_encoder: str = "minilm"          # shapes / folder: "minilm" or a local CLIP/T5 folder
-    prediction_type: str = "v_prediction"
-    schedule: str = "cosine"
-    rescale_zero_terminal_snr: bool = True
-    flow_shift: float = 1.0
-    loss_weighting: str = "min_snr"
-    snr_gamma: float = 5.0
-    timestep_sampling: str = "uniform"
+    prediction_type: str = "v_prediction"  # what the network predicts (the parameterization)
+    schedule: str = "cosine"              # the noise schedule (forward process)
+    rescale_zero_terminal_snr: bool = True  # VP schedules end at pure noise (Lin et al., 2024)
+    flow_shift: float = 1.0               # schedule=flow: SD3's timestep shift
+    loss_weighting: str = "min_snr"       # how timesteps are weighted in the loss
+    snr_gamma: float = 5.0                # min-SNR-gamma's gamma
+    timestep_sampling: str = "uniform"    # how training timesteps are drawn
     cond_dropout: float = 0.1             # fraction of samples trained with the empty prompt / null class
     batch_size: int = 64                  # global batch per optimiser step (all processes, all micro-batches)
-    grad_accum: int = 1
-    lr: float = 2e-4
-    lr_warmup: int = 200
-    lr_schedule: str = "cosine"
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    ema_warmup: bool = True
-    mixed_precision: str = "auto"         # auto: bf16 on a GPU that has it, fp32 on CPU
-    max_steps: int = 1000
-    checkpoint_every: int = 250
-    keep_checkpoints: int = 2
-    sample_every: int = 0                 # 0: only at the end
-    log_every: int = 10
+    grad_accum: int = 1                   # gradient-accumulation micro-batches per step
+    lr: float = 2e-4                      # AdamW learning rate after warm-up
+    lr_warmup: int = 200                  # linear warm-up steps
+    lr_schedule: str = "cosine"           # the learning rate after warm-up
+    weight_decay: float = 0.0             # AdamW weight decay
+    grad_clip: float = 1.0                # gradient-norm clipping; 0 turns it off
+    ema_decay: float = 0.999              # EMA decay of the exported weights
+    ema_warmup: bool = True               # ramp the EMA decay up over the first steps
+    mixed_precision: str = "auto"         # auto = bf16 on a GPU that has it, fp32 on CPU
+    max_steps: int = 1000                 # optimiser steps of the whole run
+    checkpoint_every: int = 250           # steps between checkpoints; 0: only at the end
+    keep_checkpoints: int = 2             # newest checkpoints kept
+    sample_every: int = 0                 # steps between sample grids; 0: only at the end
+    log_every: int = 10                   # steps between rows of OUT/log.csv
     max_bad_steps: int = 5                # consecutive non-finite losses that stop the run
-    seed: int = 0
-    num_workers: int = 0
+    seed: int = 0                         # initial weights, data order, noise, timesteps, dropout
+    num_workers: int = 0                  # data-loading worker processes
     threads: int = 0                      # torch CPU threads; 0 keeps torch's default
     init_from: str | None = None          # a model package whose weights start the run (fine-tune / grow)
 
@@ -102,6 +104,26 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def field_help() -> dict[str, str]:
+    """Field name -> its comment in the source of :class:`TrainConfig` (the help of ``difflab train``)."""
+    try:
+        lines = inspect.getsource(TrainConfig).splitlines()
+    except (OSError, TypeError):  # no source (a frozen build): names and defaults only
+        return {}
+    comments, name = {}, None
+    for line in lines:
+        if match := re.match(r"^    (\w+): ", line):
+            name = match.group(1)
+        if name and "  # " in line:
+            comments[name] = line.split("  # ", 1)[1].strip()
+    choices = {"dataset": DATASETS, "prediction_type": PARAMETERIZATIONS, "schedule": SCHEDULE_KINDS,
+               "loss_weighting": WEIGHTINGS, "timestep_sampling": TIMESTEP_SAMPLINGS, "lr_schedule": LR_SCHEDULES,
+               "mixed_precision": MIXED_PRECISIONS}
+    for name, allowed in choices.items():
+        comments[name] = f"{comments.get(name, '')}: {' | '.join(allowed)}".lstrip(": ")
+    return comments
 
 
 def _int(value, minimum) -> bool:

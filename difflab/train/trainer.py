@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import io
 import json
 import math
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from difflab.outputs import append_text, check_output_folder, write_file
 from difflab.schedules import NoiseSchedule
 from difflab.train import checkpoint as ckpt
 from difflab.train.batches import TrainingData
@@ -109,6 +111,8 @@ class Trainer:
         from accelerate import Accelerator
 
         self.config, self.out, self.log = config, Path(out), log
+        check_output_folder(self.out)
+        self._check_checkpoints(resume)
         if config.init_from and not resume and not Path(config.init_from).is_dir():
             raise ValueError(f"init_from: no model package at {config.init_from} (a folder written by difflab train)")
         if config.threads:
@@ -146,8 +150,6 @@ class Trainer:
         self.step, self.samples_seen, self.bad_in_a_row, self.skipped = 0, 0, 0, 0
         if resume:
             self._resume()
-        elif ckpt.latest_checkpoint(self.out) is not None:
-            raise ValueError(f"{self.out} already holds checkpoints: pass --resume to continue, or another --out")
         self._tensorboard = None  # opened at the first log row; False when TensorBoard is not installed
 
     # ----- state -------------------------------------------------------------------------------
@@ -155,13 +157,17 @@ class Trainer:
     def unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
 
+    def _check_checkpoints(self, resume: bool):
+        """Before any data or network is built: --resume needs a checkpoint, a new run an empty --out."""
+        found = ckpt.latest_checkpoint(self.out) is not None
+        if resume and not found:
+            raise ValueError(f"no checkpoint in {self.out}; run without --resume to start a new run")
+        if found and not resume:
+            raise ValueError(f"{self.out} already holds checkpoints: pass --resume to continue, or another --out")
+
     def _resume(self):
         ckpt.clean_temporary(self.out)
-        path = ckpt.latest_checkpoint(self.out)
-        if path is None:
-            self.log(f"no checkpoint in {self.out}: starting from step 0")
-            return
-        saved = ckpt.load_checkpoint(path)
+        path, saved = ckpt.load_latest(self.out, log=self.log)
         state = saved["state"]
         if _math_fields(state["config"]) != _math_fields(json.loads(json.dumps(self.config.to_dict()))):
             raise ValueError(f"the checkpoint in {path} was made with another configuration; resume with the same "
@@ -269,12 +275,12 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         path = self.out / "log.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+        if not path.exists():
+            writer.writeheader()
+        writer.writerows(rows)
+        append_text(path, text.getvalue())  # never through a link planted at OUT/log.csv
         if self._tensorboard is None:
             self._tensorboard = tensorboard_writer(self.out / "tensorboard") or False
         if self._tensorboard:
@@ -314,7 +320,8 @@ class Trainer:
     def write_sample_grid(self):
         prompts = getattr(self.data.dataset, "preview_prompts", None) or [self.data.item(p)[1] for p in range(4)]
         result = self.pipeline()(list(prompts), seed=0, steps=20)
-        result.grid().save(self.out / f"samples-step-{self.step}.png")
+        grid = result.grid()
+        write_file(self.out / f"samples-step-{self.step}.png", lambda f: grid.save(f, format="PNG"), overwrite=True)
 
 
 def _training_record(folder) -> dict | None:
