@@ -45,7 +45,6 @@ from difflab import Denoiser, NoiseSchedule
 from difflab.samplers import SAMPLER_INFO, SAMPLERS
 from difflab.testing.gaussian import GaussianMixture, NativeModel
 
-ROOT = Path(__file__).resolve().parents[1]
 NFES, QUICK_NFES = (4, 5, 6, 8, 10, 12, 15, 20, 30, 50), (5, 10, 20)
 SD_BETAS = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 FLOW_SHIFT = 3.0
@@ -597,7 +596,7 @@ def _machine() -> str:
 
 def main(quick: bool = False, out: str | Path | None = None, log=print) -> dict:
     torch.set_num_threads(1)
-    out = Path(out) if out is not None else ROOT / "benchmarks" / "results"
+    out = Path(out) if out is not None else Path("outputs") / "bench"  # the tracked results: out=benchmarks/results
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     import diffusers
@@ -625,6 +624,7 @@ def main(quick: bool = False, out: str | Path | None = None, log=print) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer NFEs, Gaussian data only (under a minute)")
-    parser.add_argument("--out", default=None, help="folder for samplers.{md,json,png} (default benchmarks/results)")
+    parser.add_argument("--out", default=None, help="folder for samplers.{md,json,png} (default outputs/bench; "
+                                                    "the tracked results: --out benchmarks/results)")
     args = parser.parse_args()
     main(args.quick, args.out)

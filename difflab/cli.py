@@ -144,7 +144,7 @@ def train(
     resume: bool = typer.Option(False, help="continue from the newest complete checkpoint in --out"),
 ):
     """Train a model. Every training field is a flag too (listed below): --max-steps 500 --lr 3e-4 ..."""
-    from difflab.train import TrainingStopped, build_config, train as run_training
+    from difflab.train import build_config, train as run_training
 
     overrides = _parse_field_flags(ctx.args)
     if dataset is not None:
@@ -152,10 +152,7 @@ def train(
     cfg = build_config(preset, config, overrides)
     check_output_folder(out)
     _quiet_loading()
-    try:
-        path = run_training(cfg, out, resume=resume)
-    except TrainingStopped as error:
-        fail(one_line(error))
+    path = run_training(cfg, out, resume=resume)  # TrainingStopped is difflab's own: one line, status 2
     if os.environ.get("RANK", "0") == "0":
         typer.echo(f"model package: {path}")
 

@@ -45,7 +45,7 @@ model; a network k times wider needs about k times more per value, so lower ``ba
 it. ``pixels`` lets the 32x32 model outpaint to 256x256 (margins up to 112 on every side) and
 refuses ``outpaint=(2032,) * 4`` (16.8 M pixels) or ``(100000, 0, 0, 0)`` (3.2 M). Input images
 are refused above 4096^2 pixels before decoding (64 MB as RGBA). ``network_bytes`` refuses
-``channels: [8192, 8192, 8192]`` (121 GB of weights) in ~0.03 s and ~no memory; building a network
+``channels: [8192, 8192, 8192]`` (121 GB of weights) in ~0.1 s with no memory beyond the import; building a network
 costs ~0.2 ms per module on the meta device, so ``network_modules`` keeps that under ~2 s.
 """
 

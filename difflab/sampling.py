@@ -151,6 +151,12 @@ def validate_settings(sampler, steps, spacing, guidance_scale) -> None:
         raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
 
 
+def validate_guidance_rescale(guidance_rescale) -> None:
+    if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, (int, float)) \
+            or not 0.0 <= guidance_rescale <= 1.0:
+        raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale!r}")
+
+
 def validate_device(device) -> torch.device:
     """A device that exists on this machine, else ``ValueError`` naming the ones that do."""
     try:
@@ -187,8 +193,7 @@ def _validate(schedule, prediction_type, sampler, steps, spacing, guidance_scale
         raise ValueError(f"schedule must be a difflab.NoiseSchedule, got {type(schedule).__name__}")
     validate_prediction_type(prediction_type)
     validate_settings(sampler, steps, spacing, guidance_scale)
-    if not isinstance(guidance_rescale, (int, float)) or not 0.0 <= guidance_rescale <= 1.0:
-        raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale!r}")
+    validate_guidance_rescale(guidance_rescale)
     for name, value in (("cond", cond), ("uncond", uncond)):
         if value is not None and not isinstance(value, dict):
             raise ValueError(f"{name} must be a dict of the model's keyword arguments, got {type(value).__name__}")

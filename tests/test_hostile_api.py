@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -99,6 +100,9 @@ CASES = [
     ("seed float", lambda p, t: p("a red circle", seed=1.5), ValueError, r"^seed must be an integer .* got 1\.5$"),
     ("seed path string", lambda p, t: p("a red circle", seed="../../x"), ValueError, r"^seed must be an integer"),
     ("seed list of floats", lambda p, t: p("a red circle", num_images=2, seed=[1, 2.5]), ValueError, r"each seed"),
+    ("seed past 2**63", lambda p, t: p("a red circle", seed=2**63), ValueError, r"each seed must be an integer in"),
+    ("guidance_rescale string", lambda p, t: p("a red circle", guidance_rescale="x"), ValueError,
+     r"guidance_rescale must be in \[0, 1\]"),
     ("num_images 0", lambda p, t: p("a red circle", num_images=0), ValueError, r"num_images must be a positive"),
     ("num_images bool", lambda p, t: p("a red circle", num_images=True), ValueError, r"num_images"),
     ("num_images float", lambda p, t: p("a red circle", num_images=2.0), ValueError, r"num_images"),
@@ -111,6 +115,8 @@ CASES = [
     ("prompt bytes", lambda p, t: p(b"a red circle"), ValueError, r"prompt is not valid UTF-8 text"),
     ("prompt lone surrogate", lambda p, t: p("a red \udcff circle"), ValueError,
      r"prompt is not valid UTF-8 text: '\\udcff' at character 6"),
+    ("negative prompt bytes", lambda p, t: p("a red circle", negative_prompt=b"x"), ValueError,
+     r"negative_prompt is not valid UTF-8 text"),
     ("prompt not text", lambda p, t: p(3.5), ValueError, r"prompt must be a string"),
     ("prompt list with int", lambda p, t: p(["a red circle", 3]), ValueError, r"prompt must be a string, got int"),
     ("steps 0", lambda p, t: p("a red circle", steps=0), ValueError, r"steps must be an integer >= 1"),
@@ -167,6 +173,11 @@ CASES = [
     ("package sampling.steps 10**9",
      lambda p, t: Pipeline.from_pretrained(package(t, header_set("sampling", {"steps": 10**9}))), LimitError,
      r"config\.json 'sampling': sampling steps: 1,000,000,000 asked"),
+    ("package prediction type", lambda p, t: Pipeline.from_pretrained(
+        package(t, header_set("diffusion.prediction_type", "noise"))), ValueError,
+     r"config\.json: diffusion\.prediction_type: "),
+    ("package data channels", lambda p, t: Pipeline.from_pretrained(package(t, header_set("data.channels", 4))),
+     ValueError, r"config\.json: data\.channels: a pixel codec takes 1 or 3 channels"),
     ("package resolution not int", lambda p, t: Pipeline.from_pretrained(package(t, header_set("data.resolution", "32"))),
      ValueError, r"data\.resolution must be a positive integer"),
     ("package timesteps", lambda p, t: Pipeline.from_pretrained(
@@ -243,7 +254,7 @@ def test_refused_in_one_line(pipe, tmp_path, monkeypatch, name, call, error, mes
     assert "\n" not in text and len(text) < 600, text
     assert type(raised.value) is error or error is ValueError and not isinstance(raised.value, LimitError), \
         f"{type(raised.value).__name__}: {text}"
-    assert __import__("re").search(message, text), text
+    assert re.search(message, text), text
 
 
 # --- allocation cases: a subprocess under RLIMIT_AS = 2 GiB ----------------------------------------
@@ -265,8 +276,6 @@ print("accepted")
 PIPE = "pipe = Pipeline.from_pretrained()"
 MEMORY_CASES = [
     ("-n 10000", PIPE, "pipe('a red circle', num_images=10000)", "LimitError", r"images in one call.*10,000 asked"),
-    ("-n 10**12", "pass", "Pipeline.from_pretrained()('a red circle', num_images=10**12)", "LimitError",
-     r"1,000,000,000,000 asked, the limit is 64"),
     ("--steps 10**9", PIPE, "pipe('a red circle', steps=10**9)", "LimitError", r"sampling steps: 1,000,000,000 asked"),
     ("outpaint 2032 x4", PIPE, "pipe('a red circle', image=Image.new('RGB', (32, 32)), outpaint=(2032,) * 4)",
      "LimitError", r"makes a 4096x4096 image: pixels per image in model space \(4096x4096\): 16,777,216 asked"),
@@ -306,7 +315,7 @@ def test_refused_before_allocating(files, name, setup, call, error, message):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     last = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ""
     assert run.returncode == 2, f"exit {run.returncode}: {run.stderr[-1500:]}"
-    assert last.startswith(f"{error}: ") and __import__("re").search(message, last), last
+    assert last.startswith(f"{error}: ") and re.search(message, last), last
     assert "Traceback" not in run.stderr, run.stderr[-1500:]
     rss = int(run.stdout.split("maxrss_mb=")[1].split()[0])
     assert rss < 1024, f"peak RSS {rss} MB"

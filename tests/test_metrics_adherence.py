@@ -8,6 +8,7 @@ from PIL import Image, ImageDraw
 
 from difflab.data import shapes, shapes_grammar
 from difflab.metrics import adherence, bench
+from difflab.metrics.detect import scan
 from difflab.metrics.oracle_eval import corrupt, degrade, oracle_rates
 
 
@@ -236,8 +237,8 @@ def test_real_renders_are_valid_scenes_clean_and_damaged():
 
 
 def test_scene_statistics_separate_renders_from_noise():
-    real = adherence.scene_validity(adherence.scan(shapes.render("two red circles", 0)))
-    noise = adherence.scene_validity(adherence.scan(_not_scenes(0, 32)["uniform noise"]))
+    real = adherence.scene_validity(scan(shapes.render("two red circles", 0)))
+    noise = adherence.scene_validity(scan(_not_scenes(0, 32)["uniform noise"]))
     assert real == {"valid": True, "reason": "a scene", "unexplained": 0.0, "roughness": real["roughness"],
                     "objects": 2}
     assert real["roughness"] < 0.1 < adherence.MAX_UNEXPLAINED * 5 < noise["unexplained"]

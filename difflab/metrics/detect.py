@@ -9,6 +9,9 @@
    (p = B + alpha (C - B)), so area and centroid are sub-pixel exact and survive blur.
 5. Its shape is the template (circle, square, triangle, cross) of the same area and centroid whose
    coverage differs least from ``alpha`` (L1); its size class comes from that template's extent.
+6. ``scan`` also reports what the objects do not explain: pixels that are neither near the background
+   nor near the mixing line of the object that owns them, and how much adjacent pixels differ. The
+   oracle's validity gate (``difflab.metrics.adherence.scene_validity``) refuses noise with them.
 """
 
 from __future__ import annotations
@@ -176,8 +179,8 @@ class Scan:
     """Everything ``scan`` measures: the objects, the background, and what the objects fail to explain.
 
     ``unexplained`` marks pixels that are neither background nor on the mixing line of a detected
-    object (background -> its colour); ``roughness`` is the mean absolute difference of horizontally
-    and vertically adjacent pixels (RGB distance). Both are small for a rendered scene: flat colours,
+    object (background -> its colour); ``roughness`` is the mean RGB distance between horizontally
+    and vertically adjacent pixels (channels in [0, 1]). Both are small for a rendered scene: flat colours,
     anti-aliased edges that mix one object with the background, and nothing else.
     """
 
@@ -185,7 +188,6 @@ class Scan:
     background: np.ndarray
     unexplained: np.ndarray
     roughness: float
-    background_fraction: float
 
 
 def scan(image) -> Scan:
@@ -204,9 +206,10 @@ def scan(image) -> Scan:
     for k in range(1, n + 1):
         seeds = (first == k) & (off_background > SEED_DISTANCE)
         colour = object_colour(rgb, bg, seeds)
-        alpha = _coverage(rgb, bg, colour) * (first == k)
+        coverage = _coverage(rgb, bg, colour)
+        alpha = coverage * (first == k)
         parts, m = _owners(alpha > 0.5, reach)
-        residual = np.linalg.norm(rgb - bg - _coverage(rgb, bg, colour)[..., None] * (colour - bg), axis=2)
+        residual = np.linalg.norm(rgb - bg - coverage[..., None] * (colour - bg), axis=2)  # off the mixing line
         for j in range(1, m + 1):
             found = _measure(rgb, colour, alpha * (parts == j))
             if found is not None:
@@ -214,7 +217,7 @@ def scan(image) -> Scan:
                 explained |= (parts == j) & (residual <= EXPLAINED_DISTANCE)
     roughness = (np.linalg.norm(np.diff(rgb, axis=0), axis=2).mean()
                  + np.linalg.norm(np.diff(rgb, axis=1), axis=2).mean()) / 2
-    return Scan(detections, bg, ~explained, float(roughness), float((off_background <= EXPLAINED_DISTANCE).mean()))
+    return Scan(detections, bg, ~explained, float(roughness))
 
 
 def detect(image) -> tuple[list[Detection], np.ndarray]:

@@ -31,10 +31,11 @@ from difflab.codecs import Codec, PixelCodec
 from difflab.conditioning import Conditioner
 from difflab.data import shapes_grammar as shapes
 from difflab.data.images import to_images
+from difflab.denoisers import validate_prediction_type
 from difflab.models.text import validate_text
 from difflab.pipelines import edit
 from difflab.pipelines.recipes import Result, validate_recipe, weights_hash
-from difflab.sampling import DEFAULT_SAMPLER, sample, validate_settings
+from difflab.sampling import DEFAULT_SAMPLER, sample, validate_guidance_rescale, validate_settings
 from difflab.schedules import NoiseSchedule
 
 BUNDLED_MODEL = Path(__file__).parent.parent / "assets" / "models" / "shapes"
@@ -79,9 +80,9 @@ PIPELINE_KEYS = {"diffusion": ("schedule", "prediction_type"), "conditioning": (
                  "data": ("resolution", "channels")}
 
 
-def check_pipeline_sections(header: dict, folder: Path) -> NoiseSchedule:
+def check_pipeline_sections(header: dict, folder: Path) -> tuple[NoiseSchedule, PixelCodec]:
     """The sections a pipeline needs, checked (with the limits) before the network is built;
-    returns the noise schedule."""
+    returns the noise schedule and the codec."""
     where = folder / "config.json"
     for section, keys in PIPELINE_KEYS.items():
         if section not in header:
@@ -92,6 +93,10 @@ def check_pipeline_sections(header: dict, folder: Path) -> NoiseSchedule:
         if missing:
             raise ValueError(f"{where}: the '{section}' section has no {' or '.join(map(repr, missing))}, "
                              f"which a pipeline needs")
+    try:
+        validate_prediction_type(header["diffusion"]["prediction_type"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: diffusion.prediction_type: {error}") from None
     resolution = header["data"]["resolution"]
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise ValueError(f"{where}: data.resolution must be a positive integer, got {resolution!r}")
@@ -104,9 +109,13 @@ def check_pipeline_sections(header: dict, folder: Path) -> NoiseSchedule:
     if isinstance(timesteps, int):
         limits.check("train_timesteps", timesteps, f"{where}: diffusion.schedule.num_train_timesteps")
     try:
-        return NoiseSchedule.from_config(schedule)
+        schedule = NoiseSchedule.from_config(schedule)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: diffusion.schedule: {error}") from None
+    try:
+        return schedule, PixelCodec(header["data"]["channels"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: data.channels: {error}") from None
 
 
 @dataclass
@@ -144,9 +153,8 @@ class Pipeline:
         from difflab.models.text import text_encoder_from_spec
         folder = _package_folder(folder)
         header = read_config(folder)
-        schedule = check_pipeline_sections(header, folder)
+        schedule, codec = check_pipeline_sections(header, folder)
         defaults = sampling_defaults(header.get("sampling", {}), folder)
-        codec = PixelCodec(header["data"]["channels"])
         package = load_package(folder)
         meta = package.metadata
         model = package.model
@@ -154,7 +162,7 @@ class Pipeline:
             model = model.to(memory_format=torch.channels_last)
         try:
             encoder = text_encoder_from_spec(meta["conditioning"]["encoder"])
-        except TypeError as error:
+        except (TypeError, ValueError) as error:
             raise ValueError(f"{folder / 'config.json'}: conditioning.encoder: {error}") from None
         return cls(model=model, schedule=schedule, prediction_type=meta["diffusion"]["prediction_type"],
                    conditioner=Conditioner(encoder), codec=codec, resolution=meta["data"]["resolution"],
@@ -192,6 +200,7 @@ class Pipeline:
         seeds = _seeds(seed, len(prompts))
         negatives = self._negatives(negative_prompt, len(prompts))
         settings = self._settings(steps, sampler, guidance_scale, spacing)
+        validate_guidance_rescale(guidance_rescale)
         edits = edit.prepare(self.codec, self.size_multiple, image, strength, mask, outpaint, mask_blur,
                              len(prompts))
         size = edits.size if edits else (self.resolution, self.resolution)
