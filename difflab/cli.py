@@ -144,15 +144,20 @@ def train(
     resume: bool = typer.Option(False, help="continue from the newest complete checkpoint in --out"),
 ):
     """Train a model. Every training field is a flag too (listed below): --max-steps 500 --lr 3e-4 ..."""
-    from difflab.train import build_config, train as run_training
+    from difflab.train import build_config
+    from difflab.train.config import build_dataset
+    from difflab.train.checkpoint import check_run_folder
 
     overrides = _parse_field_flags(ctx.args)
     if dataset is not None:
         overrides["dataset"] = dataset
     cfg = build_config(preset, config, overrides)
     check_output_folder(out)
+    check_run_folder(Path(out), resume)
+    data = build_dataset(cfg)  # a folder's images are checked here, before torch is imported
     _quiet_loading()
-    path = run_training(cfg, out, resume=resume)  # TrainingStopped is difflab's own: one line, status 2
+    from difflab.train import train as run_training
+    path = run_training(cfg, out, resume=resume, dataset=data)  # TrainingStopped is difflab's own: one line, status 2
     if os.environ.get("RANK", "0") == "0":
         typer.echo(f"model package: {path}")
 
@@ -228,7 +233,7 @@ def generate(
     mask_blur: float = typer.Option(0.0, help="feather the inpainting seam (pixels, inside the mask)"),
 ):
     """Generate images; each PNG carries the recipe that replays it."""
-    from difflab.pipelines import Pipeline, read_recipe
+    from difflab.pipelines.recipes import read_recipe  # torch is imported only once every flag is checked
 
     if recipe is None and not prompt:
         fail("give a PROMPT, or --recipe IMAGE.png")
@@ -238,9 +243,12 @@ def generate(
     if edits["mask"] is not None and edits["mask"].size != edits["image"].size:
         raise ValueError(f"--mask is {edits['mask'].size[0]}x{edits['mask'].size[1]} but --image is "
                          f"{edits['image'].size[0]}x{edits['image'].size[1]}; they must match")
+    if margins is not None:
+        _check_outpaint_canvas(edits["image"].size, margins)
     replay = read_recipe(recipe) if recipe is not None else None
     check_output_folder(out)
     _quiet_loading()
+    from difflab.pipelines import Pipeline
     pipe = Pipeline.from_pretrained(model)
     if replay is not None:
         result = pipe.replay(replay, **edits)
@@ -263,8 +271,7 @@ def _check_settings(prompt, negative, n: int, steps, sampler, spacing, guidance)
     """The text and sampling flags, checked (with difflab.limits) before the model loads; None is the
     model's default, checked when it loads."""
     from difflab import limits
-    from difflab.models.text import validate_text
-    from difflab.sampling import DEFAULT_SAMPLER, validate_settings
+    from difflab.settings import validate_settings, validate_text
 
     for text, name in ((prompt, "PROMPT"), (negative, "--negative")):
         if text is not None:
@@ -272,7 +279,7 @@ def _check_settings(prompt, negative, n: int, steps, sampler, spacing, guidance)
     if n < 1:
         raise ValueError(f"-n must be a positive integer, got {n}")
     limits.check("images", n, "images per call (-n)")
-    validate_settings(sampler or DEFAULT_SAMPLER, 1 if steps is None else steps, spacing,
+    validate_settings(sampler or "euler", 1 if steps is None else steps, spacing,
                       1.0 if guidance is None else guidance)
 
 
@@ -289,6 +296,16 @@ def _check_edit_flags(image, strength, mask, outpaint, mask_blur):
     if not (math.isfinite(mask_blur) and mask_blur >= 0):
         raise ValueError(f"--mask-blur must be a number >= 0 (pixels), got {mask_blur}")
     return _parse_outpaint(outpaint)
+
+
+def _check_outpaint_canvas(size: tuple[int, int], margins) -> None:
+    """The outpainted canvas against the output-pixel limit, before the model loads (in pixel space the
+    canvas is the model-space size; a latent model's check in the pipeline is stricter, not looser)."""
+    from difflab import limits
+
+    left, right, top, bottom = margins
+    width, height = size[0] + left + right, size[1] + top + bottom
+    limits.check("pixels", width * height, f"--outpaint: pixels of the outpainted image ({width}x{height})")
 
 
 def _open_image(path: str | None, flag: str):
@@ -395,4 +412,27 @@ def main() -> None:
         DEBUG["on"] = True
         args = [a for a in args if a != "--debug"]
     warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {one_line(message)}\n"
-    app(args=args, prog_name="difflab")
+    try:
+        code = app(args=args, prog_name="difflab", standalone_mode=False)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        code = 1
+    except Exception as error:
+        code = _usage_error(error)
+        if code is None:
+            raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(error: Exception) -> int | None:
+    """A usage error of the command-line parser (an unknown option, a missing argument) as one line;
+    None for any other exception. Typer's parser errors are recognised by their interface
+    (``format_message``, ``exit_code``): typer may bring click inside itself or use the click package."""
+    if not (callable(getattr(error, "format_message", None)) and isinstance(getattr(error, "exit_code", None), int)):
+        return None
+    ctx = getattr(error, "ctx", None)
+    if type(error).__name__ == "NoArgsIsHelpError":  # bare `difflab` or a group: the help, already printed
+        return 0
+    where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    typer.echo(f"error: {one_line(error.format_message())}{where}", err=True)
+    return error.exit_code

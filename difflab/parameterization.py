@@ -26,7 +26,10 @@ A new parameterization is a new class registered with :func:`register`.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the formulas use tensor methods only: importing this module needs no torch
+    import torch
 
 PARAMETERIZATIONS: dict[str, type["Parameterization"]] = {}
 
@@ -45,7 +48,7 @@ class Parameterization:
 
     def c_in(self, alpha: torch.Tensor, sigma_t: torch.Tensor) -> torch.Tensor:
         """Scale from VE x to the network input."""
-        return torch.where(alpha == 0, torch.ones_like(alpha), alpha)
+        return alpha.masked_fill(alpha == 0, 1.0)
 
     def coefficients(self, alpha: torch.Tensor, sigma_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(c_skip, c_out) with x0 = c_skip * x_in + c_out * F."""
@@ -95,7 +98,7 @@ class Sample(Parameterization):
     name = "sample"
 
     def coefficients(self, alpha, sigma_t):
-        return torch.zeros_like(alpha), torch.ones_like(alpha)
+        return alpha.new_zeros(alpha.shape), alpha.new_ones(alpha.shape)
 
     def target(self, x0, noise, alpha, sigma_t):
         return x0
@@ -128,12 +131,12 @@ class EDM(Parameterization):
 
     def c_in(self, alpha, sigma_t):
         sigma = sigma_t / alpha
-        return 1 / torch.sqrt(sigma**2 + self.sigma_data**2)
+        return 1 / (sigma**2 + self.sigma_data**2).sqrt()
 
     def coefficients(self, alpha, sigma_t):
         sigma, sd2 = sigma_t / alpha, self.sigma_data**2
         c_skip = sd2 / (sigma**2 + sd2)
-        c_out = sigma * self.sigma_data / torch.sqrt(sigma**2 + sd2)
+        c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
         return c_skip / self.c_in(alpha, sigma_t), c_out  # c_skip acts on x = x_in / c_in
 
     def target(self, x0, noise, alpha, sigma_t):
@@ -162,7 +165,7 @@ class Consistency(EDM):
     def coefficients(self, alpha, sigma_t):
         sigma, sd2 = sigma_t / alpha, self.sigma_data**2
         c_skip = sd2 / ((sigma - self.sigma_min) ** 2 + sd2)
-        c_out = (sigma - self.sigma_min) * self.sigma_data / torch.sqrt(sigma**2 + sd2)
+        c_out = (sigma - self.sigma_min) * self.sigma_data / (sigma**2 + sd2).sqrt()
         return c_skip / self.c_in(alpha, sigma_t), c_out
 
     def __repr__(self):

@@ -13,13 +13,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from difflab import limits
+from difflab import limits, settings
 from difflab.denoisers import PREDICTION_TYPES, Denoiser, validate_prediction_type
 from difflab.guidance import CFG, Inpaint
 from difflab.parameterization import get_parameterization
 from difflab.noise import NoiseStreams, validate_seeds
 from difflab.samplers import SAMPLER_INFO, SAMPLERS
-from difflab.schedules import SPACINGS, NoiseSchedule
+from difflab.schedules import NoiseSchedule
 
 # Chosen by benchmarks/samplers.py (BENCHMARKS.md, "Samplers"): with each schedule's default spacing
 # (karras for VP, diffusers' flow grid for flow) DEIS-3 has the lowest ODE error at 6-50 NFE on the
@@ -138,17 +138,9 @@ class _Offset:
 
 
 def validate_settings(sampler, steps, spacing, guidance_scale) -> None:
-    """Checks of the four user-facing sampling settings (also a model package's defaults and a recipe's)."""
-    if not isinstance(sampler, str) or sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    limits.check("steps", steps, "sampling steps")
-    if spacing is not None and spacing not in SPACINGS:
-        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
-            or not math.isfinite(guidance_scale):
-        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    """Checks of the four user-facing sampling settings (also a model package's defaults and a recipe's),
+    against the live sampler registry (see :mod:`difflab.settings`)."""
+    settings.validate_settings(sampler, steps, spacing, guidance_scale, samplers=SAMPLERS)
 
 
 def validate_guidance_rescale(guidance_rescale) -> None:

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from difflab.parameterization import get_parameterization
+from difflab.settings import SPACINGS
 
 KINDS = ("linear", "scaled_linear", "cosine", "flow")
-SPACINGS = ("leading", "trailing", "linspace", "karras", "exponential")
 KARRAS_RHO = 7.0
 
 

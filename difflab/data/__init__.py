@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from difflab.data.images import from_uint8, to_images, to_tensor, to_uint8
+_IMAGE_HELPERS = ("from_uint8", "to_images", "to_tensor", "to_uint8")  # from difflab.data.images, lazily
 
 # name -> "module:class"; imported on first use, so ``import difflab.data`` stays light.
 DATASETS = {
@@ -48,3 +48,10 @@ def load_dataset(name: str, split: str = "train", resolution: int = 32, data_dir
             raise ValueError("the folder dataset needs data_dir, the folder that holds the images")
         return dataset_class(name)(data_dir, resolution, **options)
     return dataset_class(name)(split, resolution, **options)
+
+
+def __getattr__(name: str):
+    """The image helpers, imported on first use: ``import difflab.data`` needs no torch."""
+    if name in _IMAGE_HELPERS:
+        return getattr(importlib.import_module("difflab.data.images"), name)
+    raise AttributeError(f"module 'difflab.data' has no attribute {name!r}")

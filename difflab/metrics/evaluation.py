@@ -35,17 +35,20 @@ class EvalConfig:
 
     def validate(self) -> None:
         """Every argument checked before any model is loaded; errors say what is allowed."""
-        from difflab.samplers import SAMPLERS
+        from difflab import limits
+        from difflab.settings import SAMPLER_NAMES
 
         if not Path(self.model).is_dir():
             raise ValueError(f"MODEL must be a model package folder (config.json + model.safetensors); "
                              f"{self.model!r} is not a folder")
-        if self.sampler is not None and self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; available: {', '.join(SAMPLERS)}")
+        if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
+            raise ValueError(f"unknown sampler {self.sampler!r}; available: {', '.join(SAMPLER_NAMES)}")
         for name in ("steps", "limit", "batch_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.steps is not None:
+            limits.check("steps", self.steps, "sampling steps (--steps)")
         if self.guidance_scale is not None and not 0 <= self.guidance_scale <= 100:
             raise ValueError(f"--guidance must be a number in [0, 100], got {self.guidance_scale!r}")
         if self.out is not None:

@@ -22,23 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from difflab import limits
-
-
-def validate_text(prompt, name: str = "prompt") -> str:
-    """A prompt as text: a ``str`` within the length limit that is valid UTF-8 (no lone surrogates,
-    which a non-UTF-8 command-line argument decodes to)."""
-    if isinstance(prompt, (bytes, bytearray)):
-        raise ValueError(f"{name} is not valid UTF-8 text: got {type(prompt).__name__}, pass a str")
-    if not isinstance(prompt, str):
-        raise ValueError(f"{name} must be a string, got {type(prompt).__name__}")
-    limits.check("prompt_chars", len(prompt), f"{name} length in characters")
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValueError(f"{name} is not valid UTF-8 text: {error.object[error.start:error.end]!r} at character "
-                         f"{error.start} (a command-line argument in another encoding?)") from None
-    return prompt
+from difflab.settings import validate_text
 
 
 class TextEncoder:

@@ -2,11 +2,24 @@
 
 ``Pipeline`` (text-to-image and its edits) lives in :mod:`difflab.pipelines.image`; recipes and
 results in :mod:`difflab.pipelines.recipes`; the edits' checks and masks in
-:mod:`difflab.pipelines.edit`.
+:mod:`difflab.pipelines.edit`. Names are imported lazily, so reading a recipe (the command line
+checks one before anything else) does not import torch.
 """
 
-from difflab.pipelines.image import BUNDLED_MODEL, DEFAULTS, Pipeline, sampling_defaults
-from difflab.pipelines.recipes import RECIPE_KEY, Result, read_recipe, save_png, weights_hash
+from __future__ import annotations
 
-__all__ = ["Pipeline", "Result", "read_recipe", "save_png", "weights_hash", "sampling_defaults", "BUNDLED_MODEL",
-           "DEFAULTS", "RECIPE_KEY"]
+import importlib
+
+_EXPORTS = {
+    "Pipeline": "image", "BUNDLED_MODEL": "image", "DEFAULTS": "image", "sampling_defaults": "image",
+    "Result": "recipes", "read_recipe": "recipes", "validate_recipe": "recipes", "save_png": "recipes",
+    "weights_hash": "recipes", "RECIPE_KEY": "recipes",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"difflab.pipelines.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'difflab.pipelines' has no attribute {name!r}")

@@ -32,7 +32,7 @@ from difflab.conditioning import Conditioner
 from difflab.data import shapes_grammar as shapes
 from difflab.data.images import to_images
 from difflab.denoisers import validate_prediction_type
-from difflab.models.text import validate_text
+from difflab.settings import validate_text
 from difflab.pipelines import edit
 from difflab.pipelines.recipes import Result, validate_recipe, weights_hash
 from difflab.sampling import DEFAULT_SAMPLER, sample, validate_guidance_rescale, validate_settings

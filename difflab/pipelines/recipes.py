@@ -17,9 +17,9 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from difflab import limits
-from difflab.models.text import validate_text
+from difflab.settings import validate_text
 from difflab.outputs import check_output_folder, free_names, write_file
-from difflab.sampling import validate_settings
+from difflab.settings import validate_settings
 
 RECIPE_KEY = "difflab"
 REQUIRED_KEYS = ("prompt", "seed", "steps", "sampler", "guidance_scale", "spacing")

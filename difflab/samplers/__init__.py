@@ -14,9 +14,8 @@ from difflab.samplers.multistep import (deis, deis_coefficients, dpmpp_2m, dpmpp
                                         lms_coefficients, plms, unipc)
 from difflab.samplers.single import (ddim, ddpm, dpm_2, dpm_2_ancestral, dpmpp_2s_ancestral, dpmpp_sde, euler,
                                      euler_ancestral, heun, lcm)
+from difflab.settings import SAMPLER_NAMES
 
-SAMPLER_NAMES = ("ddpm", "ddim", "plms", "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms",
-                 "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "deis", "lcm")
 
 # The registry in the documented order; it stays the one dict that ``register`` fills.
 _registered = dict(SAMPLERS)

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from difflab.data import load_dataset, to_tensor
+from difflab.data import to_tensor
 from difflab.noise import stream_seed
-from difflab.train.config import TrainConfig
-
-
-def build_dataset(config: TrainConfig):
-    """The training split of ``config.dataset`` (an image folder: ``config.data_dir``)."""
-    return load_dataset(config.dataset, "train", config.resolution, data_dir=config.data_dir)
+from difflab.train.config import TrainConfig, build_dataset
 
 
 class TrainingData:

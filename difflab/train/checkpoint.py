@@ -6,6 +6,9 @@ samples consumed, skipped steps, torch RNG state, the config). A checkpoint is w
 temporary folder and renamed into place; older ones are deleted only after the new one is complete.
 A checkpoint damaged later (a truncated copy, a full disk) is detected when it is read:
 ``load_latest`` then falls back to the newest one that reads completely, and says so.
+
+torch and safetensors are imported by the functions that read or write tensors, so the command
+line's checks of an output folder (:func:`check_run_folder`) run before torch is imported.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ import re
 import shutil
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TMP_PREFIX = ".tmp-"
+
+
+def save_file(tensors: dict, path: Path) -> None:
+    """safetensors' writer, imported on first use."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, path)
 
 
 def checkpoint_dir(out: Path) -> Path:
@@ -30,6 +36,8 @@ def checkpoint_dir(out: Path) -> Path:
 
 def save_checkpoint(out: Path, step: int, model_state: dict, ema_state: dict, optimizer_state: dict,
                     state: dict, keep: int) -> Path:
+    import torch
+
     root = checkpoint_dir(out)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
@@ -65,8 +73,22 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[0] if found else None
 
 
+def check_run_folder(out: Path, resume: bool) -> None:
+    """Before anything is built: ``--resume`` needs a checkpoint in ``out``, a new run an ``out``
+    without one (it would mix two runs)."""
+    found = latest_checkpoint(out) is not None
+    if resume and not found:
+        raise ValueError(f"no checkpoint in {out}; run without --resume to start a new run")
+    if found and not resume:
+        raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, or another --out")
+
+
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint's tensors and state; ValueError naming the file if one is missing or damaged."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     path = Path(path)
     missing = [f for f in ("model.safetensors", "ema.safetensors", "optimizer.pt", "state.json")
                if not (path / f).is_file()]
@@ -102,7 +124,8 @@ def load_latest(out: Path, log=print) -> tuple[Path, dict]:
     if damaged:
         raise ValueError(f"no complete checkpoint in {checkpoint_dir(out)}: {'; '.join(damaged)}; "
                          "start a new run with another --out")
-    raise ValueError(f"no checkpoint in {out}; run without --resume to start a new run")
+    check_run_folder(out, resume=True)  # raises: there is no checkpoint at all
+    raise AssertionError("unreachable")
 
 
 def clean_temporary(out: Path) -> None:

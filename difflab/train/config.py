@@ -18,10 +18,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
-from difflab.data import DATASETS
+from difflab.data import DATASETS, load_dataset
 from difflab.parameterization import PARAMETERIZATIONS
-from difflab.train.objectives.denoising import TIMESTEP_SAMPLING as TIMESTEP_SAMPLINGS
-from difflab.train.objectives.denoising import WEIGHTINGS
+from difflab.settings import TIMESTEP_SAMPLINGS, WEIGHTINGS
+
 LR_SCHEDULES = ("constant", "cosine")
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine", "flow")
@@ -189,3 +189,8 @@ def build_config(preset_name: str | None, toml_path: str | None, overrides: dict
         values.update(load_toml(toml_path))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values)
+
+
+def build_dataset(config: TrainConfig):
+    """The training split of ``config.dataset`` (an image folder: ``config.data_dir``); needs no torch."""
+    return load_dataset(config.dataset, "train", config.resolution, data_dir=config.data_dir)

@@ -107,12 +107,14 @@ def warm_start(model, folder) -> tuple[str, dict | None]:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, out: str | Path, resume: bool = False, log=print):
+    def __init__(self, config: TrainConfig, out: str | Path, resume: bool = False, log=print, dataset=None):
+        """``dataset``: the training split already built (the command line builds it to check the
+        data before importing torch); by default built from ``config``."""
         from accelerate import Accelerator
 
         self.config, self.out, self.log = config, Path(out), log
         check_output_folder(self.out)
-        self._check_checkpoints(resume)
+        ckpt.check_run_folder(self.out, resume)
         if config.init_from and not resume and not Path(config.init_from).is_dir():
             raise ValueError(f"init_from: no model package at {config.init_from} (a folder written by difflab train)")
         if config.threads:
@@ -129,7 +131,7 @@ class Trainer:
             raise ValueError(f"batch_size {config.batch_size} must be divisible by processes ({world}) x "
                              f"grad_accum ({config.grad_accum})")
         self.schedule = make_schedule(config)
-        self.data = TrainingData(config)
+        self.data = TrainingData(config, dataset)
         self.conditioner = make_conditioner(config, self.data)
         torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
         model = make_model(config, self.data.channels, self.conditioner)
@@ -156,14 +158,6 @@ class Trainer:
     @property
     def unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
-
-    def _check_checkpoints(self, resume: bool):
-        """Before any data or network is built: --resume needs a checkpoint, a new run an empty --out."""
-        found = ckpt.latest_checkpoint(self.out) is not None
-        if resume and not found:
-            raise ValueError(f"no checkpoint in {self.out}; run without --resume to start a new run")
-        if found and not resume:
-            raise ValueError(f"{self.out} already holds checkpoints: pass --resume to continue, or another --out")
 
     def _resume(self):
         ckpt.clean_temporary(self.out)
@@ -355,6 +349,6 @@ def _progress(show: bool, total: int, initial: int):
     return tqdm(total=total, initial=initial, disable=not show, unit="step", dynamic_ncols=True)
 
 
-def train(config: TrainConfig, out: str | Path, resume: bool = False, log=print) -> Path:
+def train(config: TrainConfig, out: str | Path, resume: bool = False, log=print, dataset=None) -> Path:
     """Train and export ``OUT/model``; returns its path."""
-    return Trainer(config, out, resume=resume, log=log).fit()
+    return Trainer(config, out, resume=resume, log=log, dataset=dataset).fit()

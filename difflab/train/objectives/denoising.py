@@ -14,10 +14,9 @@ import torch
 from difflab.noise import stream_seed
 from difflab.parameterization import get_parameterization
 from difflab.schedules import NoiseSchedule
+from difflab.settings import TIMESTEP_SAMPLINGS, WEIGHTINGS
 from difflab.train.objectives.base import Batch, Objective
 
-WEIGHTINGS = ("uniform", "min_snr", "min_snr_plus_one")
-TIMESTEP_SAMPLING = ("uniform", "logit_normal")
 
 
 def draw_per_sample(seed: int, indices: list[int], shape: tuple[int, ...], schedule: NoiseSchedule,
@@ -97,8 +96,8 @@ class DenoisingObjective(Objective):
     def __init__(self, schedule: NoiseSchedule, prediction_type, conditioner, *, weighting: str = "uniform",
                  snr_gamma: float = 5.0, timestep_sampling: str = "uniform", cond_dropout: float = 0.1,
                  seed: int = 0, channels_last: bool = False, autocast=contextlib.nullcontext):
-        if timestep_sampling not in TIMESTEP_SAMPLING:
-            raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLING}, got {timestep_sampling!r}")
+        if timestep_sampling not in TIMESTEP_SAMPLINGS:
+            raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLINGS}, got {timestep_sampling!r}")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"loss weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         self.schedule, self.parameterization = schedule, get_parameterization(prediction_type)
