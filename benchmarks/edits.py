@@ -50,7 +50,8 @@ def inpaint(pipe: Pipeline, n: int, steps: int, guidance: float, with_cell: bool
         out = pipe(new, image=image, mask=mask, seed=seed, steps=steps, guidance_scale=guidance).images[0]
         keep_pixels = np.asarray(mask) == 0
         exact += np.array_equal(np.asarray(out)[keep_pixels], np.asarray(image)[keep_pixels])
-        ok += check(out, new)["ok"] and check(out, keep)["ok"]
+        # the image holds both objects: each prompt names one of them, so extra objects are allowed
+        ok += check(out, new, strict_single=False)["ok"] and check(out, keep, strict_single=False)["ok"]
     return {"cases": n, "follows_prompt": ok / n, "unmasked_exact": exact / n}
 
 

@@ -234,6 +234,7 @@ def generate(
 ):
     """Generate images; each PNG carries the recipe that replays it."""
     from difflab.pipelines.recipes import read_recipe  # torch is imported only once every flag is checked
+    from difflab.settings import package_folder
 
     if recipe is None and not prompt:
         fail("give a PROMPT, or --recipe IMAGE.png")
@@ -246,6 +247,8 @@ def generate(
     if margins is not None:
         _check_outpaint_canvas(edits["image"].size, margins)
     replay = read_recipe(recipe) if recipe is not None else None
+    if model is not None:
+        package_folder(model)
     check_output_folder(out)
     _quiet_loading()
     from difflab.pipelines import Pipeline

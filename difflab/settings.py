@@ -9,6 +9,8 @@ written once.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 from difflab import limits
 
@@ -49,3 +51,14 @@ def validate_text(prompt, name: str = "prompt") -> str:
         raise ValueError(f"{name} is not valid UTF-8 text: {error.object[error.start:error.end]!r} at character "
                          f"{error.start} (a command-line argument in another encoding?)") from None
     return prompt
+
+
+def package_folder(folder) -> Path:
+    """The path of a model package folder (one holding config.json), checked before anything loads."""
+    if not isinstance(folder, (str, os.PathLike)):
+        raise ValueError(f"Pipeline.from_pretrained(folder): folder must be the path of a model package folder "
+                         f"(a str or os.PathLike), got {type(folder).__name__} {folder!r}"[:300])
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} is not a difflab model package (no config.json)")
+    return folder

@@ -16,7 +16,6 @@ bad one raises ``ValueError`` (``LimitError`` for a limit) with one line naming 
 from __future__ import annotations
 
 import numbers
-import os
 import re
 import secrets
 import warnings
@@ -32,7 +31,7 @@ from difflab.conditioning import Conditioner
 from difflab.data import shapes_grammar as shapes
 from difflab.data.images import to_images
 from difflab.denoisers import validate_prediction_type
-from difflab.settings import validate_text
+from difflab.settings import package_folder, validate_text
 from difflab.pipelines import edit
 from difflab.pipelines.recipes import Result, validate_recipe, weights_hash
 from difflab.sampling import DEFAULT_SAMPLER, sample, validate_guidance_rescale, validate_settings
@@ -65,15 +64,7 @@ def sampling_defaults(section, folder) -> dict:
 
 
 def _package_folder(folder) -> Path:
-    if folder is None:
-        return BUNDLED_MODEL
-    if not isinstance(folder, (str, os.PathLike)):
-        raise ValueError(f"Pipeline.from_pretrained(folder): folder must be the path of a model package folder "
-                         f"(a str or os.PathLike), got {type(folder).__name__} {folder!r}"[:300])
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"{folder} is not a difflab model package (no config.json)")
-    return folder
+    return BUNDLED_MODEL if folder is None else package_folder(folder)
 
 
 PIPELINE_KEYS = {"diffusion": ("schedule", "prediction_type"), "conditioning": ("encoder",),
