@@ -105,7 +105,7 @@ def write_file(path, write: Callable, overwrite: bool = False, inputs: Iterable 
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
-    _fsync_folder(folder)
+    fsync_folder(folder)
     return final
 
 
@@ -200,7 +200,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (best effort: some file systems refuse)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

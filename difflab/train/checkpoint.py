@@ -19,6 +19,8 @@ import re
 import shutil
 from pathlib import Path
 
+from difflab.outputs import fsync_folder
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TMP_PREFIX = ".tmp-"
 
@@ -49,11 +51,11 @@ def save_checkpoint(out: Path, step: int, model_state: dict, ema_state: dict, op
     save_file(_contiguous(ema_state), tmp / "ema.safetensors")
     torch.save(optimizer_state, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    _fsync_dir(tmp)
+    fsync_folder(tmp)
     if final.exists():  # same step saved again (e.g. at the end): replace atomically enough
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(root)
+    fsync_folder(root)
     _prune(root, keep, step)
     return final
 
@@ -148,14 +150,3 @@ def _prune(root: Path, keep: int, step: int) -> None:
 
 def _contiguous(state: dict) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
