@@ -21,6 +21,7 @@ import typer
 import typer.core
 
 from difflab.outputs import COUNTER, check_output_folder, write_file
+from difflab.train.flags import parse_field_flags, training_fields_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="difflab: train, sample, edit and evaluate diffusion models.")
@@ -113,26 +114,6 @@ class TrainCommand(typer.core.TyperCommand):
             formatter.write(training_fields_help())
 
 
-def training_fields_help() -> str:
-    import dataclasses
-
-    from difflab.train.config import TrainConfig, field_help
-
-    notes, kinds = field_help(), {int: " INT", float: " FLOAT"}
-    lines = ["Training fields: each is a flag below, or a line of a --config TOML file (flags win); "
-             "--preset sets other defaults.", ""]
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "model":
-            flag, default = "[model] (TOML)", "see --preset"
-        elif isinstance(f.default, bool):
-            flag, default = f"{flag} / --no-{flag[2:]}", "on" if f.default else "off"
-        else:
-            flag, default = flag + kinds.get(type(f.default), " TEXT"), f.default
-        lines.append(f"  {flag:<40} {notes.get(f.name, '')} [default: {default}]")
-    return "\n".join(lines) + "\n"
-
-
 @app.command(cls=TrainCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @one_line_errors
 def train(
@@ -148,7 +129,7 @@ def train(
     from difflab.train.config import build_dataset
     from difflab.train.checkpoint import check_run_folder
 
-    overrides = _parse_field_flags(ctx.args)
+    overrides = parse_field_flags(ctx.args)
     if dataset is not None:
         overrides["dataset"] = dataset
     cfg = build_config(preset, config, overrides)
@@ -160,52 +141,6 @@ def train(
     path = run_training(cfg, out, resume=resume, dataset=data)  # TrainingStopped is difflab's own: one line, status 2
     if os.environ.get("RANK", "0") == "0":
         typer.echo(f"model package: {path}")
-
-
-def _parse_field_flags(args: list[str]) -> dict:
-    """``--max-steps 500 --no-ema-warmup --rescale-zero-terminal-snr`` -> field values with field types.
-    A boolean is ``--x``, ``--no-x`` or ``--x true|false``; every flag also takes ``--x=VALUE``."""
-    import dataclasses
-
-    from difflab.train import TrainConfig
-
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name != "model"}
-    values, i = {}, 0
-    while i < len(args):
-        flag, _, inline = args[i].partition("=")
-        name = flag[2:].replace("-", "_") if flag.startswith("--") else None
-        if name not in fields and name and name.startswith("no_") and isinstance(
-                getattr(fields.get(name[3:]), "default", None), bool) and not inline:
-            values[name[3:]], i = False, i + 1
-            continue
-        if name not in fields:
-            raise ValueError(f"unknown option {args[i]!r}; training fields: "
-                             + ", ".join("--" + n.replace("_", "-") for n in fields))
-        default = fields[name].default
-        if inline:
-            values[name], i = _convert(inline, default, flag), i + 1
-        elif isinstance(default, bool) and (i + 1 == len(args) or args[i + 1].startswith("--")):
-            values[name], i = True, i + 1
-        elif i + 1 < len(args):
-            values[name], i = _convert(args[i + 1], default, flag), i + 2
-        else:
-            raise ValueError(f"option {flag} needs a value")
-    return values
-
-
-def _convert(text: str, default, flag: str):
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "1", "yes")
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-    except ValueError:
-        raise ValueError(f"option {flag} expects a {type(default).__name__}, got {text!r}") from None
-    return text
 
 
 # --- generate -------------------------------------------------------------------------------

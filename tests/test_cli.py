@@ -17,6 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import difflab.cli as cli
+from difflab.train.flags import parse_field_flags
 from difflab.testing.hostile import BUNDLED, HOSTILE, hostile_files
 from difflab.metrics.bench import balanced, bench_prompts
 
@@ -108,7 +109,7 @@ def test_train_help_lists_every_training_field():
 
 
 def test_training_booleans_take_every_form():
-    parse = cli._parse_field_flags
+    parse = parse_field_flags
     assert parse(["--no-ema-warmup", "--lr", "0.1"]) == {"ema_warmup": False, "lr": 0.1}
     assert parse(["--ema-warmup", "--max-steps", "3"]) == {"ema_warmup": True, "max_steps": 3}
     assert parse(["--rescale-zero-terminal-snr"]) == {"rescale_zero_terminal_snr": True}

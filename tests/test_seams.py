@@ -142,3 +142,8 @@ def test_the_trainer_builds_any_registered_network_and_trains_edm(tmp_path):
     folder = trainer.fit()
     pipe = difflab.Pipeline.from_pretrained(folder)
     assert pipe.size_multiple == 4 and pipe("a red circle", steps=2).images[0].size == (16, 16)
+
+
+def test_a_pixel_pipeline_has_no_vae():
+    pipe = difflab.Pipeline(torch.nn.Identity(), difflab.NoiseSchedule.cosine(), "v_prediction", CountingEncoder())
+    assert pipe.vae is None and isinstance(pipe.codec, PixelCodec) and pipe.channels == 3

@@ -174,6 +174,11 @@ class Pipeline:
     def null_condition(self):
         return self.conditioner.null
 
+    @property
+    def vae(self):
+        """The autoencoder of a latent model's codec; None in pixel space (DESIGN.md's contract)."""
+        return getattr(self.codec, "vae", None)
+
     # ----- generation ----------------------------------------------------------------------------
     def __call__(self, prompt, negative_prompt=None, num_images: int = 1, seed=None, steps=None, sampler=None,
                  guidance_scale=None, spacing=None, guidance_rescale: float = 0.0, callback=None,
