@@ -1,4 +1,4 @@
-"""The ``difflab`` command line: ``generate | train | eval | bench | info``.
+"""The ``difflab`` command line: ``generate | train | eval | serve | bench | info``.
 
 One error path: every expected failure (a bad argument, a file that cannot be read or written,
 difflab's own errors) prints one line ``error: ...`` on stderr and exits with status 2; arguments and
@@ -341,6 +341,36 @@ def eval_(
     config.validate()
     _quiet_loading()
     typer.echo(format_summary(evaluate(config)))
+
+
+# --- serve command --------------------------------------------------------------------------
+@app.command()
+@one_line_errors
+def serve(
+    host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback needs --token or --insecure"),
+    port: int = typer.Option(7860, help="port (0: any free port)"),
+    token: str = typer.Option(None, envvar="DIFFLAB_TOKEN", help="require 'Authorization: Bearer TOKEN' "
+                                                                 "(the browser logs in once); or set DIFFLAB_TOKEN"),
+    insecure: bool = typer.Option(False, help="allow a non-loopback --host without a token (anyone who can reach "
+                                              "it can use it)"),
+    outputs: str = typer.Option("outputs/serve", help="folder for results, uploads and the job history"),
+    model: list[str] = typer.Option(None, help="a model package folder to offer (repeatable; default: the "
+                                               "bundled model)"),
+    queue_size: int = typer.Option(32, help="jobs that may wait; more are refused with 429"),
+    job_timeout: float = typer.Option(600.0, help="seconds one job may run"),
+    allowed_host: list[str] = typer.Option(None, help="another Host name to accept without a token (repeatable)"),
+) -> None:
+    """The web app: a browser UI and a REST API (docs at /docs) with a job queue that survives restarts."""
+    from difflab.serve import ServeConfig
+
+    config = ServeConfig(outputs=Path(outputs), models=list(model) if model else [None], host=host, port=port,
+                         token=token, insecure=insecure, queue_size=queue_size, job_timeout=job_timeout,
+                         allowed_hosts=list(allowed_host or [])).validate()
+    if insecure and token is None:
+        warnings.warn(f"serving on {host} without a token: anyone who can reach this address can use the server")
+    _quiet_loading()
+    from difflab.serve import run
+    run(config, log=typer.echo)
 
 
 def main() -> None:

@@ -136,6 +136,23 @@ def check_replay_inputs(recipe: dict, image, mask) -> None:
             raise ValueError(f"the given {key} is not the one in the recipe (hash {recipe[key]})")
 
 
+def output_size(edits: Edit | None, width, height, resolution: int, multiple: int) -> tuple[int, int]:
+    """The output's (width, height): an edit's canvas, else ``width`` x ``height`` (None: the model's
+    resolution), checked against the network's size multiple and the pixel limit."""
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer (pixels), got {value!r}"[:200])
+    if edits is not None:
+        if (width is not None and width != edits.size[0]) or (height is not None and height != edits.size[1]):
+            raise ValueError(f"an edit's output size is set by its input image ({edits.size[0]}x{edits.size[1]});"
+                             f" width/height {width}x{height} differ")
+        return edits.size
+    size = (width or resolution, height or resolution)
+    _check_size(size, multiple)
+    limits.check("pixels", size[0] * size[1], f"pixels of the output ({size[0]}x{size[1]})")
+    return size
+
+
 def _check_size(size: tuple[int, int], multiple: int) -> None:
     width, height = size
     if width % multiple or height % multiple or min(size) < multiple:

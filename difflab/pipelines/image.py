@@ -183,8 +183,10 @@ class Pipeline:
     def __call__(self, prompt, negative_prompt=None, num_images: int = 1, seed=None, steps=None, sampler=None,
                  guidance_scale=None, spacing=None, guidance_rescale: float = 0.0, callback=None,
                  progress: bool = False, image=None, strength: float | None = None, mask=None,
-                 outpaint=None, mask_blur: float = 0.0) -> Result:
-        """Text-to-image; with ``image``: image-to-image (``strength``), inpainting (``mask``, white =
+                 outpaint=None, mask_blur: float = 0.0, width: int | None = None,
+                 height: int | None = None) -> Result:
+        """Text-to-image (``width`` x ``height``, default the model's resolution; sides are multiples
+        of :attr:`size_multiple`); with ``image``: image-to-image (``strength``), inpainting (``mask``, white =
         regenerate, ``mask_blur`` feathers the seam inside the mask) or outpainting (``outpaint`` =
         (left, right, top, bottom) pixels added and filled); see ``difflab.edit``.
 
@@ -199,7 +201,7 @@ class Pipeline:
         validate_guidance_rescale(guidance_rescale)
         edits = edit.prepare(self.codec, self.size_multiple, image, strength, mask, outpaint, mask_blur,
                              len(prompts))
-        size = edits.size if edits else (self.resolution, self.resolution)
+        size = edit.output_size(edits, width, height, self.resolution, self.size_multiple)
         shape = self.codec.model_shape(len(prompts), size[0], size[1])
         limits.check_sample_shape(shape, "output")
         self._warn_outside_vocabulary(prompts)
@@ -227,7 +229,8 @@ class Pipeline:
                     steps=recipe["steps"], sampler=recipe["sampler"], guidance_scale=recipe["guidance_scale"],
                     spacing=recipe["spacing"], guidance_rescale=recipe.get("guidance_rescale", 0.0), image=image,
                     strength=recipe.get("strength"), mask=mask, outpaint=recipe.get("outpaint"),
-                    mask_blur=recipe.get("mask_blur", 0.0))
+                    mask_blur=recipe.get("mask_blur", 0.0),
+                    **({} if image is not None else {"width": recipe.get("width"), "height": recipe.get("height")}))
 
     def _settings(self, steps, sampler, guidance_scale, spacing) -> dict:
         settings = {"steps": steps, "sampler": sampler, "guidance_scale": guidance_scale, "spacing": spacing}

@@ -1,0 +1,220 @@
+"""The FastAPI app of ``difflab serve``: REST API under ``/api/v1``, the browser UI, the login page.
+
+    app = create_app(ServeConfig(outputs="outputs/serve").validate())
+
+Routes only translate HTTP to the job queue (:mod:`difflab.serve.jobs`) and the store
+(:mod:`difflab.serve.store`); every request passes the guard first (:mod:`difflab.serve.guard`).
+OpenAPI is at ``/openapi.json``; ``/docs`` renders it with difflab's own page (no CDN: FastAPI's
+default Swagger page loads its scripts from one, which an offline machine cannot reach).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+import difflab
+from difflab.serve.config import ServeConfig
+from difflab.serve.guard import COOKIE, Guard, session_value
+from difflab.serve.jobs import JobRunner, QueueFull
+from difflab.serve.models import load_pipelines, model_info
+from difflab.serve.requests import FieldError, JobRequest, UPLOAD_ID, check_request, new_id, read_image
+from difflab.serve.store import FINISHED, JobStore
+from difflab.settings import SAMPLER_NAMES, SPACINGS
+
+STATIC = Path(__file__).parent / "static"
+IMAGE_NAME = r"^[0-9a-f]{32}-[0-9]{1,4}\.png$"
+EVENT_POLL_S = 0.05
+
+
+def create_app(config: ServeConfig, pipelines: dict | None = None) -> FastAPI:
+    """The app for a validated config; ``pipelines`` ({name: Pipeline}) defaults to loading
+    ``config.models``."""
+    pipelines = pipelines if pipelines is not None else load_pipelines(config.models)
+    models = {name: model_info(name, pipe) for name, pipe in pipelines.items()}
+    folders = {name: config.outputs / name for name in ("images", "uploads")}
+    state = {}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        state["store"] = JobStore(config.outputs / "jobs.sqlite3")
+        state["runner"] = JobRunner(state["store"], pipelines, folders["images"], config.queue_size,
+                                    config.job_timeout)
+        yield
+        await asyncio.to_thread(state["runner"].stop)
+        state["store"].close()
+
+    app = FastAPI(title="difflab", version=difflab.__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Generate, edit and inspect images with difflab's models. Jobs run one at a time "
+                              "per device; results are PNGs that carry their recipes.")
+    app.add_middleware(Guard, config=config)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    max_image_bytes = config.max_body_bytes
+
+    def job_view(job_id: str) -> dict:
+        job = state["store"].get(job_id) if UPLOAD_ID.match(job_id) else None
+        if job is None:
+            raise HTTPException(404, f"no job {job_id[:40]!r}")
+        return with_live(job)
+
+    def with_live(job: dict) -> dict:
+        """A stored job with its live state and progress, while it is queued or running."""
+        live = state["runner"].live.get(job["id"])
+        if live is not None and job["state"] not in FINISHED:
+            job["state"] = live.state
+            job["progress"] = {"step": live.step, "total": live.total}
+        return job
+
+    @app.exception_handler(FieldError)
+    async def field_error(request: Request, error: FieldError):
+        return JSONResponse({"detail": [{"loc": ["body", error.field], "msg": str(error), "type": "value_error"}]},
+                            status_code=422)
+
+    # ----- pages ----------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return FileResponse(STATIC / "api.html")
+
+    @app.get("/login", include_in_schema=False)
+    async def login_page():
+        return FileResponse(STATIC / "login.html")
+
+    @app.post("/login", include_in_schema=False)
+    async def login(token: str = Form("")):
+        import hmac
+        if config.token is None:
+            return RedirectResponse("/", status_code=303)
+        if not hmac.compare_digest(token.encode(), config.token.encode()):
+            return RedirectResponse("/login?error=1", status_code=303)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, session_value(config.token), httponly=True, samesite="strict")
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    async def logout():
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    # ----- API --------------------------------------------------------------------------------------
+    @app.get("/api/v1/health", tags=["server"])
+    async def health():
+        device = str(next(next(iter(pipelines.values())).model.parameters()).device)
+        return {"status": "ok", "version": difflab.__version__, "device": device, "queue": state["runner"].counts()}
+
+    @app.get("/api/v1/models", tags=["server"])
+    async def list_models():
+        return {"models": [dict(info, default=i == 0) for i, info in enumerate(models.values())]}
+
+    @app.get("/api/v1/samplers", tags=["server"])
+    async def list_samplers():
+        return {"samplers": list(SAMPLER_NAMES), "spacings": list(SPACINGS)}
+
+    @app.post("/api/v1/jobs", status_code=202, tags=["jobs"])
+    async def submit(request: JobRequest):
+        """Queue a generation; 422 names a bad field, 429 means the queue is full."""
+        settings, images = await asyncio.to_thread(check_request, request, models, folders["uploads"], max_image_bytes)
+        try:
+            job_id = state["runner"].submit(settings, images)
+        except QueueFull as error:
+            raise HTTPException(429, str(error)) from None
+        return {"id": job_id, "state": "queued", "url": f"/api/v1/jobs/{job_id}",
+                "events": f"/api/v1/jobs/{job_id}/events"}
+
+    @app.get("/api/v1/jobs", tags=["jobs"])
+    async def list_jobs(limit: int = 50):
+        limit = max(1, min(limit, config.history))
+        return {"jobs": [with_live(job) for job in state["store"].recent(limit)]}
+
+    @app.get("/api/v1/jobs/{job_id}", tags=["jobs"])
+    async def get_job(job_id: str):
+        return job_view(job_id)
+
+    @app.delete("/api/v1/jobs/{job_id}", tags=["jobs"])
+    async def cancel_job(job_id: str):
+        """Cancel a queued job now, a running one at its next step; a finished job is unchanged."""
+        job_view(job_id)
+        state["runner"].cancel(job_id)
+        return job_view(job_id)
+
+    @app.get("/api/v1/jobs/{job_id}/events", tags=["jobs"])
+    async def job_events(job_id: str, request: Request):
+        """Server-sent events: ``state`` (the job, first and on each change) and ``progress``
+        (step, total and a small PNG of the current x0 estimate); closes after the job ends."""
+        job_view(job_id)
+        return StreamingResponse(_events(job_id, request), media_type="text/event-stream",
+                                 headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+
+    async def _events(job_id: str, request: Request):
+        seen, step, last_state = -1, -1, None
+        while True:
+            live = state["runner"].live.get(job_id)
+            if live is None or live.version != seen:
+                seen = live.version if live is not None else seen
+                job = job_view(job_id)
+                if job["state"] != last_state and job["state"] not in FINISHED:
+                    last_state = job["state"]
+                    yield _sse("state", job)
+                if live is not None and live.step != step and live.state == "running":
+                    step = live.step
+                    yield _sse("progress", {"step": live.step, "total": live.total, "preview": live.preview})
+                if job["state"] in FINISHED:
+                    yield _sse("state", job)
+                    return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(EVENT_POLL_S)
+
+    @app.get("/api/v1/images/{name}", tags=["images"])
+    async def get_image(name: str):
+        """A result PNG (with its recipe); names are ``ID-INDEX.png``, never paths."""
+        import re
+        if not re.match(IMAGE_NAME, name) or not state["store"].has_image(name):
+            raise HTTPException(404, "no such image")
+        path = folders["images"] / name
+        if not path.is_file():
+            raise HTTPException(404, "no such image")
+        return FileResponse(path, media_type="image/png")
+
+    @app.post("/api/v1/uploads", status_code=201, tags=["images"])
+    async def upload(file: UploadFile = File(...)):
+        """An image to edit (image-to-image, inpainting, outpainting); returns its id."""
+        image = await asyncio.to_thread(read_image, await file.read(), "file")
+        upload_id = new_id()
+        from difflab.outputs import write_file
+        await asyncio.to_thread(write_file, folders["uploads"] / f"{upload_id}.png",
+                                lambda f: image.save(f, format="PNG"))
+        return {"id": upload_id, "width": image.width, "height": image.height}
+
+    @app.post("/api/v1/recipe", tags=["images"])
+    async def recipe(file: UploadFile = File(...)):
+        """The recipe stored in a PNG that difflab wrote (A1111's "PNG Info")."""
+        return {"recipe": await asyncio.to_thread(_read_recipe, await file.read())}
+
+    return app
+
+
+def _read_recipe(data: bytes) -> dict:
+    import io
+    from difflab.pipelines.recipes import read_recipe
+    buffer = io.BytesIO(data)
+    try:
+        return read_recipe(buffer)
+    except ValueError as error:
+        raise FieldError("file", str(error).replace(str(buffer), "the file")) from None
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
