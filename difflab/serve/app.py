@@ -158,24 +158,23 @@ def create_app(config: ServeConfig, pipelines: dict | None = None) -> FastAPI:
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
     async def _events(job_id: str, request: Request):
-        seen, step, last_state = -1, -1, None
-        while True:
-            live = state["runner"].live.get(job_id)
-            if live is None or live.version != seen:
-                seen = live.version if live is not None else seen
-                job = job_view(job_id)
-                if job["state"] != last_state and job["state"] not in FINISHED:
-                    last_state = job["state"]
-                    yield _sse("state", job)
-                if live is not None and live.step != step and live.state == "running":
-                    step = live.step
-                    yield _sse("progress", {"step": live.step, "total": live.total, "preview": live.preview})
-                if job["state"] in FINISHED:
-                    yield _sse("state", job)
-                    return
+        live = state["runner"].live.get(job_id)  # kept: every step is sent, even after the job ends
+        sent, seen, last_state = 0, -1, None
+        while live is not None:
+            if live.version != seen:
+                seen = live.version
+                if live.state != last_state and live.state not in FINISHED:
+                    last_state = live.state
+                    yield _sse("state", job_view(job_id))
+                for update in live.steps[sent:]:
+                    yield _sse("progress", update)
+                sent = len(live.steps)
+                if live.state in FINISHED:
+                    break
             if await request.is_disconnected():
                 return
             await asyncio.sleep(EVENT_POLL_S)
+        yield _sse("state", job_view(job_id))
 
     @app.get("/api/v1/images/{name}", tags=["images"])
     async def get_image(name: str):

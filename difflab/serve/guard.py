@@ -37,10 +37,6 @@ def session_value(token: str) -> str:
     return hmac.new(token.encode(), b"difflab-session", hashlib.sha256).hexdigest()
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class Guard:
     def __init__(self, app, config: ServeConfig):
         self.app, self.config = app, config
@@ -54,21 +50,23 @@ class Guard:
         refusal = self._refusal(scope, headers)
         if refusal is not None:
             return await _respond(send, *refusal)
-        send = _with_security_headers(send)
-        limit = self.config.max_body_bytes
-        received = 0
+        limit, received, answered = self.config.max_body_bytes, 0, False
+        secured = _with_security_headers(send)
 
-        async def bounded_receive():
-            nonlocal received
+        async def bounded_receive():  # a body without Content-Length, counted as it streams in
+            nonlocal received, answered
             message = await receive()
             received += len(message.get("body", b""))
-            if received > limit:
-                raise BodyTooLarge()
+            if received > limit and not answered:
+                answered = True
+                await _respond(send, 413, f"the request body is larger than {limit:,} bytes")
+                return {"type": "http.disconnect"}
             return message
-        try:
-            await self.app(scope, bounded_receive, send)
-        except BodyTooLarge:
-            await _respond(send, 413, f"the request body is larger than {limit:,} bytes")
+
+        async def guarded_send(message):
+            if not answered:  # once refused, whatever the app answers to the cut-off body is dropped
+                await secured(message)
+        await self.app(scope, bounded_receive, guarded_send)
 
     def _refusal(self, scope, headers: dict):
         host = _hostname(headers.get("host", ""))

@@ -39,12 +39,13 @@ class JobStopped(Exception):
 
 @dataclass
 class Live:
-    """What a queued or running job reports between database writes."""
+    """What a queued or running job reports between database writes (the event stream keeps a
+    reference, so it can send every step even after the job has finished)."""
 
     state: str = "queued"
     step: int = 0
     total: int = 0
-    preview: str | None = None       # data: URL of the first image's current x0 estimate
+    steps: list = field(default_factory=list)   # one {"step", "total", "preview"} per step, for the events
     version: int = 0                 # bumped on every change; the event stream polls it
     cancel: threading.Event = field(default_factory=threading.Event)
     images: dict = field(default_factory=dict)   # decoded input images, kept in memory only
@@ -142,7 +143,9 @@ class JobRunner:
                 raise JobStopped("cancelled")
             if time.monotonic() > deadline:
                 raise JobStopped("failed", f"the job ran past its time limit of {self.job_timeout:g} s")
-            live.changed(step=min(int(info["i"]) + 1, live.total), preview=_preview(pipe, info["denoised"]))
+            step = min(int(info["i"]) + 1, live.total)
+            live.steps.append({"step": step, "total": live.total, "preview": _preview(pipe, info["denoised"])})
+            live.changed(step=step)
         return report
 
     def _save(self, job_id: str, result) -> list[dict]:

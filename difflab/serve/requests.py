@@ -133,11 +133,12 @@ def _check_edit(request: JobRequest, images: dict, model: dict) -> None:
         raise FieldError("mask_blur", f"mask_blur must be a number >= 0 (pixels), got {request.mask_blur}")
     width, height = _output_size(request, image, model["resolution"])
     multiple = model["size_multiple"]
-    where = "outpaint" if request.outpaint is not None else "image" if image is not None else \
-        "height" if width % multiple == 0 and request.height is not None else "width"
-    if width % multiple or height % multiple or min(width, height) < multiple:
-        raise FieldError(where, f"model {model['name']!r} takes image sides that are multiples of {multiple}; "
-                                f"the output would be {width}x{height}")
+    edit = "outpaint" if request.outpaint is not None else "image" if image is not None else None
+    for side, value in (("width", width), ("height", height)):
+        if value % multiple or value < multiple:
+            raise FieldError(edit or side, f"model {model['name']!r} takes image sides that are multiples of "
+                                           f"{multiple}; the output would be {width}x{height}")
+    where = edit or ("width" if request.width is not None else "height")
     _field(where, lambda: limits.check("pixels", width * height, f"pixels of the output ({width}x{height})"))
     _field(where, lambda: limits.check("batch_values", request.num_images * model["channels"] * width * height,
                                        f"values of {request.num_images} image(s) of {width}x{height}"))
