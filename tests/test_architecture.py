@@ -124,6 +124,17 @@ def test_single_step_and_multistep_samplers_import_only_base():
             f"{module} imports {sorted(from_samplers - {'difflab.samplers.base'})}; it may import difflab.samplers.base only"
 
 
+def test_the_web_app_sits_on_the_pipelines_only():
+    """DESIGN.md: serve/ -> pipelines only; nothing below imports the app (and the CLI is above it)."""
+    graph = import_graph()
+    above = ("difflab.serve", "difflab.cli", "difflab.train", "difflab.metrics")
+    for module, edges in graph.items():
+        if module.startswith("difflab.serve"):
+            assert not [m for m in edges if m.startswith(above) and not m.startswith("difflab.serve")], module
+        elif module != "difflab.cli":
+            assert not [m for m in edges if m.startswith("difflab.serve")], module
+
+
 def test_files_are_short():
     long = {str(path.relative_to(PACKAGE_DIR.parent)): n for path in sorted(PACKAGE_DIR.rglob("*.py"))
             if (n := len(path.read_text().splitlines())) > MAX_LINES}

@@ -118,6 +118,14 @@ HOSTILE = [
     ("eval-limit-0", ["eval", BUNDLED, "--limit", "0"], r"--limit must be a positive integer"),
     ("eval-steps-1e9", ["eval", BUNDLED, "--steps", "1000000000"], r"sampling steps \(--steps\): 1,000,000,000 asked"),
     ("eval-model-missing", ["eval", "nowhere"], r"MODEL must be a model package folder"),
+    # the web app, refused before anything loads (difflab.serve.config)
+    ("serve-open-host-no-token", ["serve", "--host", "0.0.0.0"], r"--host 0.0.0.0 lets other machines reach the "
+                                                                  r"server: give --token TOKEN \(or --insecure"),
+    ("serve-short-token", ["serve", "--token", "abc"], r"--token must be 16 to 512 printable ASCII characters"),
+    ("serve-port-70000", ["serve", "--port", "70000"], r"--port must be an integer in \[0, 65535\]"),
+    ("serve-queue-0", ["serve", "--queue-size", "0"], r"--queue-size must be an integer >= 1, got 0"),
+    ("serve-outputs-a-file", ["serve", "--outputs", "afile"], r"--outputs afile is a file"),
+    ("serve-model-missing", ["serve", "--model", "nowhere"], r"nowhere is not a difflab model package"),
     # the parser's own errors
     ("unknown-option", GEN + ["--colour", "red"], r"No such option: --colour.*\(see difflab generate --help\)"),
     ("n-not-a-number", GEN + ["-n", "many"], r"Invalid value for '-n'"),
