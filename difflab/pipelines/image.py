@@ -250,17 +250,23 @@ class Pipeline:
                 validate_text(v, name)
         return values
 
-    def _warn_outside_vocabulary(self, prompts: list) -> None:
-        """Warn (once per prompt and call) when a shapes model is asked for words it never saw."""
+    def vocabulary_warnings(self, prompts: list) -> list[str]:
+        """One message per prompt that asks a shapes model for words it never saw (else none)."""
         if not (self.dataset == "shapes" or self.folder is not None and Path(self.folder) == BUNDLED_MODEL):
-            return
+            return []
+        messages = []
         for prompt in dict.fromkeys(p for p in prompts if isinstance(p, str)):
             words = re.findall(r"[a-z]+", prompt.lower())
             unknown = list(dict.fromkeys(w for w in words if w not in SHAPES_WORDS))
             if unknown:
-                warnings.warn(f"prompt {prompt[:80]!r} uses words outside the shapes model's vocabulary "
-                              f"({', '.join(unknown[:8])}); it only knows the shapes world, e.g. 'a red circle above "
-                              f"a blue square' (difflab.data.shapes_grammar)", UserWarning, stacklevel=3)
+                messages.append(f"prompt {prompt[:80]!r} uses words outside the shapes model's vocabulary "
+                                f"({', '.join(unknown[:8])}); it only knows the shapes world, e.g. 'a red circle "
+                                f"above a blue square' (difflab.data.shapes_grammar)")
+        return messages
+
+    def _warn_outside_vocabulary(self, prompts: list) -> None:
+        for message in self.vocabulary_warnings(prompts):
+            warnings.warn(message, UserWarning, stacklevel=3)
 
     def _negatives(self, negative_prompt, n: int) -> list:
         if negative_prompt is None:

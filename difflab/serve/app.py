@@ -87,6 +87,10 @@ def create_app(config: ServeConfig, pipelines: dict | None = None) -> FastAPI:
     async def docs():
         return FileResponse(STATIC / "api.html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     @app.get("/login", include_in_schema=False)
     async def login_page():
         return FileResponse(STATIC / "login.html")
@@ -126,6 +130,8 @@ def create_app(config: ServeConfig, pipelines: dict | None = None) -> FastAPI:
     async def submit(request: JobRequest):
         """Queue a generation; 422 names a bad field, 429 means the queue is full."""
         settings, images = await asyncio.to_thread(check_request, request, models, folders["uploads"], max_image_bytes)
+        pipe = pipelines[settings["model"]]
+        settings["warnings"] = pipe.vocabulary_warnings([t for t in (request.prompt, request.negative_prompt) if t])
         try:
             job_id = state["runner"].submit(settings, images)
         except QueueFull as error:
@@ -144,9 +150,14 @@ def create_app(config: ServeConfig, pipelines: dict | None = None) -> FastAPI:
 
     @app.delete("/api/v1/jobs/{job_id}", tags=["jobs"])
     async def cancel_job(job_id: str):
-        """Cancel a queued job now, a running one at its next step; a finished job is unchanged."""
+        """Cancel a queued job now, a running one at its next step (answered once it has stopped, or
+        after 5 s with its state then); a finished job is unchanged."""
         job_view(job_id)
         state["runner"].cancel(job_id)
+        for _ in range(100):  # a running job stops at its next step: wait for it, up to 5 s
+            if job_id not in state["runner"].live:
+                break
+            await asyncio.sleep(0.05)
         return job_view(job_id)
 
     @app.get("/api/v1/jobs/{job_id}/events", tags=["jobs"])
@@ -212,7 +223,7 @@ def _read_recipe(data: bytes) -> dict:
     try:
         return read_recipe(buffer)
     except ValueError as error:
-        raise FieldError("file", str(error).replace(str(buffer), "the file")) from None
+        raise FieldError("file", str(error).replace(f" {buffer}", "")) from None
 
 
 def _sse(event: str, data: dict) -> str:

@@ -13,6 +13,8 @@ In this order, each refusal one JSON line ``{"detail": ...}``:
    ``/login``. Tokens are compared in constant time.
 
 Every response also carries headers that keep the UI from being framed or its content sniffed.
+(``Referrer-Policy: same-origin``, not ``no-referrer``: under ``no-referrer`` a browser sends
+``Origin: null`` with a plain form POST, and the login form would be refused as cross-origin.)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from difflab.serve.config import LOOPBACK_NAMES, ServeConfig
 COOKIE = "difflab_session"
 OPEN_PATHS = ("/login", "/static/", "/favicon.ico")
 SECURITY_HEADERS = [
-    (b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
     (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
                                   b"frame-ancestors 'none'; form-action 'self'"),
 ]

@@ -74,7 +74,7 @@ class JobRunner:
     def submit(self, settings: dict, images: dict) -> str:
         with self._submit_lock:
             if self.queue.full() or self._stopping.is_set():
-                raise QueueFull(f"the queue is full ({self.capacity} jobs waiting); try again when one has finished")
+                raise QueueFull(f"the queue is full ({self.capacity} waiting, the limit); try again when a job has finished")
             job_id = new_id()
             self.store.add(job_id, settings)
             self.live[job_id] = Live(images=images)

@@ -93,6 +93,7 @@ class JobStore:
 def _job(row) -> dict:
     job = dict(zip(_COLUMNS, row))
     job["request"] = json.loads(job["request"])
+    job["warnings"] = job["request"].pop("warnings", [])  # recorded with the request, shown beside it
     job["images"] = json.loads(job["images"])
     job["progress"] = {"step": job.pop("step"), "total": job.pop("total")}
     return job
