@@ -47,6 +47,7 @@ class NoiseSchedule:
     beta_end: float = 0.012
     rescale_zero_terminal_snr: bool = False
     shift: float = 1.0
+    steps_offset: int = 0           # added to 'leading' timesteps (diffusers' scheduler config; SD 1.x/2.x: 1)
     alphas_cumprod: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
     _log_sigmas: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -55,6 +56,8 @@ class NoiseSchedule:
             raise ValueError(f"schedule kind must be one of {KINDS}, got {self.kind!r}")
         if not isinstance(self.num_train_timesteps, int) or self.num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be an integer >= 2, got {self.num_train_timesteps!r}")
+        if isinstance(self.steps_offset, bool) or not isinstance(self.steps_offset, int) or self.steps_offset < 0:
+            raise ValueError(f"steps_offset must be an integer >= 0, got {self.steps_offset!r}")
         if not (math.isfinite(self.shift) and self.shift > 0):
             raise ValueError(f"shift must be a positive finite number, got {self.shift!r}")
         if self.kind == "flow":
@@ -98,7 +101,8 @@ class NoiseSchedule:
 
     @classmethod
     def from_config(cls, config: dict) -> "NoiseSchedule":
-        allowed = {"kind", "num_train_timesteps", "beta_start", "beta_end", "rescale_zero_terminal_snr", "shift"}
+        allowed = {"kind", "num_train_timesteps", "beta_start", "beta_end", "rescale_zero_terminal_snr", "shift",
+                   "steps_offset"}
         unknown = set(config) - allowed
         if unknown:
             raise ValueError(f"unknown schedule config fields {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -200,13 +204,15 @@ class NoiseSchedule:
         return alpha.to(like).reshape(shape), sigma_t.to(like).reshape(shape)
 
     # ----- sigma grids -----------------------------------------------------------------------
-    def sigmas(self, n: int, spacing: str | None = None, steps_offset: int = 0) -> torch.Tensor:
+    def sigmas(self, n: int, spacing: str | None = None, steps_offset: int | None = None) -> torch.Tensor:
         """``n`` sampling steps -> ``n + 1`` descending VE sigmas (float64) ending in 0.
 
         leading / trailing / linspace follow diffusers' ``timestep_spacing`` (Lin et al. 2023,
         Table 2; linspace keeps fractional timesteps as diffusers' Euler schedulers do); karras is
-        Karras et al. (2022) eq. 5 with rho = 7; exponential is uniform in log sigma.
+        Karras et al. (2022) eq. 5 with rho = 7; exponential is uniform in log sigma. ``steps_offset``
+        (default: the schedule's) shifts 'leading' timesteps, as diffusers' scheduler configs do.
         """
+        steps_offset = self.steps_offset if steps_offset is None else steps_offset
         spacing = self.default_spacing if spacing is None else spacing
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"steps must be an integer >= 1, got {n!r}")
