@@ -66,3 +66,35 @@ class PixelCodec(Codec):
 
     def __repr__(self) -> str:
         return f"PixelCodec(channels={self.channels}, scale={self.scale})"
+
+
+class VAECodec(Codec):
+    """Latent diffusion (Rombach et al. 2022, Sec. 3): model space is a VAE's normalised latents,
+    ``(z - shift_factor) * scaling_factor`` with the constants from the VAE's own config.
+
+    ``encode`` takes the posterior's mean (deterministic, so an edit replays exactly); ``decode``
+    clamps to the data range. ``vae`` is any object with ``encode(x).mode()``, ``decode(z)``,
+    ``normalize``/``denormalize`` and a ``config`` with ``in_channels``, ``latent_channels`` and
+    ``downscale`` (difflab's :class:`~difflab.models.vae.AutoencoderKL`).
+    """
+
+    def __init__(self, vae):
+        self.vae = vae
+        self.channels = vae.config.in_channels
+        self.latent_channels = vae.config.latent_channels
+        self.downsampling = vae.config.downscale
+
+    def _vae_input(self, x: torch.Tensor) -> torch.Tensor:
+        parameter = next(self.vae.parameters())
+        return x.to(device=parameter.device, dtype=parameter.dtype)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.normalize(self.vae.encode(self._vae_input(x)).mode()).to(x.dtype)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(self.vae.denormalize(self._vae_input(z))).clamp(-1, 1).to(z.dtype)
+
+    def __repr__(self) -> str:
+        return f"VAECodec(latent_channels={self.latent_channels}, downsampling={self.downsampling})"

@@ -32,13 +32,13 @@ and every shape is compared (naming the key and both shapes) before a tensor is 
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from difflab.convert.keymap import read_json_object, weight_files
 from difflab.models.base import require
 from difflab.models.sd_unet import SDUNet, SDUNetConfig
 
@@ -191,22 +191,6 @@ def original_from_diffusers_state(tensors: dict[str, torch.Tensor], cfg: SDUNetC
     return out
 
 
-def _weight_files(folder: Path, variant: str | None) -> list[Path]:
-    """The safetensors file of a diffusers model folder, or its shards; pickle weights are refused."""
-    name = WEIGHTS_NAME + (f".{variant}" if variant else "")
-    single, index = folder / f"{name}.safetensors", folder / f"{name}.safetensors.index.json"
-    if single.is_file():
-        return [single]
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
-        require(shards and all(Path(s).name == s and (folder / s).is_file() for s in shards),
-                f"{index}: its weight_map must name shard files of {folder}, got {shards[:3]}")
-        return [folder / s for s in shards]
-    pickles = sorted(p.name for p in folder.glob(f"{name}.*") if p.suffix in (".bin", ".ckpt", ".pt", ".pth"))
-    require(not pickles, f"{folder}: only safetensors weights are loaded (pickle files can run code), found {pickles}")
-    raise FileNotFoundError(f"{folder} has no {single.name} (nor {index.name})")
-
-
 def load_diffusers_unet(folder, dtype: torch.dtype = torch.float32, variant: str | None = None) -> SDUNet:
     """The UNet of a diffusers folder (``unet/``, or a pipeline folder holding one) as an SDUNet.
 
@@ -218,17 +202,11 @@ def load_diffusers_unet(folder, dtype: torch.dtype = torch.float32, variant: str
     if (folder / "model_index.json").is_file() and (folder / "unet").is_dir():
         folder = folder / "unet"
     config_file = folder / "config.json"
-    require(config_file.is_file(), f"{folder} has no config.json; a diffusers unet/ folder holds config.json "
-                                   f"and {WEIGHTS_NAME}.safetensors")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_file} is not valid JSON: {e}") from None
-    require(isinstance(config, dict) and config.get("_class_name", "UNet2DConditionModel") == "UNet2DConditionModel",
-            f"{config_file} describes a {config.get('_class_name') if isinstance(config, dict) else config!r}, "
-            f"not a UNet2DConditionModel")
+    config = read_json_object(config_file)
+    require(config.get("_class_name", "UNet2DConditionModel") == "UNet2DConditionModel",
+            f"{config_file} describes a {config.get('_class_name')!r}, not a UNet2DConditionModel")
     cfg = SDUNetConfig.from_diffusers(config)
-    files = _weight_files(folder, variant)
+    files = weight_files(folder, WEIGHTS_NAME, variant)
     with contextlib.ExitStack() as stack:
         handles, shapes = {}, {}
         for path in files:

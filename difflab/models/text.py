@@ -173,6 +173,45 @@ class HFTextEncoder(_TransformersEncoder):
         return tokens, mask.bool(), pooled
 
 
+class CLIPPromptEncoder(_TransformersEncoder):
+    """CLIP as Stable Diffusion uses it (Rombach et al. 2022; SDXL: Podell et al. 2023, Sec. 2.1):
+    prompts padded to the tokenizer's 77 tokens, the model run with no attention mask, and every
+    position, padding included, handed to cross-attention (the mask is all true). ``hidden_layer``
+    -1 is the final hidden state (SD 1.x, 2.x), -2 the penultimate one before the final norm (SDXL).
+    ``pooled`` is the projected end-of-text state of a ``CLIPTextModelWithProjection``, else CLIP's
+    pooler output. Reads ``model_dir`` and ``tokenizer_dir`` only (``local_files_only``)."""
+
+    def __init__(self, model_dir, tokenizer_dir, hidden_layer: int = -1, cache_size: int = 4096):
+        import json
+
+        import transformers
+
+        self.model_dir, self.tokenizer_dir, self.hidden_layer = Path(model_dir), Path(tokenizer_dir), hidden_layer
+        config_path = self.model_dir / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"no CLIP text encoder at {model_dir} (no config.json); nothing is downloaded")
+        architecture = (json.loads(config_path.read_text()).get("architectures") or ["CLIPTextModel"])[0]
+        if architecture not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+            raise ValueError(f"{config_path}: a {architecture!r} is not a CLIP text encoder")
+        model = getattr(transformers, architecture).from_pretrained(self.model_dir, local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(self.tokenizer_dir, local_files_only=True)
+        super().__init__(model, tokenizer, int(min(tokenizer.model_max_length, 512)), cache_size)
+        self.dim = model.config.hidden_size
+
+    @property
+    def spec(self) -> dict:
+        return {"type": "clip_prompt", "model_dir": str(self.model_dir), "tokenizer_dir": str(self.tokenizer_dir),
+                "hidden_layer": self.hidden_layer}
+
+    def _encode_batch(self, prompts):
+        ids = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
+                             return_tensors="pt")["input_ids"].to(self.device)                    # [B, 77]
+        out = self.model(input_ids=ids, output_hidden_states=self.hidden_layer != -1)
+        tokens = out.last_hidden_state if self.hidden_layer == -1 else out.hidden_states[self.hidden_layer]
+        pooled = out.text_embeds if getattr(out, "text_embeds", None) is not None else out.pooler_output
+        return tokens, torch.ones(ids.shape, dtype=torch.bool), pooled                    # [B, 77, D], .., [B, P]
+
+
 class ClassLabelEncoder(TextEncoder):
     """Class labels (int index or class name; None or "" = null) as one-hot tokens of width C + 1."""
 
@@ -216,7 +255,7 @@ def text_encoder_from_spec(spec) -> TextEncoder:
     """"minilm", a folder path, or a ``spec`` dict (as stored in a package) -> a text encoder."""
     if isinstance(spec, (str, Path)):
         spec = {"type": "minilm"} if str(spec).lower() == "minilm" else {"type": "transformers", "path": str(spec)}
-    if not isinstance(spec, dict) or spec.get("type") not in ("minilm", "transformers", "class_labels"):
+    if not isinstance(spec, dict) or spec.get("type") not in ("minilm", "transformers", "class_labels", "clip_prompt"):
         raise ValueError(f"unknown text encoder {spec!r}; use 'minilm', a local CLIP/T5 folder, or a spec "
                          f"dict with type minilm | transformers | class_labels")
     kind, args = spec["type"], {k: v for k, v in spec.items() if k != "type"}
@@ -224,6 +263,8 @@ def text_encoder_from_spec(spec) -> TextEncoder:
         return MiniLM(**args)
     if kind == "transformers":
         return HFTextEncoder(args.pop("path"), **args)
+    if kind == "clip_prompt":
+        return CLIPPromptEncoder(**args)
     return ClassLabelEncoder(**args)
 
 

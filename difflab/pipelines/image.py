@@ -143,6 +143,9 @@ class Pipeline:
         from difflab.models.package import load_package, read_config
         from difflab.models.text import text_encoder_from_spec
         folder = _package_folder(folder)
+        from difflab.convert.diffusers_folder import is_diffusers_folder, load_stable_diffusion
+        if is_diffusers_folder(folder):
+            return cls(**load_stable_diffusion(folder))
         header = read_config(folder)
         schedule, codec = check_pipeline_sections(header, folder)
         defaults = sampling_defaults(header.get("sampling", {}), folder)
@@ -184,9 +187,10 @@ class Pipeline:
                  guidance_scale=None, spacing=None, guidance_rescale: float = 0.0, callback=None,
                  progress: bool = False, image=None, strength: float | None = None, mask=None,
                  outpaint=None, mask_blur: float = 0.0, width: int | None = None,
-                 height: int | None = None) -> Result:
+                 height: int | None = None, latents: torch.Tensor | None = None) -> Result:
         """Text-to-image (``width`` x ``height``, default the model's resolution; sides are multiples
-        of :attr:`size_multiple`); with ``image``: image-to-image (``strength``), inpainting (``mask``, white =
+        of :attr:`size_multiple`); ``latents`` (unit Gaussian, the model-space shape; diffusers'
+        ``latents=``) replaces the seeds' noise; with ``image``: image-to-image (``strength``), inpainting (``mask``, white =
         regenerate, ``mask_blur`` feathers the seam inside the mask) or outpainting (``outpaint`` =
         (left, right, top, bottom) pixels added and filled); see ``difflab.edit``.
 
@@ -204,16 +208,18 @@ class Pipeline:
         size = edit.output_size(edits, width, height, self.resolution, self.size_multiple)
         shape = self.codec.model_shape(len(prompts), size[0], size[1])
         limits.check_sample_shape(shape, "output")
+        noise = _check_latents(latents, shape)
         self._warn_outside_vocabulary(prompts)
         cond, uncond = self._encode(prompts), self._encode(negatives)
         guided = settings["guidance_scale"] != 1.0
         x = sample(self.model, self.schedule, self.prediction_type, settings["sampler"], settings["steps"],
-                   shape=shape, seeds=seeds,
+                   shape=None if noise is not None else shape, seeds=None if noise is not None else seeds, noise=noise,
                    spacing=settings["spacing"], cond=cond, uncond=uncond if guided else None,
                    guidance_scale=settings["guidance_scale"], guidance_rescale=guidance_rescale,
                    callback=callback, progress=progress, **(edits.sample_args(self.codec) if edits else {}))
         images = to_images(self.codec.decode(x))
-        recipes = [self._recipe(p, n, s, settings, guidance_rescale, size) | (edits.recipe() if edits else {})
+        given = {"latents": "given"} if noise is not None else {}  # not replayable from the recipe alone
+        recipes = [self._recipe(p, n, s, settings, guidance_rescale, size) | (edits.recipe() if edits else {}) | given
                    for p, n, s in zip(prompts, negatives, seeds)]
         return Result(images, recipes)
 
@@ -224,6 +230,8 @@ class Pipeline:
         recipe = validate_recipe(recipe, "recipe")
         if recipe.get("weights") and self.weights and recipe["weights"] != self.weights:
             raise ValueError(f"the recipe was made with weights {recipe['weights']}, this model has {self.weights}")
+        if recipe.get("latents"):
+            raise ValueError("this recipe's image was made from given latents (latents=), which a recipe does not hold")
         edit.check_replay_inputs(recipe, image, mask)
         return self(recipe["prompt"], negative_prompt=recipe.get("negative_prompt"), seed=recipe["seed"],
                     steps=recipe["steps"], sampler=recipe["sampler"], guidance_scale=recipe["guidance_scale"],
@@ -298,6 +306,17 @@ def _as_list(value, name: str) -> list:
     if not isinstance(values, (list, tuple)) or not values:
         raise ValueError(f"{name} must be a string or a non-empty list of strings, got {value!r}"[:300])
     return list(values)
+
+
+def _check_latents(latents, shape) -> torch.Tensor | None:
+    if latents is None:
+        return None
+    if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != tuple(shape):
+        raise ValueError(f"latents must be a tensor of shape {tuple(shape)}, got "
+                         f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}")
+    if not latents.is_floating_point() or not torch.isfinite(latents).all():
+        raise ValueError("latents must be finite floating-point values")
+    return latents
 
 
 def _check_count(num_images, prompts: int) -> None:
