@@ -9,7 +9,9 @@ and submit the next, until ``--jobs``
 jobs have finished. A full queue answers 429: the client counts the refusal, waits 0.1 s and tries
 again. Reported: every job's state, every HTTP status seen (a 5xx fails the run), latency from the
 first submit attempt to the finished state (p50/p95), throughput, and the server's resident memory
-(RSS from /proc) after the first tenth of the jobs and at the end: a leak shows as growth.
+(RSS from /proc) after the first tenth of the jobs and at the end: a leak shows as growth. Beside it,
+the same generation called in-process one after another (before the server starts): the ratio is
+what the server's HTTP, queue, previews and PNG writing cost.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(outputs: str, queue_size: int) -> tuple[subprocess.Popen, str]:
@@ -115,6 +123,17 @@ class Load:
             self.statuses[status] += 1
 
 
+def direct_rate(steps: int, n: int = 20) -> float:
+    """Jobs/s of the same generation called in-process, one after another: the server's ceiling."""
+    from difflab.pipelines import Pipeline
+    pipe = Pipeline.from_pretrained()
+    pipe("a red circle above a blue square", steps=steps, seed=0, sampler="euler")  # warm-up
+    begin = time.monotonic()
+    for seed in range(n):
+        pipe("a red circle above a blue square", steps=steps, seed=seed, sampler="euler")
+    return n / (time.monotonic() - begin)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
@@ -124,10 +143,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--time-limit", type=float, default=600, help="seconds for the whole load")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    ceiling = direct_rate(args.steps)  # before the server starts: the two never share the cores
     with tempfile.TemporaryDirectory() as outputs:
         server, url = start_server(outputs, args.queue_size)
         try:
-            idle_rss = rss_mb(server.pid)
+            idle_rss, server_cpu, client_cpu = rss_mb(server.pid), cpu_seconds(server.pid), time.process_time()
             load = Load(url, args.jobs, args.steps, time.monotonic() + args.time_limit)
             threads = [threading.Thread(target=load.client) for _ in range(args.clients)]
             begin = time.monotonic()
@@ -140,6 +160,7 @@ def main(argv=None) -> dict:
                 thread.join()
             elapsed = time.monotonic() - begin
             end_rss = rss_mb(server.pid)
+            server_cpu, client_cpu = cpu_seconds(server.pid) - server_cpu, time.process_time() - client_cpu
             alive = server.poll() is None and httpx.get(f"{url}/api/v1/health").status_code == 200
         finally:
             server.terminate()
@@ -152,6 +173,8 @@ def main(argv=None) -> dict:
         "latency_p50_s": round(statistics.median(latencies), 3) if latencies else None,
         "latency_p95_s": round(latencies[int(0.95 * (len(latencies) - 1))], 3) if latencies else None,
         "throughput_jobs_per_s": round(len(latencies) / elapsed, 2), "elapsed_s": round(elapsed, 1),
+        "direct_calls_per_s": round(ceiling, 2), "throughput_vs_direct": round(len(latencies) / elapsed / ceiling, 2),
+        "cpu_s": {"server": round(server_cpu, 1), "clients": round(client_cpu, 1)},
         "rss_mb": {"idle": round(idle_rss), "after_first_tenth": round(early_rss), "end": round(end_rss)},
         "cpu": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
     }

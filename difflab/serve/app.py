@@ -11,6 +11,7 @@ default Swagger page loads its scripts from one, which an offline machine cannot
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,19 +36,23 @@ EVENT_POLL_S = 0.05
 
 def create_app(config: ServeConfig, pipelines: dict | None = None) -> FastAPI:
     """The app for a validated config; ``pipelines`` ({name: Pipeline}) defaults to loading
-    ``config.models``."""
-    pipelines = pipelines if pipelines is not None else load_pipelines(config.models)
-    models = {name: model_info(name, pipe) for name, pipe in pipelines.items()}
+    ``config.models`` (on the worker thread). The job worker starts here and stops when the app's
+    lifespan ends."""
     folders = {name: config.outputs / name for name in ("images", "uploads")}
-    state = {}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    state = {"store": JobStore(config.outputs / "jobs.sqlite3")}
+    load = pipelines if pipelines is not None else functools.partial(load_pipelines, config.models)
+    try:  # the worker thread loads the models itself: the thread that runs jobs owns their weights
+        state["runner"] = JobRunner(state["store"], load, folders["images"], config.queue_size, config.job_timeout)
+    except BaseException:
+        state["store"].close()
+        raise
+    pipelines = state["runner"].pipelines
+    models = {name: model_info(name, pipe) for name, pipe in pipelines.items()}
 
     @asynccontextmanager
     async def lifespan(app):
-        for folder in folders.values():
-            folder.mkdir(parents=True, exist_ok=True)
-        state["store"] = JobStore(config.outputs / "jobs.sqlite3")
-        state["runner"] = JobRunner(state["store"], pipelines, folders["images"], config.queue_size,
-                                    config.job_timeout)
         yield
         await asyncio.to_thread(state["runner"].stop)
         state["store"].close()
