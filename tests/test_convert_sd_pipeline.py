@@ -72,6 +72,49 @@ def tiny_sd_folder(root, prediction_type="epsilon", scheduler="EulerDiscreteSche
     return root / "sd", pipe
 
 
+def tiny_clip(tokenizer, projection: bool = False):
+    config = transformers.CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id, projection_dim=16)
+    return (transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel)(config).eval()
+
+
+def tiny_sdxl_folder(root):
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer(root / "tok")
+    text, text_2 = tiny_clip(tokenizer), tiny_clip(tokenizer, projection=True)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=2, norm_num_groups=8, transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8)
+    vae = diffusers.AutoencoderKL(block_out_channels=(16, 32), latent_channels=4, norm_num_groups=8,
+                                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                  layers_per_block=1, scaling_factor=0.5)
+    for i, module in enumerate((text, text_2, unet, vae)):
+        randomise(module, i)
+    scheduler = diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                                 timestep_spacing="leading", steps_offset=1)
+    pipe = diffusers.StableDiffusionXLPipeline(vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=tokenizer,
+                                               tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
+    pipe.save_pretrained(root / "sdxl")
+    pipe.set_progress_bar_config(disable=True)
+    return root / "sdxl", pipe
+
+
+@pytest.mark.parametrize("negative", [None, "a green triangle"])
+def test_sdxl_images_equal_diffusers(tmp_path, negative):
+    folder, reference = tiny_sdxl_folder(tmp_path)
+    pipe = difflab.Pipeline.from_pretrained(folder)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    expected = reference(PROMPT, negative_prompt=negative, num_inference_steps=4, guidance_scale=5.0,
+                         latents=latents.clone(), output_type="np").images
+    result = pipe(PROMPT, negative_prompt=negative, steps=4, guidance_scale=5.0, latents=latents)
+    ours = np.asarray(result.images[0], dtype=np.float64)[None] / 255
+    assert np.abs(ours - expected).mean() <= 1 / 255, np.abs(ours - expected).mean()
+
+
 CASES = [("epsilon", "EulerDiscreteScheduler", "leading", 7.5), ("epsilon", "EulerDiscreteScheduler", "leading", 1.0),
          ("v_prediction", "DDIMScheduler", "trailing", 5.0)]
 
@@ -97,7 +140,7 @@ def test_refusals_name_the_problem(tmp_path):
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "KandinskyPipeline"}))
     with pytest.raises(ValueError, match="KandinskyPipeline' is not one difflab loads"):
         difflab.Pipeline.from_pretrained(folder)
-    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"}))
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusion3Pipeline"}))
     with pytest.raises(ValueError, match="recognised but not loadable yet"):
         difflab.Pipeline.from_pretrained(folder)
     (folder / "model_index.json").write_text(json.dumps(index))

@@ -140,6 +140,14 @@ def newest_finished(server, timeout: float = 30.0) -> dict:
     raise AssertionError("the newest job did not finish")
 
 
+def job_of(server, src: str) -> dict:
+    """The job whose first image the page shows at ``src`` (the history, newest first)."""
+    for job in api(server, "/api/v1/jobs")["jobs"]:
+        if job["images"] and job["images"][0]["url"] == src:
+            return job
+    raise AssertionError(f"no job made {src}")
+
+
 def a_result(server) -> dict:
     """The newest succeeded job of this server, made through the API if there is none."""
     for job in api(server, "/api/v1/jobs")["jobs"]:
@@ -227,9 +235,8 @@ def test_generate_recipe_and_inpaint(driver, server):
     [(inpainted, _)] = new_results(driver, images)
     assert banner(driver) is None
 
-    newest = newest_finished(server)
+    newest = job_of(server, inpainted)
     assert newest["id"] not in before and newest["state"] == "succeeded", newest
-    assert inpainted == newest["images"][0]["url"]
     assert newest["request"]["image"] and newest["request"]["mask"], newest["request"]
     recipe = newest["images"][0]["recipe"]
     assert isinstance(recipe.get("mask"), str) and len(recipe["mask"]) >= 8, recipe
@@ -312,9 +319,9 @@ def test_image_to_image_and_outpaint_from_a_file(driver, server, tmp_path):
     before = final_images(driver)
     prompt.send_keys("a red circle", Keys.CONTROL, Keys.ENTER)  # Ctrl+Enter generates
     [(src, _)] = new_results(driver, before)
-    job = newest_finished(server)
+    job = job_of(server, src)
     assert job["state"] == "succeeded" and job["request"]["image"] and job["request"]["strength"] == 0.5, job
-    assert src == job["images"][0]["url"] and job["images"][0]["recipe"]["strength"] == 0.5
+    assert job["images"][0]["recipe"]["strength"] == 0.5
 
     driver.find_element(By.ID, "mode-outpaint").click()
     fill(driver, "out-left", 8)
@@ -324,9 +331,9 @@ def test_image_to_image_and_outpaint_from_a_file(driver, server, tmp_path):
     assert "40 × 36" in driver.find_element(By.ID, "outpaint-size").text
     driver.find_element(By.ID, "generate").click()
     [(src, natural_width)] = new_results(driver, [(src, _)])
-    job = newest_finished(server)
+    job = job_of(server, src)
     assert job["state"] == "succeeded" and job["request"]["outpaint"] == [8, 0, 0, 4], job
-    assert src == job["images"][0]["url"] and natural_width == 40
+    assert natural_width == 40
     assert (job["images"][0]["recipe"]["width"], job["images"][0]["recipe"]["height"]) == (40, 36)
     assert banner(driver) is None
 

@@ -4,8 +4,9 @@ networks (:mod:`difflab.convert.diffusers_unet`, :mod:`difflab.convert.diffusers
 samplers (:mod:`difflab.convert.diffusers_scheduler`); only the text encoders are transformers'
 models, read from the folder with ``local_files_only``. Nothing is downloaded.
 
-Stable Diffusion 1.x and 2.x (``StableDiffusionPipeline``; epsilon or v-prediction) load today;
-SDXL, SD3 and FLUX folders are recognised and refused with one line until their parts land.
+Stable Diffusion 1.x and 2.x (``StableDiffusionPipeline``; epsilon or v-prediction) and SDXL
+(``StableDiffusionXLPipeline``: two text encoders, pooled text and size conditioning) load today; SD3
+and FLUX folders are recognised and refused with one line until their networks land.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from difflab.convert.keymap import read_json_object
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
             "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
-LOADABLE = ("sd",)
-SD_DEFAULTS = {"steps": 30, "guidance_scale": 7.5}   # what diffusers' StableDiffusionPipeline uses (50 steps there)
+LOADABLE = ("sd", "sdxl")
+SD_DEFAULTS = {"steps": 30, "guidance_scale": 7.5}   # diffusers' guidance default (its 50 steps -> 30 with deis-class samplers)
+SDXL_DEFAULTS = {"steps": 30, "guidance_scale": 5.0}
 
 
 def is_diffusers_folder(folder) -> bool:
@@ -55,32 +57,62 @@ class CrossAttentionOnly(nn.Module):
         return self.unet(x, t, context=context)
 
 
-def load_stable_diffusion(folder) -> dict:
-    """The parts of a Stable Diffusion 1.x/2.x folder as the Pipeline's keyword arguments."""
+class SizeConditioned(nn.Module):
+    """SDXL's UNet with its micro-conditioning (Podell et al. 2023, Sec. 2.2): pooled text plus the
+    original size, crop offset and target size, here the output's own size with no crop (diffusers'
+    defaults), ``[H, W, 0, 0, H, W]`` in pixels."""
+
+    def __init__(self, unet: nn.Module, downsampling: int):
+        super().__init__()
+        self.unet, self.downsampling = unet, downsampling
+
+    @property
+    def size_multiple(self) -> int:
+        return self.unet.size_multiple
+
+    def forward(self, x, t, context=None, context_mask=None, pooled=None):
+        height, width = (side * self.downsampling for side in x.shape[-2:])
+        time_ids = x.new_tensor([height, width, 0, 0, height, width]).expand(x.shape[0], 6)       # [B, 6]
+        return self.unet(x, t, context=context, pooled=pooled, time_ids=time_ids)
+
+
+def load_diffusers(folder) -> dict:
+    """The parts of a Stable Diffusion 1.x/2.x or SDXL folder as the Pipeline's keyword arguments."""
     from difflab.codecs import VAECodec
     from difflab.conditioning import Conditioner
     from difflab.convert.diffusers_scheduler import from_scheduler_config
     from difflab.convert.diffusers_unet import load_diffusers_unet
     from difflab.convert.diffusers_vae import load_diffusers_vae
-    from difflab.models.text import CLIPPromptEncoder
 
     folder = Path(folder)
-    family_of(folder)
-    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+    family = family_of(folder)
+    parts = ("unet", "vae", "text_encoder", "tokenizer", "scheduler") + (("text_encoder_2", "tokenizer_2")
+                                                                           if family == "sdxl" else ())
+    for part in parts:
         if not (folder / part).is_dir():
-            raise FileNotFoundError(f"{folder} has no {part}/ folder, which a Stable Diffusion folder needs")
+            raise FileNotFoundError(f"{folder} has no {part}/ folder, which a {family.upper()} folder needs")
     scheduler = from_scheduler_config(read_json_object(folder / "scheduler" / "scheduler_config.json"),
                                       folder / "scheduler" / "scheduler_config.json")
     unet = load_diffusers_unet(folder / "unet").eval().requires_grad_(False)
-    vae = load_diffusers_vae(folder / "vae").eval().requires_grad_(False)
-    encoder = CLIPPromptEncoder(folder / "text_encoder", folder / "tokenizer")
-    codec = VAECodec(vae)
+    codec = VAECodec(load_diffusers_vae(folder / "vae").eval().requires_grad_(False))
+    encoder, model = _text_and_model(folder, family, unet, codec.downsampling)
     sample_size = read_json_object(folder / "unet" / "config.json").get("sample_size", 64)
-    defaults = {**SD_DEFAULTS, "sampler": scheduler["sampler"], "spacing": scheduler["spacing"]}
-    return {"model": CrossAttentionOnly(unet), "schedule": scheduler["schedule"],
-            "prediction_type": scheduler["prediction_type"], "conditioner": Conditioner(encoder), "codec": codec,
-            "resolution": int(sample_size) * codec.downsampling, "name": folder.name,
-            "weights": unet_hash(folder / "unet"), "defaults": defaults, "folder": folder}
+    defaults = {**(SDXL_DEFAULTS if family == "sdxl" else SD_DEFAULTS), "sampler": scheduler["sampler"],
+                "spacing": scheduler["spacing"]}
+    return {"model": model, "schedule": scheduler["schedule"], "prediction_type": scheduler["prediction_type"],
+            "conditioner": Conditioner(encoder), "codec": codec, "resolution": int(sample_size) * codec.downsampling,
+            "name": folder.name, "weights": unet_hash(folder / "unet"), "defaults": defaults, "folder": folder}
+
+
+def _text_and_model(folder: Path, family: str, unet: nn.Module, downsampling: int):
+    from difflab.models.text import CLIPPromptEncoder, DualCLIPEncoder
+    if family == "sd":
+        return CLIPPromptEncoder(folder / "text_encoder", folder / "tokenizer"), CrossAttentionOnly(unet)
+    zero_empty = bool(read_json_object(folder / "model_index.json").get("force_zeros_for_empty_prompt", True))
+    encoder = DualCLIPEncoder(CLIPPromptEncoder(folder / "text_encoder", folder / "tokenizer", hidden_layer=-2),
+                              CLIPPromptEncoder(folder / "text_encoder_2", folder / "tokenizer_2", hidden_layer=-2),
+                              zero_empty=zero_empty)
+    return encoder, SizeConditioned(unet, downsampling)
 
 
 def unet_hash(unet_folder: Path) -> str:

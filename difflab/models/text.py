@@ -212,6 +212,39 @@ class CLIPPromptEncoder(_TransformersEncoder):
         return tokens, torch.ones(ids.shape, dtype=torch.bool), pooled                    # [B, 77, D], .., [B, P]
 
 
+class DualCLIPEncoder(TextEncoder):
+    """SDXL's two text encoders (Podell et al. 2023, Sec. 2.1): the penultimate token states of both
+    CLIPs side by side ([B, 77, D1 + D2]) and the second one's projected pooled state. With
+    ``zero_empty`` (diffusers' ``force_zeros_for_empty_prompt``), the empty prompt, i.e. the
+    unconditional input of guidance, is all zeros, as SDXL's pipeline feeds it."""
+
+    def __init__(self, first: CLIPPromptEncoder, second: CLIPPromptEncoder, zero_empty: bool = True,
+                 cache_size: int = 4096):
+        if first.max_length != second.max_length:
+            raise ValueError(f"the two tokenizers pad to different lengths ({first.max_length}, {second.max_length})")
+        super().__init__(first.max_length, cache_size)
+        self.first, self.second, self.zero_empty = first, second, zero_empty
+        self.dim = first.dim + second.dim
+
+    def to(self, device):
+        self.first.to(device), self.second.to(device)
+        return super().to(device)
+
+    @property
+    def spec(self) -> dict:
+        return {"type": "dual_clip", "first": self.first.spec, "second": self.second.spec, "zero_empty": self.zero_empty}
+
+    def _encode_batch(self, prompts):
+        tokens_1, _, _ = self.first._encode_batch(prompts)                                 # [B, 77, D1]
+        tokens_2, mask, pooled = self.second._encode_batch(prompts)                         # [B, 77, D2], .., [B, P]
+        tokens = torch.cat([tokens_1, tokens_2], dim=-1)                                    # [B, 77, D1 + D2]
+        if self.zero_empty:
+            empty = torch.tensor([p == "" for p in prompts], device=tokens.device)
+            tokens = torch.where(empty[:, None, None], torch.zeros_like(tokens), tokens)
+            pooled = torch.where(empty[:, None], torch.zeros_like(pooled), pooled)
+        return tokens, mask, pooled
+
+
 class ClassLabelEncoder(TextEncoder):
     """Class labels (int index or class name; None or "" = null) as one-hot tokens of width C + 1."""
 
@@ -255,7 +288,8 @@ def text_encoder_from_spec(spec) -> TextEncoder:
     """"minilm", a folder path, or a ``spec`` dict (as stored in a package) -> a text encoder."""
     if isinstance(spec, (str, Path)):
         spec = {"type": "minilm"} if str(spec).lower() == "minilm" else {"type": "transformers", "path": str(spec)}
-    if not isinstance(spec, dict) or spec.get("type") not in ("minilm", "transformers", "class_labels", "clip_prompt"):
+    if not isinstance(spec, dict) or spec.get("type") not in ("minilm", "transformers", "class_labels", "clip_prompt",
+                                                              "dual_clip"):
         raise ValueError(f"unknown text encoder {spec!r}; use 'minilm', a local CLIP/T5 folder, or a spec "
                          f"dict with type minilm | transformers | class_labels")
     kind, args = spec["type"], {k: v for k, v in spec.items() if k != "type"}
@@ -265,6 +299,9 @@ def text_encoder_from_spec(spec) -> TextEncoder:
         return HFTextEncoder(args.pop("path"), **args)
     if kind == "clip_prompt":
         return CLIPPromptEncoder(**args)
+    if kind == "dual_clip":
+        first, second = (text_encoder_from_spec(args.pop(key)) for key in ("first", "second"))
+        return DualCLIPEncoder(first, second, **args)
     return ClassLabelEncoder(**args)
 
 

@@ -143,9 +143,9 @@ class Pipeline:
         from difflab.models.package import load_package, read_config
         from difflab.models.text import text_encoder_from_spec
         folder = _package_folder(folder)
-        from difflab.convert.diffusers_folder import is_diffusers_folder, load_stable_diffusion
+        from difflab.convert.diffusers_folder import is_diffusers_folder, load_diffusers
         if is_diffusers_folder(folder):
-            return cls(**load_stable_diffusion(folder))
+            return cls(**load_diffusers(folder))
         header = read_config(folder)
         schedule, codec = check_pipeline_sections(header, folder)
         defaults = sampling_defaults(header.get("sampling", {}), folder)
