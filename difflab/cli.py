@@ -166,6 +166,8 @@ def generate(
     mask: str = typer.Option(None, help="inpainting mask image: white = regenerate"),
     outpaint: str = typer.Option(None, help="outpainting: pixels to add as LEFT,RIGHT,TOP,BOTTOM"),
     mask_blur: float = typer.Option(0.0, help="feather the inpainting seam (pixels, inside the mask)"),
+    device: str = typer.Option(None, help="cpu, cuda, cuda:1, mps ... (default: cpu)"),
+    dtype: str = typer.Option(None, help="float32 (default), float16 or bfloat16 (GPUs), float64"),
 ):
     """Generate images; each PNG carries the recipe that replays it."""
     from difflab.pipelines.recipes import read_recipe  # torch is imported only once every flag is checked
@@ -174,6 +176,8 @@ def generate(
     if recipe is None and not prompt:
         fail("give a PROMPT, or --recipe IMAGE.png")
     _check_settings(prompt, negative, n, steps, sampler, spacing, guidance)
+    if dtype is not None and dtype.removeprefix("torch.") not in ("float32", "float16", "bfloat16", "float64"):
+        raise ValueError(f"--dtype must be float32, float16, bfloat16 or float64, got {dtype!r}")
     margins = _check_edit_flags(image, strength, mask, outpaint, mask_blur)
     edits = {"image": _open_image(image, "--image"), "mask": _open_image(mask, "--mask")}
     if edits["mask"] is not None and edits["mask"].size != edits["image"].size:
@@ -187,7 +191,7 @@ def generate(
     check_output_folder(out)
     _quiet_loading()
     from difflab.pipelines import Pipeline
-    pipe = Pipeline.from_pretrained(model)
+    pipe = Pipeline.from_pretrained(model).to(device, dtype)
     if replay is not None:
         result = pipe.replay(replay, **edits)
     else:

@@ -85,7 +85,7 @@ class VAECodec(Codec):
         self.downsampling = vae.config.downscale
 
     def _vae_input(self, x: torch.Tensor) -> torch.Tensor:
-        parameter = next(self.vae.parameters())
+        parameter = next(self.vae.parameters())  # the VAE may run in half precision (pipe.to(dtype=...))
         return x.to(device=parameter.device, dtype=parameter.dtype)
 
     @torch.no_grad()

@@ -71,7 +71,8 @@ class TimestepEmbedder(nn.Sequential):
         self.frequency_dim = frequency_dim
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return super().forward(timestep_embedding(t, self.frequency_dim))      # [B, D]
+        features = timestep_embedding(t, self.frequency_dim).to(self[0].weight.dtype)   # [B, F], the MLP's dtype
+        return super().forward(features)                                                # [B, D]
 
 
 class LabelEmbedder(nn.Embedding):

@@ -34,7 +34,8 @@ from difflab.denoisers import validate_prediction_type
 from difflab.settings import package_folder, validate_text
 from difflab.pipelines import edit
 from difflab.pipelines.recipes import Result, validate_recipe, weights_hash
-from difflab.sampling import DEFAULT_SAMPLER, sample, validate_guidance_rescale, validate_settings
+from difflab.sampling import (DEFAULT_SAMPLER, sample, validate_device, validate_dtype, validate_guidance_rescale,
+                              validate_settings)
 from difflab.schedules import NoiseSchedule
 
 BUNDLED_MODEL = Path(__file__).parent.parent / "assets" / "models" / "shapes"
@@ -129,6 +130,7 @@ class Pipeline:
     defaults: dict = field(default_factory=lambda: dict(DEFAULTS))
     folder: Path | None = None
     dataset: str | None = None           # the package's data.dataset: "shapes" enables the vocabulary warning
+    dtype: torch.dtype = torch.float32   # the sampling dtype; set with .to(dtype=...)
 
     def __post_init__(self):
         if not isinstance(self.conditioner, Conditioner):
@@ -163,6 +165,26 @@ class Pipeline:
                    name=folder.name, weights=weights_hash(folder), defaults=defaults, folder=folder,
                    dataset=meta["data"].get("dataset"))
 
+    def to(self, device=None, dtype=None) -> "Pipeline":
+        """Move (and cast) the network, the VAE and the text encoder, as diffusers' ``pipe.to``:
+        ``pipe.to("cuda", torch.float16)``. fp16/bf16 are for GPUs; on a CPU they are slower than
+        float32 (AVX2 has no fast half-precision matmul). The text encoder keeps float32 (its states
+        are cast). Returns the pipeline."""
+        device = validate_device(device) if device is not None else None
+        dtype = validate_dtype(dtype) if dtype is not None else None
+        for module in (self.model, self.vae):
+            if module is not None:
+                module.to(device=device, dtype=dtype)
+        if device is not None:
+            self.conditioner.encoder.to(device)
+        if dtype is not None:
+            self.dtype = dtype
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     @property
     def encoder(self):
         """The conditioner's text (or class-label) encoder."""
@@ -187,7 +209,7 @@ class Pipeline:
                  guidance_scale=None, spacing=None, guidance_rescale: float = 0.0, callback=None,
                  progress: bool = False, image=None, strength: float | None = None, mask=None,
                  outpaint=None, mask_blur: float = 0.0, width: int | None = None,
-                 height: int | None = None, latents: torch.Tensor | None = None) -> Result:
+                 height: int | None = None, latents: torch.Tensor | None = None, **diffusers_names) -> Result:
         """Text-to-image (``width`` x ``height``, default the model's resolution; sides are multiples
         of :attr:`size_multiple`); ``latents`` (unit Gaussian, the model-space shape; diffusers'
         ``latents=``) replaces the seeds' noise; with ``image``: image-to-image (``strength``), inpainting (``mask``, white =
@@ -195,7 +217,11 @@ class Pipeline:
         (left, right, top, bottom) pixels added and filled); see ``difflab.edit``.
 
         Everything is checked before any compute: ``ValueError`` (``difflab.limits.LimitError`` above
-        a limit) names the argument. A prompt outside a shapes model's vocabulary is only warned about."""
+        a limit) names the argument. A prompt outside a shapes model's vocabulary is only warned about.
+        diffusers' names are accepted too: ``num_inference_steps``, ``num_images_per_prompt`` and
+        ``generator`` (a ``torch.Generator`` that draws the seed, recorded in the recipe)."""
+        if diffusers_names:
+            steps, num_images, seed = _diffusers_names(diffusers_names, steps, num_images, seed)
         prompts = self._prompts(prompt, "prompt")
         _check_count(num_images, len(prompts))
         prompts = [p for p in prompts for _ in range(num_images)]
@@ -212,11 +238,12 @@ class Pipeline:
         self._warn_outside_vocabulary(prompts)
         cond, uncond = self._encode(prompts), self._encode(negatives)
         guided = settings["guidance_scale"] != 1.0
-        x = sample(self.model, self.schedule, self.prediction_type, settings["sampler"], settings["steps"],
+        x = sample(_network_in(self.model, self.dtype), self.schedule, self.prediction_type, settings["sampler"], settings["steps"],
                    shape=None if noise is not None else shape, seeds=None if noise is not None else seeds, noise=noise,
                    spacing=settings["spacing"], cond=cond, uncond=uncond if guided else None,
                    guidance_scale=settings["guidance_scale"], guidance_rescale=guidance_rescale,
-                   callback=callback, progress=progress, **(edits.sample_args(self.codec) if edits else {}))
+                   callback=callback, progress=progress, device=self.device,
+                   **(edits.sample_args(self.codec) if edits else {}))
         images = to_images(self.codec.decode(x))
         given = {"latents": "given"} if noise is not None else {}  # not replayable from the recipe alone
         recipes = [self._recipe(p, n, s, settings, guidance_rescale, size) | (edits.recipe() if edits else {}) | given
@@ -287,7 +314,7 @@ class Pipeline:
         return negatives
 
     def _encode(self, prompts: list) -> dict:
-        return self.conditioner(prompts, next(self.model.parameters()).device)
+        return self.conditioner(prompts, self.device)
 
     def _recipe(self, prompt, negative, seed, settings, guidance_rescale, size) -> dict:
         return {"prompt": prompt, "negative_prompt": negative if negative != self.null_condition else None,
@@ -306,6 +333,39 @@ def _as_list(value, name: str) -> list:
     if not isinstance(values, (list, tuple)) or not values:
         raise ValueError(f"{name} must be a string or a non-empty list of strings, got {value!r}"[:300])
     return list(values)
+
+
+def _network_in(model, dtype: torch.dtype):
+    """The network run in ``dtype`` while the sampler's state stays float32 (as diffusers' schedulers
+    upcast their step): half-precision error then stays in each evaluation, not in the trajectory."""
+    if dtype == torch.float32:
+        return model
+
+    def run(x, t, **cond):
+        cond = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in cond.items()}
+        return model(x.to(dtype), t, **cond).float()
+    return run
+
+
+DIFFUSERS_NAMES = {"num_inference_steps": "steps", "num_images_per_prompt": "num_images", "generator": "seed"}
+
+
+def _diffusers_names(names: dict, steps, num_images, seed):
+    """diffusers' argument names as difflab's; each may be given once, under one name."""
+    unknown = sorted(set(names) - set(DIFFUSERS_NAMES))
+    if unknown:
+        raise TypeError(f"Pipeline.__call__() got unexpected keyword argument(s) {', '.join(unknown)}")
+    ours = {"steps": steps, "num_images": num_images if num_images != 1 else None, "seed": seed}
+    for theirs, name in DIFFUSERS_NAMES.items():
+        if theirs in names and ours[name] is not None:
+            raise ValueError(f"give {name} or {theirs}, not both")
+    generator = names.get("generator")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        names["generator"] = int(torch.randint(0, 2**31, (1,), generator=generator))
+    return (names.get("num_inference_steps", steps), names.get("num_images_per_prompt", num_images),
+            names.get("generator", seed))
 
 
 def _check_latents(latents, shape) -> torch.Tensor | None:

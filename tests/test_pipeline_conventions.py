@@ -1,0 +1,65 @@
+"""The conventions people arrive with from diffusers: pipe.to(device, dtype), its argument names,
+and --device / --dtype on the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import difflab
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return difflab.Pipeline.from_pretrained()
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(result.images[0], dtype=np.int16)
+
+
+def test_to_dtype_casts_the_whole_pipeline_and_back(pipe):
+    reference = pipe("a red circle", seed=3, steps=6)
+    try:
+        wide = pipe.to(dtype=torch.float64)("a red circle", seed=3, steps=6)
+        assert next(pipe.model.parameters()).dtype == torch.float64 and pipe.dtype == torch.float64
+        assert np.abs(pixels(wide) - pixels(reference)).max() <= 1
+    finally:
+        pipe.to(dtype=torch.float32)  # float32 -> float64 -> float32 loses nothing
+    assert np.array_equal(pixels(pipe("a red circle", seed=3, steps=6)), pixels(reference))
+
+
+def test_half_precision_runs_the_network_while_the_sampler_stays_float32(pipe):
+    reference = pipe("a red circle", seed=3, steps=6)
+    half = difflab.Pipeline.from_pretrained().to(dtype="bfloat16")  # a copy: casting down loses bits
+    result = half("a red circle", seed=3, steps=6)
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    assert np.abs(pixels(result) - pixels(reference)).mean() < 8  # bf16 keeps 8 bits of mantissa
+
+
+def test_to_refuses_what_this_machine_lacks(pipe):
+    with pytest.raises(ValueError, match="not available on this machine"):
+        pipe.to("cuda:7")
+    with pytest.raises(ValueError, match="floating-point dtype"):
+        pipe.to(dtype=torch.int8)
+
+
+def test_diffusers_argument_names(pipe):
+    ours = pipe("a red circle", steps=5, num_images=2, seed=11)
+    generator = torch.Generator().manual_seed(0)
+    seed = int(torch.randint(0, 2**31, (1,), generator=torch.Generator().manual_seed(0)))
+    theirs = pipe("a red circle", num_inference_steps=5, num_images_per_prompt=2, generator=generator)
+    assert [r["seed"] for r in theirs.recipes] == [seed, seed + 1] and theirs.recipes[0]["steps"] == 5
+    assert len(ours.images) == len(theirs.images) == 2
+    with pytest.raises(ValueError, match="give steps or num_inference_steps, not both"):
+        pipe("a red circle", steps=4, num_inference_steps=4)
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        pipe("a red circle", guidance=3)
+    latents = torch.randn(1, 3, 32, 32)
+    given = pipe("a red circle", steps=4, latents=latents)
+    assert given.recipes[0]["latents"] == "given"
+    with pytest.raises(ValueError, match="made from given latents"):
+        pipe.replay(given.recipes[0])
+    with pytest.raises(ValueError, match=r"latents must be a tensor of shape \(1, 3, 32, 32\)"):
+        pipe("a red circle", steps=4, latents=torch.randn(1, 4, 32, 32))
