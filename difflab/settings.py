@@ -18,6 +18,12 @@ from difflab import limits
 SAMPLER_NAMES = ("ddpm", "ddim", "plms", "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms",
                  "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc", "deis", "lcm")
 SPACINGS = ("leading", "trailing", "linspace", "karras", "exponential")
+# AUTOMATIC1111's names of the same samplers (its "Sampler:" field; a spacing is its schedule type).
+A1111_SAMPLERS = {"euler": "Euler", "euler_ancestral": "Euler a", "heun": "Heun", "dpm_2": "DPM2",
+                  "dpm_2_ancestral": "DPM2 a", "lms": "LMS", "dpmpp_2s_ancestral": "DPM++ 2S a", "dpmpp_sde": "DPM++ SDE",
+                  "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_3m_sde": "DPM++ 3M SDE",
+                  "ddim": "DDIM", "plms": "PLMS", "unipc": "UniPC", "deis": "DEIS", "lcm": "LCM", "ddpm": "DDPM"}
+A1111_SCHEDULES = {"karras": "Karras", "exponential": "Exponential"}
 # Training: the denoising objective's loss weightings and timestep distributions.
 WEIGHTINGS = ("uniform", "min_snr", "min_snr_plus_one")
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
@@ -26,7 +32,7 @@ TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 def validate_settings(sampler, steps, spacing, guidance_scale, samplers=SAMPLER_NAMES) -> None:
     """Checks of the four user-facing sampling settings (arguments, a package's defaults, a recipe)."""
     if not isinstance(sampler, str) or sampler not in samplers:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(samplers)}")
+        raise ValueError(f"unknown sampler {sampler!r}{sampler_hint(sampler)}; choose one of {', '.join(samplers)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     limits.check("steps", steps, "sampling steps")
@@ -35,6 +41,36 @@ def validate_settings(sampler, steps, spacing, guidance_scale, samplers=SAMPLER_
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
             or not math.isfinite(guidance_scale):
         raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+
+
+def sampler_hint(name) -> str:
+    """For an A1111 sampler name ("DPM++ 2M Karras"), the difflab sampler and spacing it means."""
+    if not isinstance(name, str):
+        return ""
+    words = name.strip().lower().split()
+    spacing = next((ours for ours, theirs in A1111_SCHEDULES.items() if words and words[-1] == theirs.lower()), None)
+    base = " ".join(words[:-1] if spacing else words)
+    ours = next((k for k, v in A1111_SAMPLERS.items() if v.lower() == base), None)
+    if ours is None:
+        return ""
+    return f" (AUTOMATIC1111's name for sampler {ours!r}" + (f" with spacing {spacing!r})" if spacing else ")")
+
+
+def a1111_parameters(recipe: dict) -> str:
+    """A recipe in AUTOMATIC1111's ``parameters`` text (its PNG Info; read by Civitai and ComfyUI
+    too). difflab's JSON recipe stays the source of truth; this is for the other tools."""
+    sampler = A1111_SAMPLERS.get(recipe.get("sampler"), recipe.get("sampler"))
+    schedule = A1111_SCHEDULES.get(recipe.get("spacing"))
+    fields = [("Steps", recipe.get("steps")), ("Sampler", f"{sampler} {schedule}" if schedule else sampler),
+              ("CFG scale", recipe.get("guidance_scale")), ("Seed", recipe.get("seed")),
+              ("Size", f"{recipe.get('width')}x{recipe.get('height')}" if recipe.get("width") else None),
+              ("Model hash", recipe.get("weights")), ("Model", recipe.get("model")),
+              ("Denoising strength", recipe.get("strength")), ("Version", f"difflab {recipe.get('difflab', '')}".strip())]
+    lines = [str(recipe.get("prompt", ""))]
+    if recipe.get("negative_prompt"):
+        lines.append(f"Negative prompt: {recipe['negative_prompt']}")
+    lines.append(", ".join(f"{key}: {value}" for key, value in fields if value not in (None, "")))
+    return "\n".join(lines)
 
 
 def validate_text(prompt, name: str = "prompt") -> str:

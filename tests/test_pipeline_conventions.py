@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import difflab
+from difflab.pipelines import read_recipe
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +64,22 @@ def test_diffusers_argument_names(pipe):
         pipe.replay(given.recipes[0])
     with pytest.raises(ValueError, match=r"latents must be a tensor of shape \(1, 3, 32, 32\)"):
         pipe("a red circle", steps=4, latents=torch.randn(1, 4, 32, 32))
+
+
+def test_pngs_carry_a1111_parameters_and_a1111_sampler_names_get_a_hint(pipe, tmp_path):
+    from PIL import Image
+
+    result = pipe("a red circle", negative_prompt="a blue square", seed=4, steps=3, sampler="dpmpp_2m",
+                  spacing="karras", guidance_scale=2.5)
+    [path] = result.save(tmp_path)
+    with Image.open(path) as image:
+        parameters = image.info["parameters"].splitlines()
+    assert parameters[:2] == ["a red circle", "Negative prompt: a blue square"]
+    fields = dict(field.split(": ", 1) for field in parameters[2].split(", "))
+    assert fields["Steps"] == "3" and fields["Sampler"] == "DPM++ 2M Karras" and fields["CFG scale"] == "2.5"
+    assert fields["Seed"] == "4" and fields["Size"] == "32x32" and fields["Model"] == "shapes"
+    assert read_recipe(path) == result.recipes[0]  # difflab's JSON recipe stays the source of truth
+    with pytest.raises(ValueError, match=r"AUTOMATIC1111's name for sampler 'dpmpp_2m' with spacing 'karras'"):
+        pipe("a red circle", sampler="DPM++ 2M Karras")
+    with pytest.raises(ValueError, match=r"AUTOMATIC1111's name for sampler 'euler_ancestral'\)"):
+        pipe("a red circle", sampler="Euler a")

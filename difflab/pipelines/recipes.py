@@ -19,7 +19,7 @@ from PIL import Image, PngImagePlugin
 from difflab import limits
 from difflab.settings import validate_text
 from difflab.outputs import check_output_folder, free_names, write_file
-from difflab.settings import validate_settings
+from difflab.settings import a1111_parameters, validate_settings
 
 RECIPE_KEY = "difflab"
 REQUIRED_KEYS = ("prompt", "seed", "steps", "sampler", "guidance_scale", "spacing")
@@ -56,6 +56,7 @@ def save_png(image: Image.Image, recipe: dict, path, overwrite: bool = False, in
     """One PNG carrying its recipe, written atomically; returns the path written (see ``Result.save``)."""
     info = PngImagePlugin.PngInfo()
     info.add_text(RECIPE_KEY, json.dumps(recipe, sort_keys=True))
+    info.add_text("parameters", a1111_parameters(recipe))  # AUTOMATIC1111's PNG Info, Civitai, ComfyUI
     return write_file(path, lambda f: image.save(f, format="PNG", pnginfo=info), overwrite, inputs)
 
 
