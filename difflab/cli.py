@@ -87,8 +87,14 @@ def _quiet_loading() -> None:
 
 @app.command()
 @one_line_errors
-def info() -> None:
-    """Print versions and the samplers, schedules and devices difflab sees."""
+def info(path: str = typer.Argument(None, help="a model package, diffusers folder or .safetensors file to "
+                                                  "describe (read from configs and headers; no weight is loaded)")) -> None:
+    """Print versions and the samplers, schedules and devices difflab sees; or what PATH holds."""
+    if path is not None:
+        from difflab.convert.describe import describe
+        for field, value in describe(path):
+            typer.echo(f"{field + ':':<18}{value}")
+        return
     import torch
 
     import difflab

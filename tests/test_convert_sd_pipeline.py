@@ -149,3 +149,29 @@ def test_refusals_name_the_problem(tmp_path):
         difflab.Pipeline.from_pretrained(folder)
     with pytest.raises(ValueError, match="nor a diffusers folder"):
         difflab.Pipeline.from_pretrained(tmp_path / "tok")
+
+
+def test_info_describes_folders_and_files_from_headers_alone(tmp_path):
+    import subprocess
+    import sys
+
+    folder, reference = tiny_sdxl_folder(tmp_path)
+    probe = ("import sys; sys.argv[0] = 'difflab'; from difflab.cli import main\ntry:\n    main()\nfinally:\n"
+             "    print('torch imported' if 'torch' in sys.modules else 'torch not imported')")
+
+    def info(path):
+        run = subprocess.run([sys.executable, "-c", probe, "info", str(path)], capture_output=True, text=True)
+        return run.returncode, run.stdout, run.stderr
+
+    code, out, _ = info(folder)
+    unet_parameters = sum(p.numel() for p in reference.unet.parameters())
+    assert code == 0 and "StableDiffusionXLPipeline" in out and f"{unet_parameters:,} parameters" in out
+    assert out.strip().endswith("torch not imported")
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(weights.read_bytes()[:100])
+    code, _, err = info(truncated)
+    assert code == 2 and err.count("\n") == 1 and "not valid JSON" in err
+    (tmp_path / "model.ckpt").write_bytes(b"not opened")
+    code, _, err = info(tmp_path / "model.ckpt")
+    assert code == 2 and "only .safetensors files are read" in err
