@@ -95,7 +95,7 @@ def package_folder(folder) -> Path:
     if not isinstance(folder, (str, os.PathLike)):
         raise ValueError(f"Pipeline.from_pretrained(folder): folder must be the path of a model package folder "
                          f"(a str or os.PathLike), got {type(folder).__name__} {folder!r}"[:300])
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     if not (folder / "config.json").is_file() and not (folder / "model_index.json").is_file():
         raise ValueError(f"{folder} is not a difflab model package (no config.json) nor a diffusers folder "
                          f"(no model_index.json)")
