@@ -140,7 +140,7 @@ def test_refusals_name_the_problem(tmp_path):
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "KandinskyPipeline"}))
     with pytest.raises(ValueError, match="KandinskyPipeline' is not one difflab loads"):
         difflab.Pipeline.from_pretrained(folder)
-    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusion3Pipeline"}))
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
     with pytest.raises(ValueError, match="recognised but not loadable yet"):
         difflab.Pipeline.from_pretrained(folder)
     (folder / "model_index.json").write_text(json.dumps(index))

@@ -4,9 +4,11 @@ networks (:mod:`difflab.convert.diffusers_unet`, :mod:`difflab.convert.diffusers
 samplers (:mod:`difflab.convert.diffusers_scheduler`); only the text encoders are transformers'
 models, read from the folder with ``local_files_only``. Nothing is downloaded.
 
-Stable Diffusion 1.x and 2.x (``StableDiffusionPipeline``; epsilon or v-prediction) and SDXL
-(``StableDiffusionXLPipeline``: two text encoders, pooled text and size conditioning) load today; SD3
-and FLUX folders are recognised and refused with one line until their networks land.
+Stable Diffusion 1.x and 2.x (``StableDiffusionPipeline``; epsilon or v-prediction), SDXL
+(``StableDiffusionXLPipeline``: two text encoders, pooled text and size conditioning) and SD3
+(``StableDiffusion3Pipeline``: MMDiT, CLIP-L + CLIP-G + optional T5, flow matching;
+:mod:`difflab.convert.diffusers_sd3`) load today; FLUX folders are recognised and refused with one
+line until its network lands.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from pathlib import Path
 
 from torch import nn
 
-from difflab.convert.keymap import read_json_object
+from difflab.convert.keymap import read_json_object, weights_hash
 
 FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
             "StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
-LOADABLE = ("sd", "sdxl")
+LOADABLE = ("sd", "sdxl", "sd3")
 SD_DEFAULTS = {"steps": 30, "guidance_scale": 7.5}   # diffusers' guidance default (its 50 steps -> 30 with deis-class samplers)
 SDXL_DEFAULTS = {"steps": 30, "guidance_scale": 5.0}
 
@@ -86,6 +88,9 @@ def load_diffusers(folder) -> dict:
 
     folder = Path(folder)
     family = family_of(folder)
+    if family == "sd3":
+        from difflab.convert.diffusers_sd3 import load_sd3
+        return load_sd3(folder)
     parts = ("unet", "vae", "text_encoder", "tokenizer", "scheduler") + (("text_encoder_2", "tokenizer_2")
                                                                            if family == "sdxl" else ())
     for part in parts:
@@ -101,7 +106,7 @@ def load_diffusers(folder) -> dict:
                 "spacing": scheduler["spacing"]}
     return {"model": model, "schedule": scheduler["schedule"], "prediction_type": scheduler["prediction_type"],
             "conditioner": Conditioner(encoder), "codec": codec, "resolution": int(sample_size) * codec.downsampling,
-            "name": folder.name, "weights": unet_hash(folder / "unet"), "defaults": defaults, "folder": folder}
+            "name": folder.name, "weights": weights_hash(folder / "unet"), "defaults": defaults, "folder": folder}
 
 
 def _text_and_model(folder: Path, family: str, unet: nn.Module, downsampling: int):
@@ -113,17 +118,3 @@ def _text_and_model(folder: Path, family: str, unet: nn.Module, downsampling: in
                               CLIPPromptEncoder(folder / "text_encoder_2", folder / "tokenizer_2", hidden_layer=-2),
                               zero_empty=zero_empty)
     return encoder, SizeConditioned(unet, downsampling)
-
-
-def unet_hash(unet_folder: Path) -> str:
-    """The recipes' weights id of a diffusers folder: sha256 of the UNet file's header and size (a
-    full read of a multi-GB file at every load would cost seconds)."""
-    import hashlib
-    files = sorted(unet_folder.glob("*.safetensors"))
-    digest = hashlib.sha256()
-    for path in files:
-        with open(path, "rb") as f:
-            digest.update(f.read(1 << 20))
-        digest.update(str(path.stat().st_size).encode())
-    return digest.hexdigest()[:16]
-

@@ -124,3 +124,15 @@ def weight_files(folder: Path, stem: str, variant: str | None = None) -> list[Pa
     if pickles:
         raise ValueError(f"{folder}: only safetensors weights are loaded (pickle files can run code), found {pickles}")
     raise FileNotFoundError(f"{folder} has no {single.name} (nor {index.name})")
+
+
+def weights_hash(folder: Path) -> str:
+    """The recipes' weights id of a diffusers model folder: sha256 of its safetensors files' first MiB
+    and sizes (reading a multi-GB file whole at every load would cost seconds)."""
+    import hashlib
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with open(path, "rb") as f:
+            digest.update(f.read(1 << 20))
+        digest.update(str(path.stat().st_size).encode())
+    return digest.hexdigest()[:16]

@@ -16,7 +16,7 @@ from torch import nn
 
 # Built-in model classes -> the module that defines (and registers) them, imported on first use.
 BUILTIN_MODELS = {"UNet": "difflab.models.unet", "DiT": "difflab.models.dit",
-                  "AutoencoderKL": "difflab.models.vae", "SDUNet": "difflab.models.sd_unet"}
+                  "AutoencoderKL": "difflab.models.vae", "SDUNet": "difflab.models.sd_unet", "MMDiT": "difflab.models.mmdit"}
 MODEL_CLASSES: dict[str, type] = {}
 
 
