@@ -38,7 +38,7 @@ from typing import Callable
 import torch
 from safetensors import SafetensorError, safe_open
 
-from difflab.convert.keymap import read_json_object, weight_files
+from difflab.convert.keymap import table_key_map, read_json_object, weight_files
 from difflab.models.base import require
 from difflab.models.sd_unet import SDUNet, SDUNetConfig
 
@@ -108,13 +108,7 @@ def module_table(cfg: SDUNetConfig) -> dict[str, tuple[str, str]]:
 def key_map(cfg: SDUNetConfig, sdunet_keys, layout: str = "diffusers") -> dict[str, str]:
     """Foreign key -> SDUNet key for each of ``sdunet_keys`` (a state_dict's), in ``layout``."""
     require(layout in LAYOUTS, f"layout must be one of {LAYOUTS}, got {layout!r}")
-    table, column = module_table(cfg), LAYOUTS.index(layout)
-    mapping = {}
-    for key in sdunet_keys:
-        module, _, param = key.rpartition(".")
-        require(module in table, f"SDUNet module {module!r} has no entry in the key table (a bug in difflab)")
-        mapping[f"{table[module][column]}.{param}"] = key
-    return mapping
+    return table_key_map(module_table(cfg), LAYOUTS.index(layout), sdunet_keys, "SDUNet")
 
 
 def mapped_state(shapes: dict[str, tuple], read: Callable[[str], torch.Tensor], mapping: dict[str, str],

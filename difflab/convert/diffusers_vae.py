@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from difflab.convert.keymap import load_mapped, read_json_object, weight_files
+from difflab.convert.keymap import table_key_map, load_mapped, read_json_object, weight_files
 from difflab.models.base import require
 from difflab.models.vae import VAE_CONFIGS, AutoencoderKL, AutoencoderKLConfig
 
@@ -119,13 +119,7 @@ def module_table(cfg: AutoencoderKLConfig) -> dict[str, tuple[tuple[str, ...], .
 def key_map(cfg: AutoencoderKLConfig, model_keys, layout: str = "diffusers") -> dict[str, str]:
     """Source key -> AutoencoderKL key for each of ``model_keys`` (a state_dict's), in ``layout``."""
     require(layout in LAYOUTS, f"layout must be one of {LAYOUTS}, got {layout!r}")
-    table, column = module_table(cfg), LAYOUTS.index(layout)
-    mapping = {}
-    for key in model_keys:
-        module, _, param = key.rpartition(".")
-        require(module in table, f"AutoencoderKL module {module!r} has no entry in the key table (a bug in difflab)")
-        mapping.update({f"{theirs}.{param}": key for theirs in table[module][column]})
-    return mapping
+    return table_key_map(module_table(cfg), LAYOUTS.index(layout), model_keys, "AutoencoderKL")
 
 
 def vae_from_tensors(cfg: AutoencoderKLConfig, tensors, layout: str, source: str, prefix: str = "",

@@ -136,3 +136,16 @@ def weights_hash(folder: Path) -> str:
             digest.update(f.read(1 << 20))
         digest.update(str(path.stat().st_size).encode())
     return digest.hexdigest()[:16]
+
+
+def table_key_map(table: dict, column: int, model_keys, what: str) -> dict[str, str]:
+    """Foreign key -> model key for each of ``model_keys`` (a state_dict's), through a module table:
+    ``table[module][column]`` is the module's name (or names) in one foreign layout, and a parameter
+    keeps its last name part (``weight``, ``bias``). ``what`` names the model in the error."""
+    mapping = {}
+    for key in model_keys:
+        module, _, param = key.rpartition(".")
+        require(module in table, f"{what} module {module!r} has no entry in the key table (a bug in difflab)")
+        names = table[module][column]
+        mapping.update({f"{theirs}.{param}": key for theirs in ([names] if isinstance(names, str) else names)})
+    return mapping
