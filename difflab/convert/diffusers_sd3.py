@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from difflab.convert.keymap import load_mapped, read_json_object, weight_files
+from difflab.convert.keymap import component_folder, load_mapped, read_json_object, weight_files
 from difflab.models.base import require
 from difflab.models.mmdit import MMDiT, MMDiTConfig
 
@@ -114,12 +114,7 @@ def load_diffusers_mmdit(folder, dtype: torch.dtype = torch.float32, variant: st
     """The transformer of a diffusers SD3 folder (``transformer/``, or a pipeline folder holding one)
     as an MMDiT. Reads ``config.json`` (refusing what MMDiT lacks, one line each) and the safetensors
     weights lazily, sharded or not; ``variant``: e.g. ``"fp16"``. Nothing runs from the folder."""
-    folder = Path(folder)
-    if (folder / "model_index.json").is_file() and (folder / "transformer").is_dir():
-        folder = folder / "transformer"
-    config = read_json_object(folder / "config.json")
-    require(config.get("_class_name", "SD3Transformer2DModel") == "SD3Transformer2DModel",
-            f"{folder / 'config.json'} describes a {config.get('_class_name')!r}, not an SD3Transformer2DModel")
+    folder, config = component_folder(folder, "transformer", "SD3Transformer2DModel")
     cfg = MMDiTConfig.from_diffusers(config)
     files = weight_files(folder, WEIGHTS_NAME, variant)
     with contextlib.ExitStack() as stack:

@@ -32,13 +32,12 @@ and every shape is compared (naming the key and both shapes) before a tensor is 
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from difflab.convert.keymap import table_key_map, read_json_object, weight_files
+from difflab.convert.keymap import component_folder, table_key_map, weight_files
 from difflab.models.base import require
 from difflab.models.sd_unet import SDUNet, SDUNetConfig
 
@@ -192,13 +191,7 @@ def load_diffusers_unet(folder, dtype: torch.dtype = torch.float32, variant: str
     (``safe_open``): shapes are checked before any tensor is read. ``variant``: e.g. ``"fp16"`` for
     ``diffusion_pytorch_model.fp16.safetensors``. Nothing runs from the folder; nothing is downloaded.
     """
-    folder = Path(folder)
-    if (folder / "model_index.json").is_file() and (folder / "unet").is_dir():
-        folder = folder / "unet"
-    config_file = folder / "config.json"
-    config = read_json_object(config_file)
-    require(config.get("_class_name", "UNet2DConditionModel") == "UNet2DConditionModel",
-            f"{config_file} describes a {config.get('_class_name')!r}, not a UNet2DConditionModel")
+    folder, config = component_folder(folder, "unet", "UNet2DConditionModel")
     cfg = SDUNetConfig.from_diffusers(config)
     files = weight_files(folder, WEIGHTS_NAME, variant)
     with contextlib.ExitStack() as stack:

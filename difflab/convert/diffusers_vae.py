@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from difflab.convert.keymap import table_key_map, load_mapped, read_json_object, weight_files
+from difflab.convert.keymap import component_folder, load_mapped, table_key_map, weight_files
 from difflab.models.base import require
 from difflab.models.vae import VAE_CONFIGS, AutoencoderKL, AutoencoderKLConfig
 
@@ -158,12 +158,7 @@ def load_diffusers_vae(folder, dtype: torch.dtype = torch.float32, variant: str 
     and the safetensors weights lazily. ``variant``: e.g. ``"fp16"`` for
     ``diffusion_pytorch_model.fp16.safetensors``. Nothing runs from the folder; nothing is downloaded.
     """
-    folder = Path(folder)
-    if (folder / "model_index.json").is_file() and (folder / "vae").is_dir():
-        folder = folder / "vae"
-    config = read_json_object(folder / "config.json")
-    require(config.get("_class_name", "AutoencoderKL") == "AutoencoderKL",
-            f"{folder / 'config.json'} describes a {config.get('_class_name')!r}, not an AutoencoderKL")
+    folder, config = component_folder(folder, "vae", "AutoencoderKL")
     cfg = AutoencoderKLConfig.from_diffusers(config)
     files = weight_files(folder, WEIGHTS_NAME, variant)
     require(len(files) == 1, f"{folder}: a sharded VAE is not supported (found {len(files)} shards)")

@@ -149,3 +149,15 @@ def table_key_map(table: dict, column: int, model_keys, what: str) -> dict[str, 
         names = table[module][column]
         mapping.update({f"{theirs}.{param}": key for theirs in ([names] if isinstance(names, str) else names)})
     return mapping
+
+
+def component_folder(folder, part: str, class_name: str) -> tuple[Path, dict]:
+    """A diffusers component folder (``part/`` of a pipeline folder, or the component folder itself)
+    and its checked ``config.json``, which must describe a ``class_name``."""
+    folder = Path(folder)
+    if (folder / "model_index.json").is_file() and (folder / part).is_dir():
+        folder = folder / part
+    config = read_json_object(folder / "config.json")
+    require(config.get("_class_name", class_name) == class_name,
+            f"{folder / 'config.json'} describes {config.get('_class_name')!r}, not {class_name}")
+    return folder, config
