@@ -76,13 +76,27 @@ class VAECodec(Codec):
     clamps to the data range. ``vae`` is any object with ``encode(x).mode()``, ``decode(z)``,
     ``normalize``/``denormalize`` and a ``config`` with ``in_channels``, ``latent_channels`` and
     ``downscale`` (difflab's :class:`~difflab.models.vae.AutoencoderKL`).
+
+    For outputs larger than the VAE comfortably decodes at once: ``slicing`` decodes one image of a
+    batch at a time; ``tile`` (latent pixels) decodes overlapping tiles of ``tile`` x ``tile`` and
+    blends them with weights that fall linearly across the ``overlap``, so peak memory follows the
+    tile, not the image. Tiles see only their neighbourhood (the VAE's middle attention becomes
+    local), so a tiled image differs slightly from a whole one, mostly near the seams.
     """
 
-    def __init__(self, vae):
+    def __init__(self, vae, slicing: bool = False, tile: int | None = None, overlap: int = 16):
         self.vae = vae
         self.channels = vae.config.in_channels
         self.latent_channels = vae.config.latent_channels
         self.downsampling = vae.config.downscale
+        self.slicing = slicing
+        self.set_tiling(tile, overlap)
+
+    def set_tiling(self, tile: int | None = 64, overlap: int = 16) -> None:
+        """Decode in ``tile`` x ``tile`` latent tiles overlapping by ``overlap`` (None: whole)."""
+        if tile is not None and not (isinstance(tile, int) and isinstance(overlap, int) and 0 <= overlap < tile):
+            raise ValueError(f"tiling needs integers 0 <= overlap < tile, got tile={tile!r}, overlap={overlap!r}")
+        self.tile, self.overlap = tile, overlap
 
     def _vae_input(self, x: torch.Tensor) -> torch.Tensor:
         parameter = next(self.vae.parameters())  # the VAE may run in half precision (pipe.to(dtype=...))
@@ -94,7 +108,43 @@ class VAECodec(Codec):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(self.vae.denormalize(self._vae_input(z))).clamp(-1, 1).to(z.dtype)
+        z = self.vae.denormalize(self._vae_input(z))
+        parts = z.split(1) if self.slicing else (z,)
+        return torch.cat([self._decode(part) for part in parts]).clamp(-1, 1).to(z.dtype)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.tile is None or max(z.shape[-2:]) <= self.tile:
+            return self.vae.decode(z)
+        f, (height, width) = self.downsampling, z.shape[-2:]
+        out = weight = None
+        for top in _tile_starts(height, self.tile, self.overlap):
+            for left in _tile_starts(width, self.tile, self.overlap):
+                x = self.vae.decode(z[..., top:top + self.tile, left:left + self.tile])       # [B, C, t*f, t*f]
+                w = _feather(x.shape[-2:], self.overlap * f, x)                               # [1, 1, t*f, t*f]
+                if out is None:
+                    out = x.new_zeros(*x.shape[:2], height * f, width * f)
+                    weight = x.new_zeros(1, 1, height * f, width * f)
+                rows, cols = slice(top * f, top * f + x.shape[-2]), slice(left * f, left * f + x.shape[-1])
+                out[..., rows, cols] += x * w
+                weight[..., rows, cols] += w
+        return out / weight
 
     def __repr__(self) -> str:
         return f"VAECodec(latent_channels={self.latent_channels}, downsampling={self.downsampling})"
+
+
+def _tile_starts(n: int, tile: int, overlap: int) -> list[int]:
+    """Starts of tiles of ``tile`` covering 0..n, ``tile - overlap`` apart, the last flush with n."""
+    starts = list(range(0, max(n - tile, 0) + 1, tile - overlap))
+    if starts[-1] + tile < n:
+        starts.append(n - tile)
+    return starts
+
+
+def _feather(shape, ramp: int, like: torch.Tensor) -> torch.Tensor:
+    """Blend weights of one tile: 1 inside, falling linearly to 1/(ramp+1) at its edges (never 0, so
+    a pixel that one tile alone covers keeps that tile's value exactly)."""
+    def edge(n: int) -> torch.Tensor:
+        distance = torch.minimum(torch.arange(n), torch.arange(n).flip(0)).to(like)           # to the nearer edge
+        return ((distance + 1) / (ramp + 1)).clamp(max=1.0)
+    return (edge(shape[0])[:, None] * edge(shape[1])[None, :])[None, None]

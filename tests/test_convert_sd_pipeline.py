@@ -175,3 +175,17 @@ def test_info_describes_folders_and_files_from_headers_alone(tmp_path):
     (tmp_path / "model.ckpt").write_bytes(b"not opened")
     code, _, err = info(tmp_path / "model.ckpt")
     assert code == 2 and "only .safetensors files are read" in err
+
+
+def test_vae_tiling_and_slicing_on_a_latent_pipeline(tmp_path):
+    folder, _ = tiny_sd_folder(tmp_path)
+    pipe = difflab.Pipeline.from_pretrained(folder)
+    latents = torch.randn(2, 4, 12, 8, generator=torch.Generator().manual_seed(3))
+    whole = pipe(PROMPT, num_images=2, steps=2, latents=latents, width=16, height=24)
+    tiled = pipe.enable_vae_slicing().enable_vae_tiling(tile=6, overlap=2)(PROMPT, num_images=2, steps=2,
+                                                                            latents=latents, width=16, height=24)
+    assert [image.size for image in tiled.images] == [(16, 24)] * 2
+    difference = np.abs(np.asarray(tiled.images[0], dtype=float) - np.asarray(whole.images[0], dtype=float))
+    assert difference.mean() < 40  # tiles see only their neighbourhood: close, not equal
+    with pytest.raises(ValueError, match="pixel space; it has no VAE"):
+        difflab.Pipeline.from_pretrained().enable_vae_tiling()

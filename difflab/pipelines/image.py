@@ -181,6 +181,22 @@ class Pipeline:
             self.dtype = dtype
         return self
 
+    def enable_vae_tiling(self, tile: int = 64, overlap: int = 16) -> "Pipeline":
+        """Decode latents in overlapping ``tile`` x ``tile`` tiles (diffusers' name): memory follows
+        the tile, so outputs larger than the VAE decodes at once fit (:class:`~difflab.codecs.VAECodec`)."""
+        self._latent_codec("enable_vae_tiling").set_tiling(tile, overlap)
+        return self
+
+    def enable_vae_slicing(self) -> "Pipeline":
+        """Decode the images of a batch one at a time (diffusers' name)."""
+        self._latent_codec("enable_vae_slicing").slicing = True
+        return self
+
+    def _latent_codec(self, what: str):
+        if self.vae is None:
+            raise ValueError(f"{what}: this pipeline works in pixel space; it has no VAE")
+        return self.codec
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
