@@ -90,13 +90,15 @@ def validate_text(prompt, name: str = "prompt") -> str:
 
 
 def package_folder(folder) -> Path:
-    """The path of a model package folder (config.json) or a diffusers pipeline folder
-    (model_index.json), checked before anything loads."""
+    """The path of a model package folder (config.json), a diffusers pipeline folder
+    (model_index.json) or a single-file checkpoint, checked before anything loads."""
     if not isinstance(folder, (str, os.PathLike)):
         raise ValueError(f"Pipeline.from_pretrained(folder): folder must be the path of a model package folder "
                          f"(a str or os.PathLike), got {type(folder).__name__} {folder!r}"[:300])
     folder = Path(folder).expanduser()
+    if folder.is_file():  # a single-file checkpoint: difflab.convert.single_file checks its kind and content
+        return folder
     if not (folder / "config.json").is_file() and not (folder / "model_index.json").is_file():
-        raise ValueError(f"{folder} is not a difflab model package (no config.json) nor a diffusers folder "
-                         f"(no model_index.json)")
+        raise ValueError(f"{folder} is not a difflab model package (no config.json), a diffusers folder "
+                         f"(no model_index.json) nor a single .safetensors checkpoint")
     return folder

@@ -126,15 +126,16 @@ def weight_files(folder: Path, stem: str, variant: str | None = None) -> list[Pa
     raise FileNotFoundError(f"{folder} has no {single.name} (nor {index.name})")
 
 
-def weights_hash(folder: Path) -> str:
-    """The recipes' weights id of a diffusers model folder: sha256 of its safetensors files' first MiB
-    and sizes (reading a multi-GB file whole at every load would cost seconds)."""
+def weights_hash(path: Path) -> str:
+    """The recipes' weights id of a safetensors file, or of a diffusers model folder's files: sha256
+    of each file's first MiB and size (reading a multi-GB file whole at every load would cost seconds)."""
     import hashlib
+    path = Path(path)
     digest = hashlib.sha256()
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        with open(path, "rb") as f:
+    for file in [path] if path.is_file() else sorted(path.glob("*.safetensors")):
+        with open(file, "rb") as f:
             digest.update(f.read(1 << 20))
-        digest.update(str(path.stat().st_size).encode())
+        digest.update(str(file.stat().st_size).encode())
     return digest.hexdigest()[:16]
 
 

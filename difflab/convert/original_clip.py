@@ -205,8 +205,8 @@ def load_text_tower(f, prefix: str, layout: str, penultimate: bool = False, proj
     else:
         last = config.num_hidden_layers
         names = open_clip_names(last, projection)
-        skip = {"logit_scale"} | ({"text_projection"} | {k for k in shapes if k.startswith(f"transformer.resblocks.{last}.")}
-                                  if penultimate else set())
+        unused = {"text_projection"} | {k for k in shapes if k.startswith(f"transformer.resblocks.{last}.")}
+        skip = {"logit_scale"} | (unused if penultimate else set())
         view = _View(f, prefix, skip, (".in_proj_weight", ".in_proj_bias"), ("text_projection",))
     load_mapped(model, view, {theirs: _model_key(keys, ours) for theirs, ours in names.items()}, source, prefix)
     for name in [n for n, b in model.named_buffers() if b.is_meta]:   # non-persistent buffers: rebuild them

@@ -12,8 +12,9 @@ and its autoencoder under ``first_stage_model.``)::
             conditioner.embedders.1.model.*                 OpenCLIP ViT-bigG/14 (with text_projection);
             model.diffusion_model.label_emb.*               the UNet's size conditioning
 
-The SDXL refiner (``conditioner.embedders.0.model.`` alone) is recognised and refused; any other key
-set is refused with one line listing the groups of tensors found.
+SD 2.x saved by Stability's sgm code has its OpenCLIP tower under ``conditioner.embedders.0.model.``;
+with a size-conditioned UNet (``label_emb``) that tower alone is the SDXL refiner, recognised and
+refused. Any other key set is refused with one line listing the groups of tensors found.
 
 **Sizes: shapes for everything, published constants for what shapes cannot tell.** The UNet's levels,
 ResNet blocks per level, widths, which levels have transformers and how deep, the context width,
@@ -32,7 +33,9 @@ and a small model built with the same constants loads as well.
 ``"epsilon"`` and SD 2.x is ``"v_prediction"`` (SD 2.0-v and 2.1 at 768 px, which most 2.x
 fine-tunes start from): pass ``prediction_type="epsilon"`` for 2.0/2.1-base (512 px). A file carrying
 ComfyUI's marker tensor ``v_pred`` is v-prediction; with ``ztsnr`` beside it the schedule is
-rescaled to zero terminal SNR (Lin et al. 2024) and sampled on trailing timesteps.
+rescaled to zero terminal SNR (Lin et al. 2024) and sampled on trailing timesteps. (ComfyUI also
+guesses SD 2.x's type from a statistic of one trained bias; that says nothing about other weights,
+so difflab does not.)
 
 Every family shares the schedule (scaled-linear betas 0.00085 to 0.012, 1000 steps, offset 1); the
 default sampler is Euler on leading timesteps (SDXL's published scheduler). Skipped by name: LDM's
@@ -44,7 +47,6 @@ can run code); a truncated file, a missing tensor or a wrong shape is one line n
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -52,7 +54,7 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from difflab.convert.diffusers_folder import SD_DEFAULTS, SDXL_DEFAULTS, CrossAttentionOnly, SizeConditioned
-from difflab.convert.keymap import PICKLE_SUFFIXES
+from difflab.convert.keymap import PICKLE_SUFFIXES, weights_hash
 from difflab.models.base import require
 from difflab.models.sd_unet import SD_UNET_CONFIGS, SDUNetConfig
 from difflab.models.vae import VAE_CONFIGS, AutoencoderKLConfig
@@ -85,30 +87,39 @@ def load_single_file(path, prediction_type: str | None = None) -> dict:
 
     path = _checked_path(path)
     require(prediction_type is None or prediction_type in PREDICTION_TYPES,
-            f"prediction_type must be one of {PREDICTION_TYPES} or None (the family's default), got {prediction_type!r}")
-    with _open(path) as f:
+            f"prediction_type must be one of {PREDICTION_TYPES} or None (the family's default), "
+            f"got {prediction_type!r}")
+    with _open(path) as f:                 # every config and shape is checked before a tensor is read
         keys = list(f.keys())
         family = detect_family(keys, str(path))
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
-        encoder, pooled_dim = _text_encoder(f, family, str(path))
+        text_dim, pooled_dim = _text_widths(shapes, family, keys, str(path))
         cfg = unet_config(shapes, family, pooled_dim, str(path))
         vae_cfg = vae_config(shapes, family, str(path))
-        _check_consistent(cfg, vae_cfg, encoder.dim, family, str(path))
+        _check_consistent(cfg, vae_cfg, text_dim, family, str(path))
+        encoder = _text_encoder(f, family, keys, str(path))
         unet = sd_unet_from_source(cfg, {k[len(UNET):]: v for k, v in shapes.items() if k.startswith(UNET)},
-                                   lambda k: f.get_tensor(UNET + k), "original", f"{path} (UNET {UNET}*)")
+                                   lambda k: f.get_tensor(UNET + k), "original", f"{path} (UNet {UNET}*)")
         codec = VAECodec(vae_from_tensors(vae_cfg, f, "original", f"{path} (VAE {VAE}*)", VAE).requires_grad_(False))
     unet = unet.eval().requires_grad_(False)
-    prediction_type = prediction_type or ("v_prediction" if family == "sd2" or "v_pred" in keys else "epsilon")
-    zero_snr = "ztsnr" in keys
-    scheduler = from_scheduler_config(SCHEDULER | {"prediction_type": prediction_type, "rescale_betas_zero_snr": zero_snr,
-                                                   "timestep_spacing": "trailing" if zero_snr else "leading"})
+    scheduler = from_scheduler_config(_scheduler_config(family, keys, prediction_type))
+    prediction_type = scheduler["prediction_type"]
     model = SizeConditioned(unet, codec.downsampling) if family == "sdxl" else CrossAttentionOnly(unet)
     resolution = 512 if family == "sd2" and prediction_type == "epsilon" else RESOLUTION[family]
     defaults = {**(SDXL_DEFAULTS if family == "sdxl" else SD_DEFAULTS), "sampler": scheduler["sampler"],
                 "spacing": scheduler["spacing"]}
-    return {"model": model, "schedule": scheduler["schedule"], "prediction_type": scheduler["prediction_type"],
+    return {"model": model, "schedule": scheduler["schedule"], "prediction_type": prediction_type,
             "conditioner": Conditioner(encoder), "codec": codec, "resolution": resolution, "name": path.stem,
-            "weights": file_hash(path), "defaults": defaults, "folder": path}
+            "weights": weights_hash(path), "defaults": defaults, "folder": path}
+
+
+def _scheduler_config(family: str, keys, prediction_type: str | None) -> dict:
+    """The family's diffusers scheduler config: the prediction type given, else ComfyUI's ``v_pred``
+    marker, else the family's default (see the module docstring)."""
+    prediction_type = prediction_type or ("v_prediction" if family == "sd2" or "v_pred" in keys else "epsilon")
+    zero_snr = "v_pred" in keys and "ztsnr" in keys                   # as ComfyUI reads the markers
+    return SCHEDULER | {"prediction_type": prediction_type, "rescale_betas_zero_snr": zero_snr,
+                        "timestep_spacing": "trailing" if zero_snr else "leading"}
 
 
 def _checked_path(path) -> Path:
@@ -137,22 +148,32 @@ def _found(keys) -> str:
     return ", ".join(f"{g} ({n})" for g, n in sorted(groups.items(), key=lambda item: -item[1])[:6])
 
 
+def text_parts(family: str, keys) -> tuple[tuple[str, str], ...]:
+    """(prefix, layout) of each text tower of a ``family`` file (SD 2.x saved by Stability's sgm code
+    keeps its OpenCLIP tower under ``conditioner.embedders.0.model.``)."""
+    if family == "sd2" and not any(k.startswith(TEXT["sd2"][0][0]) for k in keys):
+        return (("conditioner.embedders.0.model.", "open_clip"),)
+    return TEXT[family]
+
+
 def detect_family(keys, source: str = "single file") -> str:
     """"sd1", "sd2" or "sdxl" from the key patterns (one line naming what was found if none fits)."""
     def has(prefix):
         return any(k.startswith(prefix) for k in keys)
-    if has("conditioner.embedders.0.model.") and not has("conditioner.embedders.1."):
-        raise ValueError(f"{source}: an SDXL refiner checkpoint (OpenCLIP bigG alone) is recognised but not "
-                         f"loadable; difflab loads SD 1.x, SD 2.x and SDXL base single files")
+    sgm_open_clip = has("conditioner.embedders.0.model.transformer.resblocks.") and not has("conditioner.embedders.1.")
+    if sgm_open_clip and has(UNET + "label_emb."):
+        raise ValueError(f"{source}: an SDXL refiner checkpoint (OpenCLIP bigG alone, size-conditioned UNet) is "
+                         f"recognised but not loadable; difflab loads SD 1.x, SD 2.x and SDXL base single files")
     family = ("sdxl" if has("conditioner.embedders.0.transformer.") and has("conditioner.embedders.1.model.")
-              else "sd2" if has("cond_stage_model.model.transformer.resblocks.")
+              else "sd2" if has("cond_stage_model.model.transformer.resblocks.") or sgm_open_clip
               else "sd1" if has("cond_stage_model.transformer.") else None)
-    require(family is not None and has(UNET) and has(VAE),
-            f"{source}: not an SD 1.x / 2.x or SDXL single-file checkpoint (no UNet {UNET}*, VAE {VAE}* and "
-            f"text encoder of a known layout); found: {_found(keys) or 'no tensors'}")
+    missing = [part for part, found in ((f"UNet ({UNET}*)", has(UNET)), (f"VAE ({VAE}*)", has(VAE)),
+                                        ("text encoder of a known layout", family)) if not found]
+    require(not missing, f"{source}: not an SD 1.x / 2.x or SDXL single-file checkpoint: it has no "
+                         f"{' and no '.join(missing)}; found: {_found(keys) or 'no tensors'}")
     require(family != "sdxl" or has(UNET + "label_emb."),
             f"{source}: SDXL text encoders but a UNet without label_emb (size conditioning); not an SDXL base file")
-    parts = (UNET, VAE) + tuple(prefix for prefix, _ in TEXT[family])
+    parts = (UNET, VAE) + tuple(prefix for prefix, _ in text_parts(family, keys))
     stray = [k for k in keys if not k.startswith(parts + ("model_ema.",)) and k not in LDM_BUFFERS | set(MARKERS)]
     if stray:
         raise ValueError(f"{source}: tensor {stray[0]!r} belongs to no part of a {NAMES[family]} checkpoint "
@@ -160,8 +181,26 @@ def detect_family(keys, source: str = "single file") -> str:
     return family
 
 
-def _text_encoder(f, family: str, source: str):
-    """The family's text encoder (SD 1.x / 2.x: last state; SDXL: both penultimate) and its pooled width."""
+def _text_widths(shapes: dict, family: str, keys, source: str) -> tuple[int, int | None]:
+    """The width of the text tokens the UNet attends to (SDXL: both towers side by side) and SDXL's
+    pooled width, from the shapes (checking each tower's config)."""
+    from difflab.convert.original_clip import text_config
+
+    configs = []
+    for prefix, layout in text_parts(family, keys):
+        tower = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+        try:
+            configs.append(text_config(tower, layout, penultimate=family == "sd2"))
+        except ValueError as error:
+            raise ValueError(f"{source} (text {prefix}*): {error}") from None
+    pooled = configs[-1].get("projection_dim") if family == "sdxl" else None
+    require(family != "sdxl" or pooled is not None,
+            f"{source}: SDXL's second text encoder has no text_projection (its pooled output)")
+    return sum(c["hidden_size"] for c in configs), pooled
+
+
+def _text_encoder(f, family: str, keys, source: str):
+    """The family's text encoder (SD 1.x / 2.x: the last state; SDXL: both penultimate)."""
     from difflab.convert.original_clip import PAD_TOKEN, SingleFileCLIPEncoder, clip_tokenizer, load_text_tower
     from difflab.models.text import DualCLIPEncoder
 
@@ -170,13 +209,12 @@ def _text_encoder(f, family: str, source: str):
         tokenizer = clip_tokenizer(PAD_TOKEN[layout], model.config.max_position_embeddings)
         return SingleFileCLIPEncoder(model, tokenizer, hidden_layer, f"{source}:{prefix}")
     if family != "sdxl":
-        (prefix, layout), = TEXT[family]
-        return encoder(prefix, layout, -1, penultimate=family == "sd2"), None
+        (prefix, layout), = text_parts(family, keys)
+        return encoder(prefix, layout, -1, penultimate=family == "sd2")
     (first, first_layout), (second, second_layout) = TEXT["sdxl"]
-    second = encoder(second, second_layout, -2, projection=True)
-    # force_zeros_for_empty_prompt: true in SDXL base's model_index.json (diffusers' default)
-    return (DualCLIPEncoder(encoder(first, first_layout, -2), second, zero_empty=True),
-            second.model.config.projection_dim)
+    # zero_empty: force_zeros_for_empty_prompt, true in SDXL base's model_index.json (diffusers' default)
+    return DualCLIPEncoder(encoder(first, first_layout, -2), encoder(second, second_layout, -2, projection=True),
+                           zero_empty=True)
 
 
 def _shape(shapes: dict, key: str, source: str, part: str) -> tuple:
@@ -255,13 +293,3 @@ def _check_consistent(cfg: SDUNetConfig, vae_cfg: AutoencoderKLConfig, text_dim:
             f"input channels)")
     require(cfg.context_dim == text_dim, f"{source}: the UNet attends to {cfg.context_dim}-wide text tokens, the "
                                          f"{NAMES[family]} text encoder gives {text_dim}")
-
-
-def file_hash(path: Path) -> str:
-    """The recipes' weights id of a file: sha256 of its first MiB and its size (a full read of a
-    multi-GB file at every load would cost seconds)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        digest.update(f.read(1 << 20))
-    digest.update(str(path.stat().st_size).encode())
-    return digest.hexdigest()[:16]

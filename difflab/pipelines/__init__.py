@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Pipeline": "image", "BUNDLED_MODEL": "image", "DEFAULTS": "image", "sampling_defaults": "image",
+    "Pipeline": "image", "BUNDLED_MODEL": "image", "DEFAULTS": "packaging", "sampling_defaults": "packaging",
+    "save_pipeline": "packaging",
     "Result": "recipes", "read_recipe": "recipes", "validate_recipe": "recipes", "save_png": "recipes",
     "weights_hash": "recipes", "RECIPE_KEY": "recipes",
 }

@@ -30,84 +30,21 @@ from difflab.codecs import Codec, PixelCodec
 from difflab.conditioning import Conditioner
 from difflab.data import shapes_grammar as shapes
 from difflab.data.images import to_images
-from difflab.denoisers import validate_prediction_type
 from difflab.settings import package_folder, validate_text
 from difflab.pipelines import edit
+from difflab.pipelines.packaging import (DEFAULTS, check_pipeline_sections, codec_from_header, sampling_defaults,
+                                        save_pipeline)
 from difflab.pipelines.recipes import Result, validate_recipe, weights_hash
-from difflab.sampling import (DEFAULT_SAMPLER, sample, validate_device, validate_dtype, validate_guidance_rescale,
+from difflab.sampling import (sample, validate_device, validate_dtype, validate_guidance_rescale,
                               validate_settings)
 from difflab.schedules import NoiseSchedule
 
 BUNDLED_MODEL = Path(__file__).parent.parent / "assets" / "models" / "shapes"
-DEFAULTS = {"steps": 20, "sampler": DEFAULT_SAMPLER, "guidance_scale": 3.0, "spacing": None}
 # Every word the shapes world's grammar uses (difflab.data.shapes_grammar): a prompt with others is
 # outside what a shapes model has seen.
 SHAPES_WORDS = frozenset(" ".join([*shapes.SHAPES, *shapes.PLURALS.values(), *shapes.COLOURS, *shapes.SIZES,
                                    *shapes.BACKGROUNDS, *shapes.POSITIONS, *shapes.COUNTS, *shapes.RELATIONS,
                                    "a an and on background grey"]).split())
-
-
-def sampling_defaults(section, folder) -> dict:
-    """The package's recommended settings (its ``sampling`` section) over difflab's ``DEFAULTS``.
-
-    A model's best sampler and guidance are measured on the model, so they travel with it, as a
-    scheduler config does in diffusers. Unknown keys and bad values are refused at load time.
-    """
-    where = f"{folder}/config.json 'sampling'"
-    if not isinstance(section, dict) or set(section) - set(DEFAULTS):
-        raise ValueError(f"{where} must be a table with keys among {', '.join(DEFAULTS)}, got {section!r}")
-    values = {**DEFAULTS, **section}
-    try:
-        validate_settings(values["sampler"], values["steps"], values["spacing"], values["guidance_scale"])
-    except ValueError as error:
-        raise type(error)(f"{where}: {error}") from None
-    return values
-
-
-def _package_folder(folder) -> Path:
-    return BUNDLED_MODEL if folder is None else package_folder(folder)
-
-
-PIPELINE_KEYS = {"diffusion": ("schedule", "prediction_type"), "conditioning": ("encoder",),
-                 "data": ("resolution", "channels")}
-
-
-def check_pipeline_sections(header: dict, folder: Path) -> tuple[NoiseSchedule, PixelCodec]:
-    """The sections a pipeline needs, checked (with the limits) before the network is built;
-    returns the noise schedule and the codec."""
-    where = folder / "config.json"
-    for section, keys in PIPELINE_KEYS.items():
-        if section not in header:
-            raise ValueError(f"{folder} lacks the '{section}' section a pipeline needs; was it made by difflab train?")
-        if not isinstance(header[section], dict):
-            raise ValueError(f"{where}: the '{section}' section must be a JSON object, got {header[section]!r}"[:300])
-        missing = [key for key in keys if key not in header[section]]
-        if missing:
-            raise ValueError(f"{where}: the '{section}' section has no {' or '.join(map(repr, missing))}, "
-                             f"which a pipeline needs")
-    try:
-        validate_prediction_type(header["diffusion"]["prediction_type"])
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: diffusion.prediction_type: {error}") from None
-    resolution = header["data"]["resolution"]
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-        raise ValueError(f"{where}: data.resolution must be a positive integer, got {resolution!r}")
-    limits.check("pixels", resolution * resolution, f"{where}: data.resolution {resolution}: pixels per image "
-                                                     f"({resolution}x{resolution})")
-    schedule = header["diffusion"]["schedule"]
-    if not isinstance(schedule, dict):
-        raise ValueError(f"{where}: diffusion.schedule must be a JSON object, got {schedule!r}"[:300])
-    timesteps = schedule.get("num_train_timesteps", 0)
-    if isinstance(timesteps, int):
-        limits.check("train_timesteps", timesteps, f"{where}: diffusion.schedule.num_train_timesteps")
-    try:
-        schedule = NoiseSchedule.from_config(schedule)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: diffusion.schedule: {error}") from None
-    try:
-        return schedule, PixelCodec(header["data"]["channels"])
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: data.channels: {error}") from None
 
 
 @dataclass
@@ -139,12 +76,15 @@ class Pipeline:
             self.codec = PixelCodec(3)
 
     @classmethod
-    def from_pretrained(cls, folder=None) -> "Pipeline":
+    def from_pretrained(cls, folder=None, prediction_type: str | None = None) -> "Pipeline":
         """The pipeline of a model package folder (default: the bundled shapes model). Its sections,
         sampling defaults and network size are checked before the network is built."""
         from difflab.models.package import load_package, read_config
         from difflab.models.text import text_encoder_from_spec
-        folder = _package_folder(folder)
+        folder = BUNDLED_MODEL if folder is None else package_folder(folder)
+        if folder.is_file():  # an SD 1.x/2.x/SDXL single file; prediction_type settles SD 2.x's ambiguity
+            from difflab.convert.single_file import load_single_file
+            return cls(**load_single_file(folder, prediction_type=prediction_type))
         from difflab.convert.diffusers_folder import is_diffusers_folder, load_diffusers
         if is_diffusers_folder(folder):
             return cls(**load_diffusers(folder))
@@ -161,9 +101,14 @@ class Pipeline:
         except (TypeError, ValueError) as error:
             raise ValueError(f"{folder / 'config.json'}: conditioning.encoder: {error}") from None
         return cls(model=model, schedule=schedule, prediction_type=meta["diffusion"]["prediction_type"],
-                   conditioner=Conditioner(encoder), codec=codec, resolution=meta["data"]["resolution"],
-                   name=folder.name, weights=weights_hash(folder), defaults=defaults, folder=folder,
-                   dataset=meta["data"].get("dataset"))
+                   conditioner=Conditioner(encoder), codec=codec_from_header(header, folder, codec),
+                   resolution=meta["data"]["resolution"], name=folder.name, weights=weights_hash(folder),
+                   defaults=defaults, folder=folder, dataset=meta["data"].get("dataset"))
+
+    def save_pretrained(self, folder) -> Path:
+        """Write this pipeline as a difflab package (network, sampling defaults, text encoder spec,
+        and the VAE in ``vae/`` for a latent model); :meth:`from_pretrained` reads it back."""
+        return save_pipeline(self, folder)
 
     def to(self, device=None, dtype=None) -> "Pipeline":
         """Move (and cast) the network, the VAE and the text encoder, as diffusers' ``pipe.to``:

@@ -1,0 +1,51 @@
+"""Pipeline.save_pretrained writes a package that from_pretrained reads back to the same images:
+pixel models, and latent models whose VAE travels in vae/."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import difflab
+from difflab.codecs import VAECodec
+from difflab.models.text import ClassLabelEncoder
+from difflab.models.unet import UNet
+from difflab.models.vae import AutoencoderKL
+
+
+def same_images(a, b) -> bool:
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a.images, b.images))
+
+
+def test_the_bundled_model_saved_and_reloaded_makes_the_same_images(tmp_path):
+    pipe = difflab.Pipeline.from_pretrained()
+    saved = pipe.save_pretrained(tmp_path / "copy")
+    again = difflab.Pipeline.from_pretrained(saved)
+    assert again.defaults == pipe.defaults and again.weights == pipe.weights
+    assert same_images(pipe("a red circle", seed=2, steps=4), again("a red circle", seed=2, steps=4))
+    with pytest.raises(FileExistsError, match="exists"):
+        pipe.save_pretrained(saved)
+
+
+def test_a_latent_package_keeps_its_vae(tmp_path):
+    torch.manual_seed(0)
+    vae = AutoencoderKL(channels=(16, 32), latent_channels=4, norm_groups=8, scaling_factor=0.7).eval()
+    model = UNet(in_channels=4, out_channels=4, channels=(16, 32), attention_levels=(), norm_groups=8,
+                 num_classes=3).eval()
+    pipe = difflab.Pipeline(model, difflab.NoiseSchedule.scaled_linear(), "epsilon", ClassLabelEncoder(["a", "b", "c"]),
+                            VAECodec(vae), resolution=16, name="latent")
+    saved = pipe.save_pretrained(tmp_path / "latent")
+    assert json.loads((saved / "config.json").read_text())["codec"] == {"type": "vae", "path": "vae"}
+    again = difflab.Pipeline.from_pretrained(saved)
+    assert again.vae is not None and again.vae.config.scaling_factor == 0.7
+    assert same_images(pipe(1, seed=0, steps=3), again(1, seed=0, steps=3))
+
+
+def test_a_diffusers_loaded_pipeline_says_how_to_keep_it(tmp_path):
+    from test_convert_sd_pipeline import tiny_sd_folder
+    folder, _ = tiny_sd_folder(tmp_path)
+    with pytest.raises(ValueError, match="saved by keeping that folder"):
+        difflab.Pipeline.from_pretrained(folder).save_pretrained(tmp_path / "copy")
