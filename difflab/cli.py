@@ -161,7 +161,8 @@ def generate(
     guidance: Guidance = None,
     negative: str = typer.Option(None, help="negative prompt"),
     spacing: str = typer.Option(None, help="sigma spacing: trailing, leading, linspace, karras, exponential"),
-    model: str = typer.Option(None, help="a model package folder (default: the bundled model)"),
+    model: str = typer.Option(None, help="a difflab package, a diffusers folder (SD 1.x/2.x, SDXL, SD3) or a single "
+                                         ".safetensors checkpoint (SD 1.x/2.x, SDXL); default: the bundled model"),
     out: str = typer.Option("outputs", help="folder for the PNGs"),
     overwrite: bool = typer.Option(False, help="replace files of the same name in --out (never a link or an "
                                                 "input); by default a taken name gets a counter prefix"),
