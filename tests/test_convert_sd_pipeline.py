@@ -147,7 +147,7 @@ def test_refusals_name_the_problem(tmp_path):
     (folder / "vae").rename(tmp_path / "elsewhere")
     with pytest.raises(FileNotFoundError, match="has no vae/ folder"):
         difflab.Pipeline.from_pretrained(folder)
-    with pytest.raises(ValueError, match="nor a diffusers folder"):
+    with pytest.raises(ValueError, match="nor a single .safetensors checkpoint"):
         difflab.Pipeline.from_pretrained(tmp_path / "tok")
 
 

@@ -83,3 +83,21 @@ def test_pngs_carry_a1111_parameters_and_a1111_sampler_names_get_a_hint(pipe, tm
         pipe("a red circle", sampler="DPM++ 2M Karras")
     with pytest.raises(ValueError, match=r"AUTOMATIC1111's name for sampler 'euler_ancestral'\)"):
         pipe("a red circle", sampler="Euler a")
+
+
+def test_model_cpu_offload_hooks_every_stage_and_changes_no_pixel(tmp_path):
+    """On this CPU-only machine the offload target is the CPU itself: this checks that accelerate's
+    hooks wrap the text model, the network and the VAE and that images do not change; what the GPU
+    saves is for a machine with one."""
+    from test_convert_sd_pipeline import PROMPT, tiny_sd_folder
+    folder, _ = tiny_sd_folder(tmp_path)
+    pipe = difflab.Pipeline.from_pretrained(folder)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    before = pipe(PROMPT, steps=3, latents=latents)
+    pipe.enable_model_cpu_offload("cpu")
+    assert all(hasattr(module, "_hf_hook") for module in (pipe.encoder.model, pipe.model, pipe.vae))
+    assert pipe.device == torch.device("cpu")
+    after = pipe(PROMPT, steps=3, latents=latents)
+    assert np.array_equal(pixels(before), pixels(after))
+    with pytest.raises(ValueError, match="not available on this machine"):
+        pipe.enable_model_cpu_offload("cuda:3")

@@ -126,6 +126,19 @@ class Pipeline:
             self.dtype = dtype
         return self
 
+    def enable_model_cpu_offload(self, device="cuda") -> "Pipeline":
+        """Keep the text encoder(s), the network and the VAE in CPU memory, each moved to ``device``
+        only while it runs (accelerate's ``cpu_offload_with_hook``, chained; diffusers' name): the
+        GPU holds one of them at a time, at the cost of a transfer per stage."""
+        from accelerate import cpu_offload_with_hook
+        device = validate_device(device)
+        hook = None
+        for module in [*_text_modules(self.conditioner.encoder, device), self.model, self.vae]:
+            if module is not None:
+                _, hook = cpu_offload_with_hook(module.to("cpu"), device, prev_module_hook=hook)
+        self._execution_device = device
+        return self
+
     def enable_vae_tiling(self, tile: int = 64, overlap: int = 16) -> "Pipeline":
         """Decode latents in overlapping ``tile`` x ``tile`` tiles (diffusers' name): memory follows
         the tile, so outputs larger than the VAE decodes at once fit (:class:`~difflab.codecs.VAECodec`)."""
@@ -144,7 +157,8 @@ class Pipeline:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where sampling runs: the network's device, or the offload target."""
+        return getattr(self, "_execution_device", None) or next(self.model.parameters()).device
 
     @property
     def encoder(self):
@@ -294,6 +308,21 @@ def _as_list(value, name: str) -> list:
     if not isinstance(values, (list, tuple)) or not values:
         raise ValueError(f"{name} must be a string or a non-empty list of strings, got {value!r}"[:300])
     return list(values)
+
+
+def _text_modules(encoder, device) -> list:
+    """The torch modules inside a text encoder (nested encoders included), whose token tensors are
+    then made on ``device``."""
+    from difflab.models.text import TextEncoder
+    modules = []
+    if isinstance(encoder, TextEncoder):
+        encoder.device = device
+        for value in vars(encoder).values():
+            if isinstance(value, torch.nn.Module):
+                modules.append(value)
+            elif isinstance(value, TextEncoder):
+                modules += _text_modules(value, device)
+    return modules
 
 
 def _network_in(model, dtype: torch.dtype):
