@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
+import diffusers  # the [dev] extra: a reference, never skipped
+import transformers
+import tokenizers
 from test_convert_sd_pipeline import PROMPT, tiny_clip, tiny_tokenizer  # noqa: E402
 from test_convert_sd_unet import randomize  # noqa: E402
 

@@ -26,7 +26,6 @@ import math
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
 from diffusers import UNet2DConditionModel  # noqa: E402
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402

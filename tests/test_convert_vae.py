@@ -16,7 +16,7 @@ from difflab.convert.diffusers_vae import (key_map, load_diffusers_vae, load_sin
                                            original_from_diffusers_state, vae_from_diffusers_state)
 from difflab.models.vae import VAE_CONFIGS, AutoencoderKL, AutoencoderKLConfig
 
-diffusers = pytest.importorskip("diffusers")
+import diffusers  # the [dev] extra: a reference, never skipped
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 CONFIGS = {  # tiny diffusers AutoencoderKL settings; norm_num_groups 8 throughout
