@@ -18,7 +18,8 @@ images), text tokens [2, 77, 768], fp32, inference mode.
 
     python benchmarks/real_models.py                         # SD 1.5, 5 rounds (~5 min on 2 cores)
     python benchmarks/real_models.py --rounds 3 --out benchmarks/results/real_models.json
-    python benchmarks/real_models.py --models sd15,sdxl      # + SDXL at 1024x1024: ~11 GB per process, ~30 min
+    python benchmarks/real_models.py --models sd15,sdxl      # + SDXL at 1024x1024: ~12 GB per process, ~30 min
+    python benchmarks/real_models.py --models sdxl --speed-only   # SDXL speed alone (~15 min)
 """
 
 from __future__ import annotations
@@ -204,9 +205,9 @@ def worker(args: list[str], threads: int, clock: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(family: str, rounds: int, threads: int, clock: str) -> dict:
+def measure(family: str, rounds: int, threads: int, clock: str, memory: bool = True) -> dict:
     result = {"family": family}
-    for which in MODELS:                                                      # memory first: one model per process
+    for which in MODELS if memory else ():                                   # memory first: one model per process
         print(f"{family}: memory of {which} (own process)", file=sys.stderr, flush=True)
         result[f"memory_{which}"] = worker(["memory", family, which], threads, clock)
     print(f"{family}: speed, both models, {rounds} rounds", file=sys.stderr, flush=True)
@@ -219,15 +220,21 @@ def rows_of(result: dict) -> list[dict]:
     base = statistics.median(speed["times"]["diffusers"])
     rows = []
     for which in MODELS:
-        ts, mem = speed["times"][which], result[f"memory_{which}"]
+        ts, mem = speed["times"][which], result.get(f"memory_{which}")
         sec = statistics.median(ts)
-        peak = max(c["peak_kb"] for c in mem["calls"])
-        rows.append(dict(family=family, model=which, params=speed["params"], seconds=sec, min=min(ts), max=max(ts),
-                         speedup=base / sec, gflop=speed["flops"][which] / 1e9,
-                         gflop_s=speed["flops"][which] / sec / 1e9,
-                         weights_gb=mem["weights_bytes"] / 1e9, loaded_gb=mem["rss_loaded_kb"] * 1024 / 1e9,
-                         above_gb=(peak - mem["rss_loaded_kb"]) * 1024 / 1e9, peak_gb=peak * 1024 / 1e9))
+        row = dict(family=family, model=which, params=speed["params"], seconds=sec, min=min(ts), max=max(ts),
+                   speedup=base / sec, gflop=speed["flops"][which] / 1e9, gflop_s=speed["flops"][which] / sec / 1e9,
+                   weights_gb=None, loaded_gb=None, above_gb=None, peak_gb=None)      # None: --speed-only
+        if mem is not None:
+            peak = max(c["peak_kb"] for c in mem["calls"])
+            row.update(weights_gb=mem["weights_bytes"] / 1e9, loaded_gb=mem["rss_loaded_kb"] * 1024 / 1e9,
+                       above_gb=(peak - mem["rss_loaded_kb"]) * 1024 / 1e9, peak_gb=peak * 1024 / 1e9)
+        rows.append(row)
     return rows
+
+
+def _gb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} GB"
 
 
 def table(results: list[dict]) -> str:
@@ -240,8 +247,7 @@ def table(results: list[dict]) -> str:
         for r, name in zip(rows_of(res), label):
             lines.append(f"| {NAMES[r['family']]}, {r['params'] / 1e6:.0f} M | {name} | {r['seconds']:.2f} "
                          f"| {r['min']:.2f}-{r['max']:.2f} | {r['speedup']:.2f}x | {r['gflop']:.0f} "
-                         f"| {r['gflop_s']:.0f} | {r['loaded_gb']:.2f} GB | {r['above_gb']:.2f} GB "
-                         f"| {r['peak_gb']:.2f} GB |")
+                         f"| {r['gflop_s']:.0f} | {_gb(r['loaded_gb'])} | {_gb(r['above_gb'])} | {_gb(r['peak_gb'])} |")
         s = res["speed"]
         relative = s["max_abs_diff"] / s["max_abs_ref"]
         notes.append(f"{res['family']}: max |difflab - diffusers| = {s['max_abs_diff']:.3g} "
@@ -266,6 +272,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall: elapsed time; cpu: process CPU time (use with --threads 1 on a busy machine)")
+    parser.add_argument("--speed-only", action="store_true", help="skip the memory processes")
     parser.add_argument("--out", type=Path, help="write the raw measurements as JSON here")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -282,7 +289,7 @@ def main(argv=None):
     if unknown or args.rounds < 1 or args.threads < 1:
         parser.error(f"models must be among {list(CONFIGS)} (got {unknown}); rounds and threads must be >= 1")
     started = time.perf_counter()
-    results = [measure(f, args.rounds, args.threads, args.clock) for f in families]
+    results = [measure(f, args.rounds, args.threads, args.clock, not args.speed_only) for f in families]
     info = dict(machine(), threads=args.threads, clock=args.clock, rounds=args.rounds, batch=BATCH,
                 minutes=(time.perf_counter() - started) / 60)
     print(f"torch {info['torch']}, diffusers {info['diffusers']}, {args.threads} threads, {args.clock} clock, "
