@@ -23,19 +23,25 @@ from difflab.parameterization import PARAMETERIZATIONS
 from difflab.settings import TIMESTEP_SAMPLINGS, WEIGHTINGS
 
 LR_SCHEDULES = ("constant", "cosine")
+TASKS = ("denoise", "vae")
+DENOISER_MODEL = dict(channels=(64, 128, 128), layers_per_block=2, attention_levels=(1, 2), head_dim=32)
+VAE_MODEL = dict(class_name="AutoencoderKL", channels=(64, 128, 128), layers_per_block=1, latent_channels=4)
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine", "flow")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A training run. ``model`` holds the UNet's architecture fields (see ``difflab.models.UNetConfig``)."""
+    """A training run. ``model`` holds the network's architecture fields (``class_name``: UNet, the
+    default, DiT, MMDiT or, for ``task="vae"``, AutoencoderKL; see ``difflab.models``)."""
 
+    task: str = "denoise"                 # denoise: a diffusion model; vae: the autoencoder of latent diffusion
     dataset: str = "shapes"               # what to train on (folder: an image folder, set data_dir)
     data_dir: str | None = None           # the image folder of dataset=folder (captions: metadata.jsonl or .txt)
     resolution: int = 32                  # training image side in pixels (a multiple of 4)
-    model: dict = field(default_factory=lambda: dict(channels=(64, 128, 128), layers_per_block=2,
-                                                     attention_levels=(1, 2), head_dim=32))  # network: [model] in --config
+    model: dict = field(default_factory=lambda: dict(DENOISER_MODEL))  # network: [model] in --config
+    vae: str | None = None                # denoise: a VAE package (or a package with vae/): train in its latent space
+    kl_weight: float = 1e-6               # vae: weight of the KL term (per latent element) against L1 (per pixel)
     text_encoder: str = "minilm"          # shapes / folder: "minilm" or a local CLIP/T5 folder
     prediction_type: str = "v_prediction"  # what the network predicts (the parameterization)
     schedule: str = "cosine"              # the noise schedule (forward process)
@@ -67,6 +73,17 @@ class TrainConfig:
     init_from: str | None = None          # a model package whose weights start the run (fine-tune / grow)
 
     def __post_init__(self):
+        _check(self.task in TASKS, "task", self.task, f"one of {TASKS}")
+        if self.task == "vae" and self.model == DENOISER_MODEL:  # the denoiser's default table: the VAE's instead
+            object.__setattr__(self, "model", dict(VAE_MODEL))
+        _check(self.task == "denoise" or isinstance(self.model, dict) and self.model.get("class_name") == "AutoencoderKL",
+               "model.class_name", isinstance(self.model, dict) and self.model.get("class_name"),
+               "AutoencoderKL for task=vae")
+        _check(self.task == "denoise" or self.vae is None, "vae", self.vae, "None for task=vae (it trains one)")
+        _check(self.vae is None or (isinstance(self.vae, str) and self.vae), "vae", self.vae,
+               "a VAE package folder or None")
+        _check(isinstance(self.kl_weight, (int, float)) and math.isfinite(self.kl_weight) and self.kl_weight >= 0,
+               "kl_weight", self.kl_weight, "a non-negative number")
         _check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {tuple(DATASETS)}")
         _check(self.dataset != "folder" or self.data_dir, "data_dir", self.data_dir, "a folder for dataset=folder")
         _check(_int(self.resolution, 8) and self.resolution % 4 == 0, "resolution", self.resolution,
@@ -118,7 +135,7 @@ def field_help() -> dict[str, str]:
             name = match.group(1)
         if name and "  # " in line:
             comments[name] = line.split("  # ", 1)[1].strip()
-    choices = {"dataset": DATASETS, "prediction_type": PARAMETERIZATIONS, "schedule": SCHEDULE_KINDS,
+    choices = {"task": TASKS, "dataset": DATASETS, "prediction_type": PARAMETERIZATIONS, "schedule": SCHEDULE_KINDS,
                "loss_weighting": WEIGHTINGS, "timestep_sampling": TIMESTEP_SAMPLINGS, "lr_schedule": LR_SCHEDULES,
                "mixed_precision": MIXED_PRECISIONS}
     for name, allowed in choices.items():
@@ -150,6 +167,10 @@ PRESETS: dict[str, dict] = {
                               attention_positions=True),
                    loss_weighting="min_snr_plus_one", batch_size=32, max_steps=20000, checkpoint_every=250, lr=5e-4,
                    lr_warmup=200, lr_schedule="constant", ema_decay=0.999, sample_every=1000),
+    # the first stage of latent diffusion on shapes at 64x64: 4 x 16 x 16 latents
+    "vae-shapes": dict(task="vae", resolution=64, model=dict(VAE_MODEL), batch_size=32, max_steps=20000,
+                       checkpoint_every=500, lr=2e-4, lr_warmup=200, lr_schedule="cosine", ema_decay=0.999,
+                       sample_every=2000),
     "digits": dict(dataset="digits", resolution=16, model=dict(channels=(32, 64, 64), layers_per_block=1,
                                                                attention_levels=(2,), head_dim=32),
                    batch_size=64, max_steps=3000, checkpoint_every=1000, lr=5e-4, lr_warmup=100),

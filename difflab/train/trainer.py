@@ -27,6 +27,8 @@ from difflab.train import checkpoint as ckpt
 from difflab.train.batches import TrainingData
 from difflab.train.config import TrainConfig
 from difflab.conditioning import Conditioner
+from difflab.train.latents import (VAE_FOLDER, LatentCache, check_vae_fits, latent_statistics, load_vae,
+                                   save_with_vae, with_normalisation)
 from difflab.train.objectives import OBJECTIVES, Batch
 from difflab.train.optim import ema_decay_at, ema_update, lr_at
 
@@ -63,8 +65,18 @@ def make_model(config: TrainConfig, channels: int, conditioner: Conditioner):
     return create_model(class_name, in_channels=channels, out_channels=channels, **model_args)
 
 
+def make_autoencoder(config: TrainConfig, channels: int):
+    """The AutoencoderKL of ``task="vae"`` from ``config.model`` (its ``class_name`` is AutoencoderKL)."""
+    from difflab.models import create_model
+    model_args = dict(config.model)
+    model_args.pop("class_name")
+    return create_model("AutoencoderKL", in_channels=channels, **model_args)
+
+
 def make_objective(config: TrainConfig, schedule: NoiseSchedule, conditioner: Conditioner, accelerator,
                    channels_last: bool):
+    if config.task == "vae":
+        return OBJECTIVES["reconstruction"](config.kl_weight, seed=config.seed, autocast=accelerator.autocast)
     return OBJECTIVES["denoising"](schedule, config.prediction_type, conditioner, weighting=config.loss_weighting,
                                    snr_gamma=config.snr_gamma, timestep_sampling=config.timestep_sampling,
                                    cond_dropout=config.cond_dropout, seed=config.seed, channels_last=channels_last,
@@ -132,9 +144,18 @@ class Trainer:
                              f"grad_accum ({config.grad_accum})")
         self.schedule = make_schedule(config)
         self.data = TrainingData(config, dataset)
-        self.conditioner = make_conditioner(config, self.data)
+        self.vae = self.latents = self.conditioner = None
+        if config.vae:  # latent diffusion: the network works on the VAE's normalised latents
+            self.vae = load_vae(config.vae)
+            check_vae_fits(self.vae, self.data.channels, config.resolution)
         torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
-        model = make_model(config, self.data.channels, self.conditioner)
+        if config.task == "vae":
+            model = make_autoencoder(config, self.data.channels)
+        else:
+            self.conditioner = make_conditioner(config, self.data)
+            torch.manual_seed(config.seed)
+            channels = self.vae.config.latent_channels if self.vae is not None else self.data.channels
+            model = make_model(config, channels, self.conditioner)
         self.parent_training = None
         if config.init_from and not resume:
             line, self.parent_training = warm_start(model, config.init_from)
@@ -149,6 +170,9 @@ class Trainer:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                       foreach=True)  # the per-parameter loop is slow on CPU
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self.vae is not None:
+            self.vae.to(self.accelerator.device)
+            self.latents = LatentCache(self.vae, self.data)
         self.step, self.samples_seen, self.bad_in_a_row, self.skipped = 0, 0, 0, 0
         if resume:
             self._resume()
@@ -194,8 +218,13 @@ class Trainer:
         return [positions[i:i + size] for i in range(0, per_process, size)]
 
     def micro_loss(self, positions: list[int]) -> torch.Tensor:
-        images, conditions = self.data.batch(positions)
-        return self.objective.loss(self.model, Batch(images.to(self.accelerator.device), conditions, positions))
+        device = self.accelerator.device
+        if self.latents is not None:
+            x0, conditions = self.latents.batch(positions, device)
+        else:
+            images, conditions = self.data.batch(positions)
+            x0 = images.to(device)
+        return self.objective.loss(self.model, Batch(x0, conditions, positions))
 
     def train_step(self) -> float:
         config, acc = self.config, self.accelerator
@@ -230,7 +259,8 @@ class Trainer:
         config, acc = self.config, self.accelerator
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.log(f"training {config.dataset} on {acc.num_processes} process(es), device {acc.device}, "
+            what = "a VAE" if config.task == "vae" else "a latent denoiser" if self.vae is not None else "a denoiser"
+            self.log(f"training {what} on {config.dataset} on {acc.num_processes} process(es), device {acc.device}, "
                      f"precision {acc.mixed_precision}, global batch {config.batch_size}, "
                      f"{self.unwrapped.num_parameters / 1e6:.2f}M parameters, steps {self.step}->{config.max_steps}")
         bar = _progress(acc.is_main_process, config.max_steps, self.step)
@@ -286,17 +316,31 @@ class Trainer:
 
     def package_metadata(self) -> dict:
         config = self.config
+        training = {**config.to_dict(), "steps_done": self.step, "skipped_steps": self.skipped,
+                    **({"parent": self.parent_training} if self.parent_training else {})}
+        data = {"dataset": config.dataset, "resolution": config.resolution, "channels": self.data.channels}
+        if config.task == "vae":
+            return {"data": data, "training": training}
         return {
+            **({"codec": {"type": "vae", "path": VAE_FOLDER}} if self.vae is not None else {}),
             "diffusion": {"schedule": self.schedule.to_config(), "prediction_type": config.prediction_type},
             "conditioning": {"encoder": self.conditioner.spec, "null": self.conditioner.null},
-            "data": {"dataset": config.dataset, "resolution": config.resolution, "channels": self.data.channels},
-            "training": {**config.to_dict(), "steps_done": self.step, "skipped_steps": self.skipped,
-                         **({"parent": self.parent_training} if self.parent_training else {})},
+            "data": data,
+            "training": training,
         }
 
     def export(self) -> Path:
-        """OUT/model: a model package whose weights are the EMA weights."""
-        return self.ema_model().save_pretrained(self.out / "model", metadata=self.package_metadata())
+        """OUT/model: a model package whose weights are the EMA weights. A VAE's config gets the
+        latent normalisation measured on the first 1024 training items; a latent denoiser's package
+        holds its VAE in ``vae/``."""
+        model, folder = self.ema_model(), self.out / "model"
+        if self.config.task == "vae":
+            images, _ = self.data.batch(list(range(min(1024, len(self.data)))))
+            model = with_normalisation(model, *latent_statistics(model.to(self.accelerator.device), images))
+            return model.save_pretrained(folder, metadata=self.package_metadata())
+        if self.vae is None:
+            return model.save_pretrained(folder, metadata=self.package_metadata())
+        return save_with_vae(model, self.vae, folder, self.package_metadata())
 
     def ema_model(self):
         """A copy of the network holding the EMA weights."""
@@ -306,15 +350,31 @@ class Trainer:
 
     def pipeline(self):
         """A :class:`~difflab.Pipeline` over the EMA weights, built through its public constructor."""
-        from difflab.codecs import PixelCodec
+        from difflab.codecs import PixelCodec, VAECodec
         from difflab.pipelines import Pipeline
-        return Pipeline(self.ema_model(), self.schedule, self.config.prediction_type, self.conditioner,
-                        PixelCodec(self.data.channels), self.config.resolution, name="training")
+        codec = VAECodec(self.vae) if self.vae is not None else PixelCodec(self.data.channels)
+        return Pipeline(self.ema_model().to(self.accelerator.device), self.schedule, self.config.prediction_type,
+                        self.conditioner, codec, self.config.resolution, name="training")
 
     def write_sample_grid(self):
+        if self.config.task == "vae":
+            return self.write_reconstructions()
         prompts = getattr(self.data.dataset, "preview_prompts", None) or [self.data.item(p)[1] for p in range(4)]
         result = self.pipeline()(list(prompts), seed=0, steps=20)
         grid = result.grid()
+        write_file(self.out / f"samples-step-{self.step}.png", lambda f: grid.save(f, format="PNG"), overwrite=True)
+
+
+    @torch.no_grad()
+    def write_reconstructions(self):
+        """OUT/samples-step-N.png: eight training images above their reconstructions (posterior means)."""
+        from difflab.data import to_images
+        from difflab.pipelines.recipes import Result
+        images, _ = self.data.batch(list(range(min(8, len(self.data)))))
+        model = self.ema_model().to(self.accelerator.device)
+        x = images.to(self.accelerator.device)
+        rows = to_images(torch.cat([x, model.decode(model.encode(x).mode()).clamp(-1, 1)]).float().cpu())
+        grid = Result(rows, []).grid(columns=len(images))
         write_file(self.out / f"samples-step-{self.step}.png", lambda f: grid.save(f, format="PNG"), overwrite=True)
 
 

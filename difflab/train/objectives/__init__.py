@@ -2,7 +2,8 @@
 
 from difflab.train.objectives.base import Batch, Objective
 from difflab.train.objectives.denoising import DenoisingObjective, draw_per_sample, loss_weights
+from difflab.train.objectives.reconstruction import ReconstructionObjective
 
-OBJECTIVES = {DenoisingObjective.name: DenoisingObjective}
+OBJECTIVES = {DenoisingObjective.name: DenoisingObjective, ReconstructionObjective.name: ReconstructionObjective}
 
-__all__ = ["Batch", "Objective", "DenoisingObjective", "OBJECTIVES", "draw_per_sample", "loss_weights"]
+__all__ = ["Batch", "Objective", "DenoisingObjective", "ReconstructionObjective", "OBJECTIVES", "draw_per_sample", "loss_weights"]
