@@ -344,11 +344,12 @@ def eval_(
     fid: bool = typer.Option(True, help="also compute FID/KID against real renders"),
     out: str = typer.Option(None, help="JSON report path (default: outputs/eval/eval-MODEL-PROMPTS-LIMIT-HASH.json;"
                                        " a taken name gets a counter prefix)"),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N | mps: where the images are generated"),
 ) -> None:
     """Generate the prompt set, score it with the shapes oracle and FID/KID; print a table, write JSON."""
     from difflab.metrics.evaluation import EvalConfig, evaluate, format_summary
 
-    config = EvalConfig(model, prompts, sampler, steps, guidance, batch_size, limit, fid, out)
+    config = EvalConfig(model, prompts, sampler, steps, guidance, batch_size, limit, fid, out, device)
     config.validate()
     _quiet_loading()
     typer.echo(format_summary(evaluate(config)))

@@ -40,11 +40,25 @@ class Codec:
         return (batch, self.latent_channels, height // self.downsampling, width // self.downsampling)
 
     def downsample_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """An edit mask [B, 1, H, W] in data space -> model space (1 = regenerate)."""
+        """An edit mask [B, 1, H, W] in data space -> model space (1 = regenerate).
+
+        A model-space cell is regenerated, wholly, when any of its pixels is masked (conservative:
+        every masked pixel decodes from a regenerated cell). The feathering of a soft mask is then
+        applied in data space, after decoding (:meth:`compose`)."""
         if self.downsampling == 1:
             return mask
-        # a model-space cell is regenerated when any of its pixels is: the kept region stays exact
-        return torch.nn.functional.max_pool2d(mask, self.downsampling)
+        return (torch.nn.functional.max_pool2d(mask, self.downsampling) > 0).to(mask.dtype)
+
+    def compose(self, generated: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """An edit's result in data space: ``mask * generated + (1 - mask) * image``, so every pixel
+        outside the mask (mask 0) is the input's exactly, whatever the decoder did near the seam.
+
+        Without downsampling the model-space result already blended with this very mask (a soft
+        mask feathers once, there); only the kept pixels are restored, exactly."""
+        mask, image = mask.to(generated), image.to(generated)
+        if self.downsampling == 1:
+            return torch.where(mask > 0, generated, image)
+        return mask * generated + (1 - mask) * image
 
 
 class PixelCodec(Codec):

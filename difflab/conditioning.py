@@ -36,8 +36,12 @@ class Conditioner:
     classifier-free guidance and conditioning dropout use.
 
     Each prompt is encoded on its own (and cached), so its embedding never depends on which prompts
-    share its batch: a batch of N equals N single calls.
+    share its batch: a batch of N equals N single calls. ``batch_encode = True`` encodes a call's new
+    prompts together instead (the trainer does so on GPUs, whose kernels are not bitwise reproducible
+    anyway, where one-at-a-time encoding would starve the GPU).
     """
+
+    batch_encode = False
 
     def __init__(self, encoder, extra: Sequence[ConditionSource] = ()):
         self.encoder = encoder
@@ -79,7 +83,7 @@ class Conditioner:
 
     def _text(self, prompts: list, device) -> dict:
         with self._lock:
-            for prompt in dict.fromkeys(prompts):
+            for prompt in () if self.batch_encode else dict.fromkeys(prompts):
                 self.encoder.encode([prompt])  # fills the cache one prompt at a time
             tokens, mask, pooled = self.encoder.encode(prompts)
         return {"context": tokens.to(device), "context_mask": mask.to(device), "pooled": pooled.to(device)}

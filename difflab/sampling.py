@@ -44,11 +44,13 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
     ``cond``/``uncond`` are the model's keyword arguments for the prompt and the negative/empty
     prompt; guidance applies when ``guidance_scale != 1``. Returns x0 in the model's data space.
 
-    Editing (``image`` in data space, the shape of the output): ``strength`` < 1 runs only the last
-    ``int(steps * strength)`` steps of the grid, starting from the image noised to that level
-    (image-to-image, diffusers' meaning; strength 1 ignores the image and equals text-to-image,
-    strength 0 returns it). ``mask`` ([B or 1, 1, H, W] in [0, 1], 1 = regenerate) keeps the image
-    outside the mask at every step and exactly in the result (inpainting).
+    Editing (``image`` in data space, the shape of the output): ``strength`` < 1 is image-to-image
+    by noise level (SDEdit, Meng et al. 2022, Sec. 3): the image is noised to the level at fraction
+    ``strength`` of the schedule's model time and denoised from there on the spacing's grid of
+    ``max(1, round(strength * steps))`` steps (see :func:`edit_sigmas`), so a strength changes the
+    image by the same amount whatever the spacing. Strength 1 ignores the image and equals
+    text-to-image; strength 0 returns the image. ``mask`` ([B or 1, 1, H, W] in [0, 1], 1 =
+    regenerate) keeps the image outside the mask at every step and exactly in the result (inpainting).
 
     ``device`` (default: the model's) must exist here; ``dtype`` is a floating-point torch dtype or
     one of the names in ``DTYPES`` (default float32). Steps and the sample's size are bounded by
@@ -60,11 +62,10 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
     device = validate_device(device) if device is not None else _model_device(model)
     dtype = validate_dtype(dtype)
     z = _initial_noise(noise, shape, streams, device, dtype)
-    sigmas = schedule.sigmas(steps, spacing)
-    image, mask, first = _validate_edit(image, strength, mask, z, steps)
-    if image is not None and mask is None and first == steps:
+    image, mask = _validate_edit(image, strength, mask, z)
+    if image is not None and mask is None and strength == 0:
         return image.to(device=device, dtype=dtype)  # strength 0: nothing to run
-    sigmas = sigmas[first:]
+    sigmas = schedule.sigmas(steps, spacing) if image is None else edit_sigmas(schedule, steps, spacing, strength)
     start_at_infinity = math.isinf(float(sigmas[0]))
     if start_at_infinity and not get_parameterization(prediction_type).handles_pure_noise:
         raise ValueError(f"this grid starts at pure noise (sigma = inf), which a model of the "
@@ -80,14 +81,12 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
     x = z if start_at_infinity else z / float(alpha0)
     if image is not None:
         image = image.to(device=device, dtype=dtype)
-        if first > 0 and not start_at_infinity:
+        if strength < 1 and not start_at_infinity:
             x = image + float(sigmas[0]) * z  # q(x_t | x0) in VE coordinates
         if mask is not None:
             mask = mask.to(device=device, dtype=dtype)
             denoiser = Inpaint(denoiser, image, mask, z)
             x = mask * x + (1 - mask) * (z if start_at_infinity else image + float(sigmas[0]) * z)
-    if streams is not None and first:
-        streams = _Offset(streams, first)  # stochastic steps keep their step numbers of the full grid
 
     total = _count_evals(sampler, len(sigmas) - 1, start_at_infinity)
     with _Progress(denoiser, total, progress) as counted:
@@ -97,22 +96,45 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
     return out if mask is None else mask * out + (1 - mask) * image
 
 
-def _validate_edit(image, strength, mask, z, steps):
-    """Checks of image / strength / mask; returns them and the index of the first grid step to run."""
+def edit_sigmas(schedule: NoiseSchedule, steps: int, spacing: str | None, strength: float) -> torch.Tensor:
+    """The sigma grid of an edit of ``strength`` in [0, 1] (SDEdit, Meng et al. 2022, Sec. 3: perturb
+    the input to an intermediate time t0, then solve the reverse process from t0).
+
+    The start is a noise level, not a step index: the sigma at model time ``strength * t_max``
+    (t_max = T - 1 for discrete schedules, T for flow, where it is taken on the shifted grid as SD3's
+    img2img does). diffusers' img2img lands there too on its leading / trailing grids
+    (``init_timestep = int(steps * strength)`` of them); cutting a karras grid by index would not:
+    on a zero-terminal-SNR schedule its first steps all lie above sigma 40. Below the start runs the
+    spacing's own grid of ``max(1, round(strength * steps))`` steps (``NoiseSchedule.sigmas(start=)``:
+    karras from sigma(t0) to sigma_min, the timestep spacings scaled onto [0, t0]), so every spacing
+    starts at the same sigma. Strength 1 is the full grid (text-to-image).
+    """
+    if strength == 1:
+        return schedule.sigmas(steps, spacing)
+    return schedule.sigmas(max(1, int(strength * steps + 0.5)), spacing, start=strength_time(schedule, strength))
+
+
+def strength_time(schedule: NoiseSchedule, strength: float) -> float:
+    """Model time where an edit of ``strength`` starts (see :func:`edit_sigmas`)."""
+    if not schedule.is_flow:
+        return strength * (schedule.num_train_timesteps - 1)
+    shifted = schedule.shift * strength / (1 + (schedule.shift - 1) * strength)  # SD3 eq. 23
+    return shifted * schedule.num_train_timesteps
+
+
+def _validate_edit(image, strength, mask, z):
+    """Checks of image / strength / mask; returns image and mask."""
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
     if image is None:
         if mask is not None or strength != 1.0:
             raise ValueError("strength < 1 and mask need an image to edit")
-        return None, None, 0
+        return None, None
     if not isinstance(image, torch.Tensor) or image.shape != z.shape:
         raise ValueError(f"image must be a tensor of the output's shape {tuple(z.shape)}, "
                          f"got {getattr(image, 'shape', type(image).__name__)}")
     if not torch.isfinite(image).all():
         raise ValueError("image contains non-finite values")
-    run_steps = int(steps * strength)
-    if mask is None and strength > 0 and run_steps == 0:
-        raise ValueError(f"strength {strength} with {steps} steps runs no step; use strength >= 1/steps or more steps")
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or mask.ndim != z.ndim or mask.shape[1] != 1 \
                 or mask.shape[2:] != z.shape[2:] or mask.shape[0] not in (1, z.shape[0]):
@@ -120,21 +142,7 @@ def _validate_edit(image, strength, mask, z, steps):
                              f"image, got {getattr(mask, 'shape', type(mask).__name__)}")
         if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
             raise ValueError("mask values must lie in [0, 1] (1 = regenerate)")
-        run_steps = max(run_steps, 1)
-    return image, mask, steps - run_steps
-
-
-class _Offset:
-    """Noise streams seen from step ``offset`` on."""
-
-    def __init__(self, streams, offset: int):
-        self.streams, self.offset = streams, offset
-
-    def __len__(self):
-        return len(self.streams)
-
-    def __call__(self, like, step, sub=0):
-        return self.streams(like, step + self.offset, sub)
+    return image, mask
 
 
 def validate_settings(sampler, steps, spacing, guidance_scale) -> None:
@@ -265,5 +273,5 @@ class _Progress:
         return self.denoiser(x, sigma, **kwargs)
 
 
-__all__ = ["sample", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "DTYPES", "PREDICTION_TYPES", "validate_settings",
+__all__ = ["sample", "edit_sigmas", "strength_time", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "DTYPES", "PREDICTION_TYPES", "validate_settings",
            "validate_device", "validate_dtype"]

@@ -204,14 +204,20 @@ class NoiseSchedule:
         return alpha.to(like).reshape(shape), sigma_t.to(like).reshape(shape)
 
     # ----- sigma grids -----------------------------------------------------------------------
-    def sigmas(self, n: int, spacing: str | None = None, steps_offset: int | None = None) -> torch.Tensor:
+    def sigmas(self, n: int, spacing: str | None = None, steps_offset: int | None = None,
+               start: float | None = None) -> torch.Tensor:
         """``n`` sampling steps -> ``n + 1`` descending VE sigmas (float64) ending in 0.
 
         leading / trailing / linspace follow diffusers' ``timestep_spacing`` (Lin et al. 2023,
         Table 2; linspace keeps fractional timesteps as diffusers' Euler schedulers do); karras is
         Karras et al. (2022) eq. 5 with rho = 7; exponential is uniform in log sigma. ``steps_offset``
         (default: the schedule's) shifts 'leading' timesteps, as diffusers' scheduler configs do.
+        ``start`` (a model time; an edit's start, see ``difflab.sampling.edit_sigmas``) begins the
+        grid at ``sigma(start)``: karras and exponential ramp from there to sigma_min, the timestep
+        spacings lay their n-step grid onto [0, start] (model times scaled by start / first time).
         """
+        if start is not None:
+            return self._sigmas_from(n, spacing, float(start), steps_offset)
         steps_offset = self.steps_offset if steps_offset is None else steps_offset
         spacing = self.default_spacing if spacing is None else spacing
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -246,11 +252,23 @@ class NoiseSchedule:
         u = shifted(u)
         return u / (1 - u)
 
-    def _ramp_sigmas(self, n: int, spacing: str) -> torch.Tensor:
-        """Karras / exponential ramps between sigma_min and sigma_max. With a pure-noise endpoint
-        the grid starts at inf and the ramp covers the remaining n - 1 levels from the largest
-        finite training sigma."""
-        sigma_min, sigma_max = self.sigma_min, self.sigma_max
+    def _sigmas_from(self, n: int, spacing: str | None, start: float, steps_offset: int | None) -> torch.Tensor:
+        full = self.sigmas(n, spacing, steps_offset)  # also checks n and spacing
+        sigma_start = self.sigma(start).reshape(1)
+        if n == 1 or math.isinf(sigma_start):
+            return torch.cat([sigma_start, full[1:]])
+        if (spacing or self.default_spacing) in ("karras", "exponential"):
+            sigmas = self._ramp_sigmas(n, spacing or self.default_spacing, float(sigma_start))
+        else:
+            t = self.timesteps(full)
+            sigmas = self.sigma(t / t[0] * start)  # t / t[0] is exactly 1 at the first level
+        return torch.cat([sigmas, full[-1:]])
+
+    def _ramp_sigmas(self, n: int, spacing: str, sigma_max: float | None = None) -> torch.Tensor:
+        """Karras / exponential ramps between sigma_min and sigma_max (default: the schedule's).
+        With a pure-noise endpoint the grid starts at inf and the ramp covers the remaining n - 1
+        levels from the largest finite training sigma."""
+        sigma_min, sigma_max = self.sigma_min, self.sigma_max if sigma_max is None else sigma_max
         start_at_infinity = math.isinf(sigma_max)
         if start_at_infinity:
             sigma_max = float(self.sigma(self.num_train_timesteps - (1 if self.is_flow else 2)))

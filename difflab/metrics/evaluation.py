@@ -32,6 +32,7 @@ class EvalConfig:
     limit: int | None = None            # a balanced sample of N entries (quick looks); None = all
     fid: bool = True
     out: str | None = None              # JSON path; None = outputs/eval/eval-MODEL-PROMPTS-LIMIT-HASH.json
+    device: str = "cpu"                 # where the pipeline runs (the oracle and FID run on the CPU)
 
     def validate(self) -> None:
         """Every argument checked before any model is loaded; errors say what is allowed."""
@@ -51,6 +52,8 @@ class EvalConfig:
             limits.check("steps", self.steps, "sampling steps (--steps)")
         if self.guidance_scale is not None and not 0 <= self.guidance_scale <= 100:
             raise ValueError(f"--guidance must be a number in [0, 100], got {self.guidance_scale!r}")
+        if not (isinstance(self.device, str) and self.device.split(":")[0] in ("cpu", "cuda", "mps")):
+            raise ValueError(f"--device must be cpu, cuda, cuda:N or mps, got {self.device!r}")
         if self.out is not None:
             check_output_file(self.out)
         else:
@@ -104,6 +107,8 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict:
     config.validate()
     entries = balanced(load_prompts(config.prompts), config.limit)
     pipe = Pipeline.from_pretrained(config.model)
+    if config.device != "cpu":
+        pipe.to(config.device)
     if pipe.channels != 3:
         raise ValueError(f"{config.prompts} needs an RGB text-to-image model; {config.model} makes "
                          f"{pipe.channels}-channel images")

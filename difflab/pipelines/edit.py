@@ -2,7 +2,10 @@
 
 All three reduce to ``difflab.sample(image=, strength=, mask=)`` in model space (the codec encodes
 the image and shrinks the mask), so they work with every sampler, every parameterization and every
-codec (pixels or latents).
+codec (pixels or latents). The result is composed with the input again in data space, after
+decoding (:meth:`Edit.result`): a latent inpaint keeps every unmasked pixel exactly too.
+``strength`` is a noise level (SDEdit; see ``difflab.sampling.edit_sigmas``), the same amount of
+change whatever the sigma spacing.
 Outpainting pads the canvas by (left, right, top, bottom) pixels and inpaints the new border.
 
 Inputs are bounded before they cost anything (:mod:`difflab.limits`): an image file's pixels are
@@ -41,6 +44,14 @@ class Edit:
         """The edit in model space, as ``difflab.sample``'s keyword arguments."""
         mask = None if self.mask is None else codec.downsample_mask(self.mask)
         return {"image": codec.encode(self.image), "strength": self.strength, "mask": mask}
+
+    def result(self, codec, x: torch.Tensor) -> torch.Tensor:
+        """Model-space samples -> the edit's images in data space, [-1, 1]. Decoding is composed
+        with the input in data space (:meth:`Codec.compose`), so an inpainted or outpainted image
+        keeps every unmasked pixel exactly, with a latent codec too; strength 0 is the input."""
+        if self.mask is None:
+            return self.image.to(x) if self.strength == 0 else codec.decode(x)
+        return codec.compose(codec.decode(x), self.image, self.mask)
 
     def recipe(self) -> dict:
         return dict(self.record)

@@ -219,7 +219,7 @@ class Pipeline:
                    guidance_scale=settings["guidance_scale"], guidance_rescale=guidance_rescale,
                    callback=callback, progress=progress, device=self.device,
                    **(edits.sample_args(self.codec) if edits else {}))
-        images = to_images(self.codec.decode(x))
+        images = to_images(edits.result(self.codec, x) if edits else self.codec.decode(x))
         given = {"latents": "given"} if noise is not None else {}  # not replayable from the recipe alone
         recipes = [self._recipe(p, n, s, settings, guidance_rescale, size) | (edits.recipe() if edits else {}) | given
                    for p, n, s in zip(prompts, negatives, seeds)]

@@ -62,6 +62,7 @@ class TrainConfig:
     ema_warmup: bool = True               # ramp the EMA decay up over the first steps
     mixed_precision: str = "auto"         # auto = bf16 on a GPU that has it, fp32 on CPU
     max_steps: int = 1000                 # optimiser steps of the whole run
+    max_minutes: float = 0.0              # stop (checkpoint, export) after this many wall-clock minutes of this invocation; 0: no limit
     checkpoint_every: int = 250           # steps between checkpoints; 0: only at the end
     keep_checkpoints: int = 2             # newest checkpoints kept
     sample_every: int = 0                 # steps between sample grids; 0: only at the end
@@ -107,6 +108,8 @@ class TrainConfig:
             _check(_int(getattr(self, name), 1), name, getattr(self, name), "a positive integer")
         for name in ("checkpoint_every", "sample_every", "lr_warmup", "seed", "num_workers", "threads"):
             _check(_int(getattr(self, name), 0), name, getattr(self, name), "a non-negative integer")
+        _check(isinstance(self.max_minutes, (int, float)) and math.isfinite(self.max_minutes) and self.max_minutes >= 0,
+               "max_minutes", self.max_minutes, "a non-negative number of minutes")
         for name in ("lr", "snr_gamma", "flow_shift"):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, name, value,

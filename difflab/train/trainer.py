@@ -170,6 +170,11 @@ class Trainer:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                       foreach=True)  # the per-parameter loop is slow on CPU
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if cuda and self.conditioner is not None and not self.conditioner.class_labels:
+            encoder = self.conditioner.encoder  # on the GPU, in batches, every caption of the dataset kept
+            encoder.to(self.accelerator.device)
+            encoder.cache_size = max(encoder.cache_size, len(self.data) + 1)
+            self.conditioner.batch_encode = True
         if self.vae is not None:
             self.vae.to(self.accelerator.device)
             self.latents = LatentCache(self.vae, self.data)
@@ -266,6 +271,9 @@ class Trainer:
         bar = _progress(acc.is_main_process, config.max_steps, self.step)
         log_rows, started, start_step = [], time.perf_counter(), self.step
         while self.step < config.max_steps:
+            if config.max_minutes and self._out_of_time(started):
+                self.log(f"stopping at step {self.step}: max_minutes={config.max_minutes} reached")
+                break
             loss = self.train_step()
             if self.bad_in_a_row >= config.max_bad_steps:
                 raise TrainingStopped(f"{self.bad_in_a_row} consecutive non-finite losses at step {self.step}; "
@@ -294,6 +302,14 @@ class Trainer:
             self.export()
         acc.wait_for_everyone()
         return self.out / "model"
+
+    def _out_of_time(self, started: float) -> bool:
+        """Whether ``max_minutes`` has passed; every process takes the same decision."""
+        over = time.perf_counter() - started > 60 * self.config.max_minutes
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor(float(over), device=self.accelerator.device)
+            over = bool(self.accelerator.reduce(flag, reduction="sum") > 0)
+        return over
 
     def _write_log(self, rows):
         if not self.accelerator.is_main_process:
@@ -396,7 +412,7 @@ def tensorboard_writer(folder: Path):
 
 
 OPERATIONAL_FIELDS = ("checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "num_workers",
-                      "max_bad_steps", "threads", "max_steps")  # max_steps: extend or end a run early
+                      "max_bad_steps", "threads", "max_steps", "max_minutes")  # max_steps: extend or end a run early
 
 
 def _math_fields(config: dict) -> dict:
