@@ -170,6 +170,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                       foreach=True)  # the per-parameter loop is slow on CPU
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.ema = {k: v.to(self.accelerator.device) for k, v in self.ema.items()}  # beside the weights
         if cuda and self.conditioner is not None and not self.conditioner.class_labels:
             encoder = self.conditioner.encoder  # on the GPU, in batches, every caption of the dataset kept
             encoder.to(self.accelerator.device)
@@ -196,7 +197,7 @@ class Trainer:
             raise ValueError(f"the checkpoint in {path} was made with another configuration; resume with the same "
                              "flags or start a new --out")
         self.unwrapped.load_state_dict(saved["model"])
-        self.ema = {k: v.float() for k, v in saved["ema"].items()}
+        self.ema = {k: v.float().to(self.accelerator.device) for k, v in saved["ema"].items()}
         self.optimizer.load_state_dict(saved["optimizer"])
         self.step, self.samples_seen = state["step"], state["samples_seen"]
         self.skipped = state["skipped"]
@@ -271,9 +272,6 @@ class Trainer:
         bar = _progress(acc.is_main_process, config.max_steps, self.step)
         log_rows, started, start_step = [], time.perf_counter(), self.step
         while self.step < config.max_steps:
-            if config.max_minutes and self._out_of_time(started):
-                self.log(f"stopping at step {self.step}: max_minutes={config.max_minutes} reached")
-                break
             loss = self.train_step()
             if self.bad_in_a_row >= config.max_bad_steps:
                 raise TrainingStopped(f"{self.bad_in_a_row} consecutive non-finite losses at step {self.step}; "
@@ -283,7 +281,8 @@ class Trainer:
             rate = (self.step - start_step) * config.batch_size / (time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}", skipped=self.skipped)
-            if self.step % config.log_every == 0 or self.step == config.max_steps:
+            out_of_time = bool(config.max_minutes) and self._out_of_time(started)
+            if self.step % config.log_every == 0 or self.step == config.max_steps or out_of_time:
                 log_rows.append({"step": self.step, "loss": loss, "images_per_s": rate, "skipped": self.skipped,
                                  "lr": self.optimizer.param_groups[0]["lr"]})
                 self._write_log(log_rows)
@@ -295,6 +294,9 @@ class Trainer:
                     self.write_sample_grid()
                 except Exception as error:  # a preview must never end a training run
                     self.log(f"could not write the sample grid at step {self.step}: {error!r}")
+            if out_of_time:
+                self.log(f"stopping at step {self.step}: max_minutes={config.max_minutes} reached")
+                break
         bar.close()
         if self.step % max(config.checkpoint_every, 1) != 0 or not config.checkpoint_every:
             self.save_checkpoint()
