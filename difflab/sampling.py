@@ -102,8 +102,8 @@ def edit_sigmas(schedule: NoiseSchedule, steps: int, spacing: str | None, streng
 
     The start is a noise level, not a step index: the sigma at model time ``strength * t_max``
     (t_max = T - 1 for discrete schedules, T for flow, where it is taken on the shifted grid as SD3's
-    img2img does). diffusers' img2img lands there too on its leading / trailing grids
-    (``init_timestep = int(steps * strength)`` of them); cutting a karras grid by index would not:
+    img2img does). diffusers' img2img starts within one of its steps of there on its leading /
+    trailing grids (``init_timestep = int(steps * strength)``); cutting a karras grid by index does not:
     on a zero-terminal-SNR schedule its first steps all lie above sigma 40. Below the start runs the
     spacing's own grid of ``max(1, round(strength * steps))`` steps (``NoiseSchedule.sigmas(start=)``:
     karras from sigma(t0) to sigma_min, the timestep spacings scaled onto [0, t0]), so every spacing
@@ -273,5 +273,5 @@ class _Progress:
         return self.denoiser(x, sigma, **kwargs)
 
 
-__all__ = ["sample", "edit_sigmas", "strength_time", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "DTYPES", "PREDICTION_TYPES", "validate_settings",
-           "validate_device", "validate_dtype"]
+__all__ = ["sample", "edit_sigmas", "strength_time", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "DTYPES", "PREDICTION_TYPES",
+           "validate_settings", "validate_device", "validate_dtype"]

@@ -75,7 +75,7 @@ def test_inpainting_keeps_known_pixels_for_every_prediction_type():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(image=IMAGE, strength=1.5), "strength"), (dict(image=IMAGE, strength=0.01), "runs no step"),
+    (dict(image=IMAGE, strength=1.5), "strength"), (dict(image=IMAGE, strength=-0.1), "strength"),
     (dict(image=IMAGE, mask=Image.new("L", (8, 8))), "mask size"), (dict(strength=0.5), "image="),
     (dict(image=Image.new("RGB", (17, 16))), "multiples of 2"), (dict(image=IMAGE, mask=MASK, outpaint=(1, 0, 0, 0)), "one edit"),
     (dict(image=IMAGE, outpaint=(0, 0, 0, 0)), "outpaint"), (dict(image="photo.png"), "PIL image"),
