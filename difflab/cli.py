@@ -169,7 +169,7 @@ def generate(
     grid: bool = typer.Option(False, help="also write a grid of all images"),
     recipe: str = typer.Option(None, help="replay the recipe stored in a PNG written by difflab"),
     image: str = typer.Option(None, help="input image to edit (image-to-image, inpainting, outpainting)"),
-    strength: float = typer.Option(None, help="image-to-image: fraction of the steps that run (0..1)"),
+    strength: float = typer.Option(None, help="image-to-image: noise level to start from, as a fraction of the schedule (0..1; SDEdit)"),
     mask: str = typer.Option(None, help="inpainting mask image: white = regenerate"),
     outpaint: str = typer.Option(None, help="outpainting: pixels to add as LEFT,RIGHT,TOP,BOTTOM"),
     mask_blur: float = typer.Option(0.0, help="feather the inpainting seam (pixels, inside the mask)"),

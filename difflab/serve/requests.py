@@ -55,7 +55,7 @@ class JobRequest(BaseModel):
     model: StrictStr | None = Field(None, description="a name from GET /api/v1/models; null: the first")
     image: StrictStr | None = Field(None, description="image to edit: an upload id, base64 or a data: URL")
     mask: StrictStr | None = Field(None, description="inpainting mask (white = regenerate), as image")
-    strength: Number | None = Field(None, description="image-to-image: fraction of the steps that run, 0..1")
+    strength: Number | None = Field(None, description="image-to-image: noise level to start from, as a fraction of the schedule, 0..1 (SDEdit)")
     outpaint: list[StrictInt] | None = Field(None, description="outpainting: [left, right, top, bottom] pixels")
     mask_blur: Number = Field(0.0, description="feather the inpainting seam (pixels)")
 
