@@ -103,3 +103,15 @@ def save_with_vae(model, vae, folder: Path, metadata: dict) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+@torch.no_grad()
+def reconstruction_grid(vae, images: torch.Tensor):
+    """A PIL grid: ``images`` [N, C, H, W] in [-1, 1] above their reconstructions (posterior means)."""
+    from difflab.data import to_images
+    from difflab.pipelines.recipes import Result
+    parameter = next(vae.parameters())
+    x = images.to(parameter.device, parameter.dtype)
+    rows = to_images(torch.cat([x, vae.decode(vae.encode(x).mode()).clamp(-1, 1)]).float().cpu())
+    return Result(rows, []).grid(columns=len(images))
+

@@ -28,7 +28,7 @@ from difflab.train.batches import TrainingData
 from difflab.train.config import TrainConfig
 from difflab.conditioning import Conditioner
 from difflab.train.latents import (VAE_FOLDER, LatentCache, check_vae_fits, latent_statistics, load_vae,
-                                   save_with_vae, with_normalisation)
+                                   reconstruction_grid, save_with_vae, with_normalisation)
 from difflab.train.objectives import OBJECTIVES, Batch
 from difflab.train.optim import ema_decay_at, ema_update, lr_at
 
@@ -383,16 +383,10 @@ class Trainer:
         write_file(self.out / f"samples-step-{self.step}.png", lambda f: grid.save(f, format="PNG"), overwrite=True)
 
 
-    @torch.no_grad()
     def write_reconstructions(self):
-        """OUT/samples-step-N.png: eight training images above their reconstructions (posterior means)."""
-        from difflab.data import to_images
-        from difflab.pipelines.recipes import Result
+        """OUT/samples-step-N.png: eight training images above their reconstructions."""
         images, _ = self.data.batch(list(range(min(8, len(self.data)))))
-        model = self.ema_model().to(self.accelerator.device)
-        x = images.to(self.accelerator.device)
-        rows = to_images(torch.cat([x, model.decode(model.encode(x).mode()).clamp(-1, 1)]).float().cpu())
-        grid = Result(rows, []).grid(columns=len(images))
+        grid = reconstruction_grid(self.ema_model().to(self.accelerator.device), images)
         write_file(self.out / f"samples-step-{self.step}.png", lambda f: grid.save(f, format="PNG"), overwrite=True)
 
 
