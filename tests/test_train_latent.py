@@ -19,6 +19,7 @@ from difflab.models.vae import AutoencoderKL
 from difflab.pipelines import Pipeline
 from difflab.train import Trainer, TrainConfig, preset, train
 from difflab.train import checkpoint as ckpt
+from test_train import held_out_loss  # pytest puts tests/ on sys.path (prepend import mode)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TINY_VAE = dict(class_name="AutoencoderKL", channels=(8, 16), norm_groups=4, latent_channels=4, mid_attention=False)
@@ -30,14 +31,6 @@ QUIET = dict(log=lambda *a: None)
 @pytest.fixture(scope="module")
 def vae_package(tmp_path_factory):
     return train(VAE_RUN, tmp_path_factory.mktemp("vae"), **QUIET)
-
-
-def held_out_loss(trainer, positions):
-    state = torch.get_rng_state()
-    with torch.no_grad():
-        loss = trainer.micro_loss(positions).item()
-    torch.set_rng_state(state)
-    return loss
 
 
 def test_vae_loss_falls(tmp_path):
