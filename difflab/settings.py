@@ -89,16 +89,26 @@ def validate_text(prompt, name: str = "prompt") -> str:
     return prompt
 
 
+# Models that ship inside difflab, by name: ``--model shapes-v1`` works from any folder. A path that
+# exists wins over a name, so a local folder called "shapes" is still that folder.
+BUNDLED_MODELS = {"shapes": Path(__file__).parent / "assets" / "models" / "shapes"}
+BUNDLED_MODELS["shapes-v1"] = BUNDLED_MODELS["shapes"]      # the first bundled model, kept by name
+
+
 def package_folder(folder) -> Path:
     """The path of a model package folder (config.json), a diffusers pipeline folder
-    (model_index.json) or a single-file checkpoint, checked before anything loads."""
+    (model_index.json), a single-file checkpoint or a bundled model's name (:data:`BUNDLED_MODELS`),
+    checked before anything loads."""
     if not isinstance(folder, (str, os.PathLike)):
         raise ValueError(f"Pipeline.from_pretrained(folder): folder must be the path of a model package folder "
                          f"(a str or os.PathLike), got {type(folder).__name__} {folder!r}"[:300])
+    if isinstance(folder, str) and folder in BUNDLED_MODELS and not Path(folder).exists():
+        return BUNDLED_MODELS[folder]
     folder = Path(folder).expanduser()
     if folder.is_file():  # a single-file checkpoint: difflab.convert.single_file checks its kind and content
         return folder
     if not (folder / "config.json").is_file() and not (folder / "model_index.json").is_file():
         raise ValueError(f"{folder} is not a difflab model package (no config.json), a diffusers folder "
-                         f"(no model_index.json) nor a single .safetensors checkpoint")
+                         f"(no model_index.json), a single .safetensors checkpoint nor a bundled model "
+                         f"({', '.join(BUNDLED_MODELS)})")
     return folder

@@ -4,6 +4,7 @@ pixel models, and latent models whose VAE travels in vae/."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,3 +50,15 @@ def test_a_diffusers_loaded_pipeline_says_how_to_keep_it(tmp_path):
     folder, _ = tiny_sd_folder(tmp_path)
     with pytest.raises(ValueError, match="saved by keeping that folder"):
         difflab.Pipeline.from_pretrained(folder).save_pretrained(tmp_path / "copy")
+
+
+def test_bundled_models_load_by_name_and_a_real_path_wins(tmp_path, monkeypatch):
+    from difflab.pipelines import BUNDLED_MODEL, Pipeline
+    from difflab.settings import BUNDLED_MODELS, package_folder
+    assert package_folder("shapes-v1") == BUNDLED_MODEL == BUNDLED_MODELS["shapes"]
+    pipe = Pipeline.from_pretrained("shapes-v1")
+    assert Path(pipe.folder) == BUNDLED_MODEL
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shapes-v1").mkdir()                      # a local folder of that name is that folder
+    with pytest.raises(ValueError, match="is not a difflab model package"):
+        package_folder("shapes-v1")

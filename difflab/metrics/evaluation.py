@@ -37,11 +37,11 @@ class EvalConfig:
     def validate(self) -> None:
         """Every argument checked before any model is loaded; errors say what is allowed."""
         from difflab import limits
-        from difflab.settings import SAMPLER_NAMES
+        from difflab.settings import BUNDLED_MODELS, SAMPLER_NAMES
 
-        if not Path(self.model).is_dir():
-            raise ValueError(f"MODEL must be a model package folder (config.json + model.safetensors); "
-                             f"{self.model!r} is not a folder")
+        if not Path(self.model).is_dir() and self.model not in BUNDLED_MODELS:
+            raise ValueError(f"MODEL must be a model package folder (config.json + model.safetensors) or a bundled "
+                             f"model ({', '.join(BUNDLED_MODELS)}); {self.model!r} is not a folder")
         if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"unknown sampler {self.sampler!r}; available: {', '.join(SAMPLER_NAMES)}")
         for name in ("steps", "limit", "batch_size"):

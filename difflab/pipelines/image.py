@@ -30,7 +30,7 @@ from difflab.codecs import Codec, PixelCodec
 from difflab.conditioning import Conditioner
 from difflab.data import shapes_grammar as shapes
 from difflab.data.images import to_images
-from difflab.settings import package_folder, validate_text
+from difflab.settings import BUNDLED_MODELS, package_folder, validate_text
 from difflab.pipelines import edit
 from difflab.pipelines.packaging import (DEFAULTS, check_pipeline_sections, codec_from_header, sampling_defaults,
                                         save_pipeline)
@@ -39,7 +39,7 @@ from difflab.sampling import (sample, validate_device, validate_dtype, validate_
                               validate_settings)
 from difflab.schedules import NoiseSchedule
 
-BUNDLED_MODEL = Path(__file__).parent.parent / "assets" / "models" / "shapes"
+BUNDLED_MODEL = BUNDLED_MODELS["shapes"]
 # Every word the shapes world's grammar uses (difflab.data.shapes_grammar): a prompt with others is
 # outside what a shapes model has seen.
 SHAPES_WORDS = frozenset(" ".join([*shapes.SHAPES, *shapes.PLURALS.values(), *shapes.COLOURS, *shapes.SIZES,
