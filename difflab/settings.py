@@ -109,6 +109,6 @@ def package_folder(folder) -> Path:
         return folder
     if not (folder / "config.json").is_file() and not (folder / "model_index.json").is_file():
         raise ValueError(f"{folder} is not a difflab model package (no config.json), a diffusers folder "
-                         f"(no model_index.json), a single .safetensors checkpoint nor a bundled model "
-                         f"({', '.join(BUNDLED_MODELS)})")
+                         f"(no model_index.json) nor a single .safetensors checkpoint; bundled models by name: "
+                         f"{', '.join(BUNDLED_MODELS)}")
     return folder
