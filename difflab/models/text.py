@@ -65,8 +65,9 @@ class TextEncoder:
         new = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         if new:
             tokens, mask, pooled = self._encode_batch(new)                    # [N, L', D], [N, L'], [N, D]
+            tokens, pooled, lengths = tokens.float().cpu(), pooled.float().cpu(), mask.sum(1).tolist()  # one copy each
             for i, p in enumerate(new):
-                self._cache[p] = (tokens[i, : int(mask[i].sum())].float().cpu(), pooled[i].float().cpu())
+                self._cache[p] = (tokens[i, : int(lengths[i])].clone(), pooled[i].clone())
         for p in prompts:
             self._cache.move_to_end(p)
         entries = [self._cache[p] for p in prompts]

@@ -42,6 +42,7 @@ class TrainConfig:
     model: dict = field(default_factory=lambda: dict(DENOISER_MODEL))  # network: [model] in --config
     vae: str | None = None                # denoise: a VAE package (or a package with vae/): train in its latent space
     kl_weight: float = 1e-6               # vae: weight of the KL term (per latent element) against L1 (per pixel)
+    decoder_only: bool = False            # vae: train the decoder alone (the latents, and denoisers trained on them, stay valid)
     text_encoder: str = "minilm"          # shapes / folder: "minilm" or a local CLIP/T5 folder
     prediction_type: str = "v_prediction"  # what the network predicts (the parameterization)
     schedule: str = "cosine"              # the noise schedule (forward process)
@@ -81,6 +82,8 @@ class TrainConfig:
                "model.class_name", isinstance(self.model, dict) and self.model.get("class_name"),
                "AutoencoderKL for task=vae")
         _check(self.task == "denoise" or self.vae is None, "vae", self.vae, "None for task=vae (it trains one)")
+        _check(not self.decoder_only or self.task == "vae" and self.init_from, "decoder_only", self.decoder_only,
+               "used with task=vae and init_from (a trained VAE whose encoder stays fixed)")
         _check(self.vae is None or (isinstance(self.vae, str) and self.vae), "vae", self.vae,
                "a VAE package folder or None")
         _check(isinstance(self.kl_weight, (int, float)) and math.isfinite(self.kl_weight) and self.kl_weight >= 0,

@@ -167,7 +167,12 @@ class Trainer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+        if config.decoder_only:  # the encoder (and so every latent) stays as init_from made it
+            for part in (model.encoder, model.quant_conv):
+                if part is not None:
+                    part.requires_grad_(False)
+        trained = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay,
                                       foreach=True)  # the per-parameter loop is slow on CPU
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.ema = {k: v.to(self.accelerator.device) for k, v in self.ema.items()}  # beside the weights
