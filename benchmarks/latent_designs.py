@@ -256,8 +256,9 @@ def continue_training(args, data, common, scale, log, summary, save_summary, sta
     save_summary()
     left = args.deadline_minutes - (time.perf_counter() - started) / 60 - 0.4
     model = json.loads((source / "config.json").read_text())["training"]["model"]
+    recipe = {**RECIPE, "lr": 3e-4, "lr_warmup": 20}   # a trained start: short warm-up, a gentler rate for 4x the batch
     config = TrainConfig(model=model, vae=str(source / "vae"), init_from=str(source), batch_size=args.batch,
-                         max_minutes=left, **RECIPE, **common)
+                         max_minutes=left, **recipe, **common)
     package = train(config, args.work / "final", log=log, dataset=data)
     summary["final"] = log_rate(args.work / "final")
     save_summary()
