@@ -175,6 +175,8 @@ def generate(
     mask_blur: float = typer.Option(0.0, help="feather the inpainting seam (pixels, inside the mask)"),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1, mps ... (default: cpu)"),
     dtype: str = typer.Option(None, help="float32 (default), float16 or bfloat16 (GPUs), float64"),
+    prediction_type: str = typer.Option(None, help="single-file SD 2.x: v_prediction (768 px, the default) or "
+                                                   "epsilon (2.0/2.1-base, 512 px); no key in the file says which"),
 ):
     """Generate images; each PNG carries the recipe that replays it."""
     from difflab.pipelines.recipes import read_recipe  # torch is imported only once every flag is checked
@@ -185,6 +187,10 @@ def generate(
     _check_settings(prompt, negative, n, steps, sampler, spacing, guidance)
     if dtype is not None and dtype.removeprefix("torch.") not in ("float32", "float16", "bfloat16", "float64"):
         raise ValueError(f"--dtype must be float32, float16, bfloat16 or float64, got {dtype!r}")
+    if prediction_type is not None and (prediction_type not in ("epsilon", "v_prediction")
+                                        or model is None or not Path(model).expanduser().is_file()):
+        raise ValueError(f"--prediction-type (epsilon or v_prediction, got {prediction_type!r}) is for a single-file "
+                         "checkpoint given as --model FILE.safetensors; folders and packages say it themselves")
     margins = _check_edit_flags(image, strength, mask, outpaint, mask_blur)
     edits = {"image": _open_image(image, "--image"), "mask": _open_image(mask, "--mask")}
     if edits["mask"] is not None and edits["mask"].size != edits["image"].size:
@@ -198,7 +204,7 @@ def generate(
     check_output_folder(out)
     _quiet_loading()
     from difflab.pipelines import Pipeline
-    pipe = Pipeline.from_pretrained(model).to(device, dtype)
+    pipe = Pipeline.from_pretrained(model, prediction_type=prediction_type).to(device, dtype)
     if replay is not None:
         result = pipe.replay(replay, **edits)
     else:

@@ -56,7 +56,8 @@ def test_hostile_arguments_are_refused_in_one_line_writing_nothing(tmp_path, arg
 BEFORE_TORCH = ["steps-0", "n-10000", "unknown-sampler", "prompt-not-utf8", "recipe-bad-json", "recipe-steps-1e9",
                 "image-20000-squared", "outpaint-huge", "mask-wrong-size", "out-is-a-file", "eval-out-is-a-folder",
                 "eval-steps-1e9", "train-resume-without-checkpoint", "train-folder-empty", "train-out-is-a-file",
-                "unknown-option", "serve-open-host-no-token", "serve-outputs-a-file", "serve-model-missing"]
+                "unknown-option", "serve-open-host-no-token", "serve-outputs-a-file", "serve-model-missing",
+                "prediction-type-for-a-package"]
 TORCH_PROBE = ("import sys\nsys.argv[0] = 'difflab'\ntry:\n    from difflab.cli import main\n    main()\n"
                "finally:\n    print('torch imported' if 'torch' in sys.modules else 'torch not imported')")
 

@@ -58,6 +58,8 @@ def test_bundled_models_load_by_name_and_a_real_path_wins(tmp_path, monkeypatch)
     assert package_folder("shapes-v1") == BUNDLED_MODEL == BUNDLED_MODELS["shapes"]
     pipe = Pipeline.from_pretrained("shapes-v1")
     assert Path(pipe.folder) == BUNDLED_MODEL
+    with pytest.raises(ValueError, match="prediction_type= is for single-file checkpoints"):
+        Pipeline.from_pretrained("shapes-v1", prediction_type="epsilon")   # a package says it itself
     monkeypatch.chdir(tmp_path)
     (tmp_path / "shapes-v1").mkdir()                      # a local folder of that name is that folder
     with pytest.raises(ValueError, match="is not a difflab model package"):

@@ -85,6 +85,9 @@ class Pipeline:
         if folder.is_file():  # an SD 1.x/2.x/SDXL single file; prediction_type settles SD 2.x's ambiguity
             from difflab.convert.single_file import load_single_file
             return cls(**load_single_file(folder, prediction_type=prediction_type))
+        if prediction_type is not None:
+            raise ValueError(f"prediction_type= is for single-file checkpoints, where no key says it; {folder} is a "
+                             "folder whose scheduler config or package config says it")
         from difflab.convert.diffusers_folder import is_diffusers_folder, load_diffusers
         if is_diffusers_folder(folder):
             return cls(**load_diffusers(folder))
