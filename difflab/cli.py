@@ -20,6 +20,7 @@ import click
 import typer
 import typer.core
 
+from difflab.cli_checks import check_edit_flags, check_outpaint_canvas, check_settings, one_line, open_image
 from difflab.outputs import COUNTER, check_output_folder, write_file
 from difflab.train.flags import parse_field_flags, training_fields_help
 
@@ -40,10 +41,6 @@ def fail(message: str) -> None:
     """Print one line to stderr and exit with status 2 (bad usage)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
-
-
-def one_line(text) -> str:
-    return " ".join(str(text).split())
 
 
 def _expected(error: BaseException) -> bool:
@@ -184,20 +181,20 @@ def generate(
 
     if recipe is None and not prompt:
         fail("give a PROMPT, or --recipe IMAGE.png")
-    _check_settings(prompt, negative, n, steps, sampler, spacing, guidance)
+    check_settings(prompt, negative, n, steps, sampler, spacing, guidance)
     if dtype is not None and dtype.removeprefix("torch.") not in ("float32", "float16", "bfloat16", "float64"):
         raise ValueError(f"--dtype must be float32, float16, bfloat16 or float64, got {dtype!r}")
     if prediction_type is not None and (prediction_type not in ("epsilon", "v_prediction")
                                         or model is None or not Path(model).expanduser().is_file()):
         raise ValueError(f"--prediction-type (epsilon or v_prediction, got {prediction_type!r}) is for a single-file "
                          "checkpoint given as --model FILE.safetensors; folders and packages say it themselves")
-    margins = _check_edit_flags(image, strength, mask, outpaint, mask_blur)
-    edits = {"image": _open_image(image, "--image"), "mask": _open_image(mask, "--mask")}
+    margins = check_edit_flags(image, strength, mask, outpaint, mask_blur)
+    edits = {"image": open_image(image, "--image"), "mask": open_image(mask, "--mask")}
     if edits["mask"] is not None and edits["mask"].size != edits["image"].size:
         raise ValueError(f"--mask is {edits['mask'].size[0]}x{edits['mask'].size[1]} but --image is "
                          f"{edits['image'].size[0]}x{edits['image'].size[1]}; they must match")
     if margins is not None:
-        _check_outpaint_canvas(edits["image"].size, margins)
+        check_outpaint_canvas(edits["image"].size, margins)
     replay = read_recipe(recipe) if recipe is not None else None
     if model is not None:
         package_folder(model)
@@ -220,73 +217,6 @@ def generate(
         paths.append(write_file(Path(out) / name, lambda f: canvas.save(f, format="PNG"), overwrite, inputs))
     for path in paths:
         typer.echo(str(path))
-
-
-def _check_settings(prompt, negative, n: int, steps, sampler, spacing, guidance) -> None:
-    """The text and sampling flags, checked (with difflab.limits) before the model loads; None is the
-    model's default, checked when it loads."""
-    from difflab import limits
-    from difflab.settings import validate_settings, validate_text
-
-    for text, name in ((prompt, "PROMPT"), (negative, "--negative")):
-        if text is not None:
-            validate_text(text, name)
-    if n < 1:
-        raise ValueError(f"-n must be a positive integer, got {n}")
-    limits.check("images", n, "images per call (-n)")
-    validate_settings(sampler or "euler", 1 if steps is None else steps, spacing,
-                      1.0 if guidance is None else guidance)
-
-
-def _check_edit_flags(image, strength, mask, outpaint, mask_blur):
-    """The edit flags, checked before the model loads; returns the outpaint margins."""
-    import math
-
-    if image is None and (mask is not None or strength is not None or outpaint is not None):
-        raise ValueError("--strength, --mask and --outpaint edit an input image: give --image too")
-    if mask is not None and outpaint is not None:
-        raise ValueError("choose one edit: --mask (inpainting) or --outpaint, not both")
-    if strength is not None and not 0 <= strength <= 1:
-        raise ValueError(f"--strength must be a number in [0, 1], got {strength}")
-    if not (math.isfinite(mask_blur) and mask_blur >= 0):
-        raise ValueError(f"--mask-blur must be a number >= 0 (pixels), got {mask_blur}")
-    return _parse_outpaint(outpaint)
-
-
-def _check_outpaint_canvas(size: tuple[int, int], margins) -> None:
-    """The outpainted canvas against the output-pixel limit, before the model loads (in pixel space the
-    canvas is the model-space size; a latent model's check in the pipeline is stricter, not looser)."""
-    from difflab import limits
-
-    left, right, top, bottom = margins
-    width, height = size[0] + left + right, size[1] + top + bottom
-    limits.check("pixels", width * height, f"--outpaint: pixels of the outpainted image ({width}x{height})")
-
-
-def _open_image(path: str | None, flag: str):
-    if path is None:
-        return None
-    from PIL import UnidentifiedImageError
-
-    from difflab import limits
-    try:
-        with limits.open_image(path, flag) as image:  # its size is checked before any pixel is decoded
-            image.load()
-            return image.copy()
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
-        raise ValueError(f"{flag} {path}: cannot read it as an image ({one_line(error)})") from None
-
-
-def _parse_outpaint(text: str | None):
-    if text is None:
-        return None
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4 or min(values) < 0 or not any(values):
-        raise ValueError(f"--outpaint takes four integers >= 0 (not all 0) LEFT,RIGHT,TOP,BOTTOM, got {text!r}")
-    return tuple(values)
 
 
 # --- bench commands -------------------------------------------------------------------------

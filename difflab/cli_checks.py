@@ -1,0 +1,75 @@
+"""The command line's checks of generate's flags: every value refused in one clear line before
+torch is imported or a model loads (:mod:`difflab.cli` calls them; importing this needs no torch)."""
+
+from __future__ import annotations
+
+
+def one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def check_settings(prompt, negative, n: int, steps, sampler, spacing, guidance) -> None:
+    """The text and sampling flags, checked (with difflab.limits) before the model loads; None is the
+    model's default, checked when it loads."""
+    from difflab import limits
+    from difflab.settings import validate_settings, validate_text
+
+    for text, name in ((prompt, "PROMPT"), (negative, "--negative")):
+        if text is not None:
+            validate_text(text, name)
+    if n < 1:
+        raise ValueError(f"-n must be a positive integer, got {n}")
+    limits.check("images", n, "images per call (-n)")
+    validate_settings(sampler or "euler", 1 if steps is None else steps, spacing,
+                      1.0 if guidance is None else guidance)
+
+
+def check_edit_flags(image, strength, mask, outpaint, mask_blur):
+    """The edit flags, checked before the model loads; returns the outpaint margins."""
+    import math
+
+    if image is None and (mask is not None or strength is not None or outpaint is not None):
+        raise ValueError("--strength, --mask and --outpaint edit an input image: give --image too")
+    if mask is not None and outpaint is not None:
+        raise ValueError("choose one edit: --mask (inpainting) or --outpaint, not both")
+    if strength is not None and not 0 <= strength <= 1:
+        raise ValueError(f"--strength must be a number in [0, 1], got {strength}")
+    if not (math.isfinite(mask_blur) and mask_blur >= 0):
+        raise ValueError(f"--mask-blur must be a number >= 0 (pixels), got {mask_blur}")
+    return parse_outpaint(outpaint)
+
+
+def check_outpaint_canvas(size: tuple[int, int], margins) -> None:
+    """The outpainted canvas against the output-pixel limit, before the model loads (in pixel space the
+    canvas is the model-space size; a latent model's check in the pipeline is stricter, not looser)."""
+    from difflab import limits
+
+    left, right, top, bottom = margins
+    width, height = size[0] + left + right, size[1] + top + bottom
+    limits.check("pixels", width * height, f"--outpaint: pixels of the outpainted image ({width}x{height})")
+
+
+def open_image(path: str | None, flag: str):
+    if path is None:
+        return None
+    from PIL import UnidentifiedImageError
+
+    from difflab import limits
+    try:
+        with limits.open_image(path, flag) as image:  # its size is checked before any pixel is decoded
+            image.load()
+            return image.copy()
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise ValueError(f"{flag} {path}: cannot read it as an image ({one_line(error)})") from None
+
+
+def parse_outpaint(text: str | None):
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4 or min(values) < 0 or not any(values):
+        raise ValueError(f"--outpaint takes four integers >= 0 (not all 0) LEFT,RIGHT,TOP,BOTTOM, got {text!r}")
+    return tuple(values)
