@@ -29,6 +29,7 @@ from difflab.train.config import TrainConfig
 from difflab.conditioning import Conditioner
 from difflab.train.latents import (VAE_FOLDER, LatentCache, check_vae_fits, latent_statistics, load_vae,
                                    reconstruction_grid, save_with_vae, with_normalisation)
+from difflab.train.lineage import training_record, warm_start
 from difflab.train.objectives import OBJECTIVES, Batch
 from difflab.train.optim import ema_decay_at, ema_update, lr_at
 
@@ -83,41 +84,6 @@ def make_objective(config: TrainConfig, schedule: NoiseSchedule, conditioner: Co
                                    autocast=accelerator.autocast)
 
 
-def warm_start(model, folder) -> tuple[str, dict | None]:
-    """Copy the weights of the package in ``folder`` into ``model``.
-
-    Returns a line for the log and the package's own training record, which the new package keeps
-    as ``training.parent``, so a model grown in stages carries its whole lineage.
-
-    Every tensor of the package must exist in ``model`` with the same shape. ``model`` may have
-    more: those must start at zero (a zero-initialised output layer, attention positions), so the
-    grown network computes what the package computed until training moves the new parts.
-    """
-    from difflab.models.package import load_package
-
-    try:
-        package = load_package(folder)
-    except FileNotFoundError as error:
-        raise ValueError(f"init_from: {error}") from None
-    source, target = package.model.state_dict(), model.state_dict()
-    extra = sorted(set(source) - set(target))
-    if extra:
-        raise ValueError(f"init_from {folder}: the package has tensors this model lacks: {extra[:6]}; "
-                         "the architectures differ")
-    for name, tensor in source.items():
-        if tensor.shape != target[name].shape:
-            raise ValueError(f"init_from {folder}: tensor {name!r} has shape {list(tensor.shape)}, this model "
-                             f"expects {list(target[name].shape)}")
-    new = sorted(set(target) - set(source))
-    nonzero = [name for name in new if target[name].is_floating_point() and target[name].abs().max() > 0]
-    if nonzero:
-        raise ValueError(f"init_from {folder}: this model's {nonzero[:6]} are missing from the package and do "
-                         "not start at zero, so the grown model would not compute what the package computed")
-    model.load_state_dict({**target, **source})
-    line = f"initialised from {folder}: {len(source)} tensors copied, {len(new)} new ones at zero"
-    return line, package.metadata.get("training")
-
-
 class Trainer:
     def __init__(self, config: TrainConfig, out: str | Path, resume: bool = False, log=print, dataset=None):
         """``dataset``: the training split already built (the command line builds it to check the
@@ -161,7 +127,7 @@ class Trainer:
             line, self.parent_training = warm_start(model, config.init_from)
             self.log(line)
         elif config.init_from:  # resumed: the weights come from the checkpoint, the lineage from the package
-            self.parent_training = _training_record(config.init_from)
+            self.parent_training = training_record(config.init_from)
         self.channels_last = not cuda
         self.objective = make_objective(config, self.schedule, self.conditioner, self.accelerator, self.channels_last)
         if self.channels_last:
@@ -393,14 +359,6 @@ class Trainer:
         images, _ = self.data.batch(list(range(min(8, len(self.data)))))
         grid = reconstruction_grid(self.ema_model().to(self.accelerator.device), images)
         write_file(self.out / f"samples-step-{self.step}.png", lambda f: grid.save(f, format="PNG"), overwrite=True)
-
-
-def _training_record(folder) -> dict | None:
-    """The ``training`` section of a package's config.json, or None where it cannot be read."""
-    try:
-        return json.loads((Path(folder) / "config.json").read_text()).get("training")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def tensorboard_writer(folder: Path):
