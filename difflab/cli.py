@@ -22,6 +22,7 @@ import typer.core
 
 from difflab.cli_checks import check_edit_flags, check_outpaint_canvas, check_settings, one_line, open_image
 from difflab.outputs import COUNTER, check_output_folder, write_file
+from difflab.settings import GUIDANCE_METHODS
 from difflab.train.flags import parse_field_flags, training_fields_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -157,6 +158,7 @@ def generate(
     sampler: Sampler = None,
     guidance: Guidance = None,
     negative: str = typer.Option(None, help="negative prompt"),
+    guidance_method: str = typer.Option("cfg", help="cfg | apg (adaptive projected) | cfg_zero_star"),
     spacing: str = typer.Option(None, help="sigma spacing: trailing, leading, linspace, karras, exponential"),
     model: str = typer.Option(None, help="a difflab package, a diffusers folder (SD 1.x/2.x, SDXL, SD3) or a single "
                                          ".safetensors checkpoint (SD 1.x/2.x, SDXL); default: the bundled model"),
@@ -182,6 +184,8 @@ def generate(
     if recipe is None and not prompt:
         fail("give a PROMPT, or --recipe IMAGE.png")
     check_settings(prompt, negative, n, steps, sampler, spacing, guidance)
+    if guidance_method not in GUIDANCE_METHODS:
+        raise ValueError(f"--guidance-method must be one of {', '.join(GUIDANCE_METHODS)}, got {guidance_method!r}")
     if dtype is not None and dtype.removeprefix("torch.") not in ("float32", "float16", "bfloat16", "float64"):
         raise ValueError(f"--dtype must be float32, float16, bfloat16 or float64, got {dtype!r}")
     if prediction_type is not None and (prediction_type not in ("epsilon", "v_prediction")
@@ -207,6 +211,7 @@ def generate(
     else:
         result = pipe(prompt, negative_prompt=negative, num_images=n, seed=seed, steps=steps, sampler=sampler,
                       guidance_scale=guidance, spacing=spacing, progress=True, strength=strength,
+                      guidance_method=guidance_method,
                       outpaint=margins, mask_blur=mask_blur, **edits)
     inputs = [p for p in (image, mask, recipe) if p is not None]
     paths = result.save(out, overwrite=overwrite, inputs=inputs)
@@ -281,11 +286,12 @@ def eval_(
     out: str = typer.Option(None, help="JSON report path (default: outputs/eval/eval-MODEL-PROMPTS-LIMIT-HASH.json;"
                                        " a taken name gets a counter prefix)"),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N | mps: where the images are generated"),
+    guidance_method: str = typer.Option("cfg", help="cfg | apg | cfg_zero_star"),
 ) -> None:
     """Generate the prompt set, score it with the shapes oracle and FID/KID; print a table, write JSON."""
     from difflab.metrics.evaluation import EvalConfig, evaluate, format_summary
 
-    config = EvalConfig(model, prompts, sampler, steps, guidance, batch_size, limit, fid, out, device)
+    config = EvalConfig(model, prompts, sampler, steps, guidance, batch_size, limit, fid, out, device, guidance_method)
     config.validate()
     _quiet_loading()
     typer.echo(format_summary(evaluate(config)))

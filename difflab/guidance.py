@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from difflab import settings
 from difflab.denoisers import append_dims, batch_sigma
 
 
@@ -38,8 +39,12 @@ class CFG:
                              torch.cat([batch_sigma(sigma, x)] * 2), **merge_batches(cond, uncond))
         sigma = batch_sigma(sigma, x)
         x0_cond, x0_uncond = both.chunk(2)
-        x0 = x0_uncond + self.scale * (x0_cond - x0_uncond)
+        x0 = self.combine(x, sigma, x0_cond, x0_uncond)
         return self._rescaled(x, sigma, x0, x0_cond) if self.rescale > 0 else x0
+
+    def combine(self, x, sigma, x0_cond, x0_uncond):
+        """The guided x0 from the two predictions (plain CFG; the variants below override this)."""
+        return x0_uncond + self.scale * (x0_cond - x0_uncond)
 
     def _rescaled(self, x, sigma, x0, x0_cond):
         finite = torch.isfinite(sigma) & (sigma > 0)
@@ -49,6 +54,60 @@ class CFG:
         ratio = eps_cond.std(dim=dims, keepdim=True) / eps.std(dim=dims, keepdim=True).clamp_min(1e-12)
         eps = self.rescale * eps * ratio + (1 - self.rescale) * eps
         return torch.where(append_dims(finite, x.ndim).to(x.device), x - s * eps, x0)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample inner product, shaped to broadcast against a batch: [B, 1, 1, ...]."""
+    return (a * b).flatten(1).sum(1).view(-1, *[1] * (a.ndim - 1))
+
+
+class APG(CFG):
+    """Adaptive projected guidance (Sadat, Hilliges & Weber 2024, "Eliminating oversaturation and
+    artifacts of high guidance scales in diffusion models", Sec. 4, Algorithm 1), in x0 space.
+
+    The CFG update ``delta = x0_c - x0_u`` is averaged with negative momentum over the run
+    (``delta_bar = delta + momentum * delta_bar_prev``), clipped to norm ``norm_threshold`` per sample,
+    and split into its part parallel to ``x0_c`` (which mostly raises saturation) and the rest; the
+    parallel part is kept with weight ``eta``: ``x0 = x0_c + (scale - 1) (delta_perp + eta delta_par)``.
+    Stateful across one sampling run (a new instance per run); every evaluation updates the momentum.
+    """
+
+    def __init__(self, denoiser, scale: float = 7.5, rescale: float = 0.0, eta: float = 0.0,
+                 momentum: float = -0.5, norm_threshold: float | None = None):
+        super().__init__(denoiser, scale, rescale)
+        self.eta, self.momentum, self.norm_threshold, self._average = float(eta), float(momentum), norm_threshold, None
+
+    def combine(self, x, sigma, x0_cond, x0_uncond):
+        delta = x0_cond - x0_uncond
+        self._average = delta if self._average is None else delta + self.momentum * self._average
+        delta = self._average
+        if self.norm_threshold is not None:
+            norm = _dot(delta, delta).sqrt()
+            delta = delta * torch.clamp(self.norm_threshold / norm.clamp_min(1e-12), max=1.0)
+        parallel = _dot(delta, x0_cond) / _dot(x0_cond, x0_cond).clamp_min(1e-12) * x0_cond
+        return x0_cond + (self.scale - 1) * (delta - parallel + self.eta * parallel)
+
+
+class CFGZeroStar(CFG):
+    """CFG-Zero* (Fan et al. 2025, "CFG-Zero*: improved classifier-free guidance for flow matching
+    models", eq. 8): the unconditional prediction is first scaled by the per-sample least-squares
+    factor ``s* = <d_c, d_u> / |d_u|^2`` that best matches it to the conditional one, then guided:
+    ``d = s* d_u + scale (d_c - s* d_u)``. ``d = (x - x0) / sigma`` is the velocity of difflab's
+    sampling ODE (dx/dsigma), the quantity the paper's flow velocity is for a flow model. Where sigma is
+    infinite (a pure-noise start) the velocity is undefined and plain CFG in x0 is used. The paper's
+    "zero-init" (skipping the first steps) is not applied.
+    """
+
+    def combine(self, x, sigma, x0_cond, x0_uncond):
+        finite = append_dims(torch.isfinite(sigma) & (sigma > 0), x.ndim).to(x.device)
+        s = append_dims(torch.where(torch.isfinite(sigma) & (sigma > 0), sigma, torch.ones_like(sigma)), x.ndim).to(x)
+        d_c, d_u = (x - x0_cond) / s, (x - x0_uncond) / s
+        s_star = _dot(d_c, d_u) / _dot(d_u, d_u).clamp_min(1e-12)
+        d = s_star * d_u + self.scale * (d_c - s_star * d_u)
+        return torch.where(finite, x - s * d, super().combine(x, sigma, x0_cond, x0_uncond))
+
+
+GUIDANCE_METHODS = dict(zip(settings.GUIDANCE_METHODS, (CFG, APG, CFGZeroStar)))  # the names live in settings
 
 
 def merge_batches(cond: dict, uncond: dict) -> dict:

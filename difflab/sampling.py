@@ -15,7 +15,7 @@ import torch
 
 from difflab import limits, settings
 from difflab.denoisers import PREDICTION_TYPES, Denoiser, validate_prediction_type
-from difflab.guidance import CFG, Inpaint
+from difflab.guidance import GUIDANCE_METHODS, Inpaint
 from difflab.parameterization import get_parameterization
 from difflab.noise import NoiseStreams, validate_seeds
 from difflab.samplers import SAMPLER_INFO, SAMPLERS
@@ -34,7 +34,7 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
            steps: int = DEFAULT_STEPS, *, noise: torch.Tensor | None = None, shape: Sequence[int] | None = None,
            seeds: Sequence[int] | None = None, spacing: str | None = None, cond: dict | None = None,
            uncond: dict | None = None, guidance_scale: float = 1.0, guidance_rescale: float = 0.0,
-           sampler_options: dict | None = None, device=None, dtype: torch.dtype | None = None,
+           guidance_method: str = "cfg", sampler_options: dict | None = None, device=None, dtype: torch.dtype | None = None,
            callback: Callable | None = None, progress: bool = False, image: torch.Tensor | None = None,
            strength: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Sample a native model ``model(x_t, t, **cond) -> prediction``.
@@ -42,7 +42,9 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
     Give either ``noise`` (unit Gaussian, batch first) or ``shape`` (+ ``seeds``: one per sample, for
     batch-invariant, replayable noise streams; without seeds torch's global generator is used).
     ``cond``/``uncond`` are the model's keyword arguments for the prompt and the negative/empty
-    prompt; guidance applies when ``guidance_scale != 1``. Returns x0 in the model's data space.
+    prompt; guidance applies when ``guidance_scale != 1``, by ``guidance_method``: ``cfg`` (Ho &
+    Salimans 2022), ``apg`` (adaptive projected guidance) or ``cfg_zero_star`` (see
+    :mod:`difflab.guidance`). Returns x0 in the model's data space.
 
     Editing (``image`` in data space, the shape of the output): ``strength`` < 1 is image-to-image
     by noise level (SDEdit, Meng et al. 2022, Sec. 3): the image is noised to the level at fraction
@@ -57,6 +59,7 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
     :mod:`difflab.limits`.
     """
     _validate(schedule, prediction_type, sampler, steps, spacing, guidance_scale, guidance_rescale, cond, uncond)
+    validate_guidance_method(guidance_method)
     options = _validate_options(sampler, sampler_options)
     streams = NoiseStreams(validate_seeds(seeds)) if seeds is not None else None
     device = validate_device(device) if device is not None else _model_device(model)
@@ -75,7 +78,7 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
     denoiser = Denoiser(model, schedule, prediction_type)
     extra_args = dict(cond or {})
     if uncond is not None and guidance_scale != 1.0:
-        denoiser = CFG(denoiser, guidance_scale, guidance_rescale)
+        denoiser = GUIDANCE_METHODS[guidance_method](denoiser, guidance_scale, guidance_rescale)
         extra_args = {"cond": dict(cond or {}), "uncond": dict(uncond)}
     alpha0, _ = schedule.alpha_sigma(sigmas[0])
     x = z if start_at_infinity else z / float(alpha0)
@@ -149,6 +152,11 @@ def validate_settings(sampler, steps, spacing, guidance_scale) -> None:
     """Checks of the four user-facing sampling settings (also a model package's defaults and a recipe's),
     against the live sampler registry (see :mod:`difflab.settings`)."""
     settings.validate_settings(sampler, steps, spacing, guidance_scale, samplers=SAMPLERS)
+
+
+def validate_guidance_method(method) -> None:
+    if method not in GUIDANCE_METHODS:
+        raise ValueError(f"guidance_method must be one of {', '.join(GUIDANCE_METHODS)}, got {method!r}")
 
 
 def validate_guidance_rescale(guidance_rescale) -> None:
@@ -274,4 +282,4 @@ class _Progress:
 
 
 __all__ = ["sample", "edit_sigmas", "strength_time", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "DTYPES", "PREDICTION_TYPES",
-           "validate_settings", "validate_device", "validate_dtype"]
+           "validate_settings", "validate_device", "validate_dtype", "validate_guidance_method"]

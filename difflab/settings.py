@@ -89,6 +89,9 @@ def validate_text(prompt, name: str = "prompt") -> str:
     return prompt
 
 
+# How the conditional and unconditional predictions combine (difflab.guidance implements each).
+GUIDANCE_METHODS = ("cfg", "apg", "cfg_zero_star")
+
 # Models that ship inside difflab, by name: ``--model shapes-v1`` works from any folder. A path that
 # exists wins over a name, so a local folder called "shapes" is still that folder.
 BUNDLED_MODELS = {"shapes": Path(__file__).parent / "assets" / "models" / "shapes"}

@@ -33,15 +33,18 @@ class EvalConfig:
     fid: bool = True
     out: str | None = None              # JSON path; None = outputs/eval/eval-MODEL-PROMPTS-LIMIT-HASH.json
     device: str = "cpu"                 # where the pipeline runs (the oracle and FID run on the CPU)
+    guidance_method: str = "cfg"        # cfg | apg | cfg_zero_star (difflab.guidance)
 
     def validate(self) -> None:
         """Every argument checked before any model is loaded; errors say what is allowed."""
         from difflab import limits
-        from difflab.settings import BUNDLED_MODELS, SAMPLER_NAMES
+        from difflab.settings import BUNDLED_MODELS, GUIDANCE_METHODS, SAMPLER_NAMES
 
         if not Path(self.model).is_dir() and self.model not in BUNDLED_MODELS:
             raise ValueError(f"MODEL must be a model package folder (config.json + model.safetensors) or a bundled "
                              f"model ({', '.join(BUNDLED_MODELS)}); {self.model!r} is not a folder")
+        if self.guidance_method not in GUIDANCE_METHODS:
+            raise ValueError(f"--guidance-method must be one of {', '.join(GUIDANCE_METHODS)}, got {self.guidance_method!r}")
         if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"unknown sampler {self.sampler!r}; available: {', '.join(SAMPLER_NAMES)}")
         for name in ("steps", "limit", "batch_size"):
@@ -63,7 +66,8 @@ class EvalConfig:
         """``out``, or a name of its own: model, prompt set, limit and a hash of the sampling settings."""
         if self.out is not None:
             return Path(self.out)
-        settings = json.dumps([self.sampler, self.steps, self.guidance_scale, self.fid]).encode()
+        settings = json.dumps([self.sampler, self.steps, self.guidance_scale, self.fid]
+                              + ([self.guidance_method] if self.guidance_method != "cfg" else [])).encode()
         limit = f"limit{self.limit}" if self.limit else "all"
         return REPORTS / (f"eval-{Path(self.model).name}-{Path(self.prompts).stem}-{limit}-"
                           f"{hashlib.sha256(settings).hexdigest()[:8]}.json")
@@ -78,11 +82,13 @@ def _generate(pipe, entries: list[dict], config: EvalConfig, progress: bool) -> 
         for start in range(0, len(entries), config.batch_size):
             batch = entries[start: start + config.batch_size]
             result = pipe([e["prompt"] for e in batch], seed=[e["seed"] for e in batch], steps=config.steps,
-                          sampler=config.sampler, guidance_scale=config.guidance_scale)
+                          sampler=config.sampler, guidance_scale=config.guidance_scale,
+                          guidance_method=config.guidance_method)
             images += [im.convert("RGB") for im in result.images]
             recipe = result.recipes[0]
             bar.update(len(batch))
-    return images, {k: recipe.get(k) for k in ("sampler", "steps", "guidance_scale", "spacing")}
+    return images, {k: recipe.get(k) for k in ("sampler", "steps", "guidance_scale", "spacing")} | (
+        {"guidance_method": config.guidance_method} if config.guidance_method != "cfg" else {})
 
 
 def _distances(images: list, entries: list[dict], resolution: int) -> dict:

@@ -35,8 +35,8 @@ from difflab.pipelines import edit
 from difflab.pipelines.packaging import (DEFAULTS, check_pipeline_sections, codec_from_header, sampling_defaults,
                                         save_pipeline)
 from difflab.pipelines.recipes import Result, validate_recipe, weights_hash
-from difflab.sampling import (sample, validate_device, validate_dtype, validate_guidance_rescale,
-                              validate_settings)
+from difflab.sampling import (sample, validate_device, validate_dtype, validate_guidance_method,
+                              validate_guidance_rescale, validate_settings)
 from difflab.schedules import NoiseSchedule
 
 BUNDLED_MODEL = BUNDLED_MODELS["shapes"]
@@ -184,7 +184,8 @@ class Pipeline:
 
     # ----- generation ----------------------------------------------------------------------------
     def __call__(self, prompt, negative_prompt=None, num_images: int = 1, seed=None, steps=None, sampler=None,
-                 guidance_scale=None, spacing=None, guidance_rescale: float = 0.0, callback=None,
+                 guidance_scale=None, spacing=None, guidance_rescale: float = 0.0, guidance_method: str = "cfg",
+                 callback=None,
                  progress: bool = False, image=None, strength: float | None = None, mask=None,
                  outpaint=None, mask_blur: float = 0.0, width: int | None = None,
                  height: int | None = None, latents: torch.Tensor | None = None, **diffusers_names) -> Result:
@@ -192,7 +193,8 @@ class Pipeline:
         of :attr:`size_multiple`); ``latents`` (unit Gaussian, the model-space shape; diffusers'
         ``latents=``) replaces the seeds' noise; with ``image``: image-to-image (``strength``), inpainting (``mask``, white =
         regenerate, ``mask_blur`` feathers the seam inside the mask) or outpainting (``outpaint`` =
-        (left, right, top, bottom) pixels added and filled); see ``difflab.edit``.
+        (left, right, top, bottom) pixels added and filled); see ``difflab.edit``. ``guidance_method``:
+        ``cfg``, ``apg`` or ``cfg_zero_star`` (:mod:`difflab.guidance`).
 
         Everything is checked before any compute: ``ValueError`` (``difflab.limits.LimitError`` above
         a limit) names the argument. A prompt outside a shapes model's vocabulary is only warned about.
@@ -207,6 +209,7 @@ class Pipeline:
         negatives = self._negatives(negative_prompt, len(prompts))
         settings = self._settings(steps, sampler, guidance_scale, spacing)
         validate_guidance_rescale(guidance_rescale)
+        validate_guidance_method(guidance_method)
         edits = edit.prepare(self.codec, self.size_multiple, image, strength, mask, outpaint, mask_blur,
                              len(prompts))
         size = edit.output_size(edits, width, height, self.resolution, self.size_multiple)
@@ -220,11 +223,13 @@ class Pipeline:
                    shape=None if noise is not None else shape, seeds=None if noise is not None else seeds, noise=noise,
                    spacing=settings["spacing"], cond=cond, uncond=uncond if guided else None,
                    guidance_scale=settings["guidance_scale"], guidance_rescale=guidance_rescale,
-                   callback=callback, progress=progress, device=self.device,
+                   guidance_method=guidance_method, callback=callback, progress=progress, device=self.device,
                    **(edits.sample_args(self.codec) if edits else {}))
         images = to_images(edits.result(self.codec, x) if edits else self.codec.decode(x))
         given = {"latents": "given"} if noise is not None else {}  # not replayable from the recipe alone
+        method = {"guidance_method": guidance_method} if guidance_method != "cfg" else {}
         recipes = [self._recipe(p, n, s, settings, guidance_rescale, size) | (edits.recipe() if edits else {}) | given
+                   | method
                    for p, n, s in zip(prompts, negatives, seeds)]
         return Result(images, recipes)
 
@@ -240,7 +245,8 @@ class Pipeline:
         edit.check_replay_inputs(recipe, image, mask)
         return self(recipe["prompt"], negative_prompt=recipe.get("negative_prompt"), seed=recipe["seed"],
                     steps=recipe["steps"], sampler=recipe["sampler"], guidance_scale=recipe["guidance_scale"],
-                    spacing=recipe["spacing"], guidance_rescale=recipe.get("guidance_rescale", 0.0), image=image,
+                    spacing=recipe["spacing"], guidance_rescale=recipe.get("guidance_rescale", 0.0),
+                    guidance_method=recipe.get("guidance_method", "cfg"), image=image,
                     strength=recipe.get("strength"), mask=mask, outpaint=recipe.get("outpaint"),
                     mask_blur=recipe.get("mask_blur", 0.0),
                     **({} if image is not None else {"width": recipe.get("width"), "height": recipe.get("height")}))

@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from difflab import limits
-from difflab.settings import validate_text
+from difflab.settings import GUIDANCE_METHODS, validate_text
 from difflab.outputs import check_output_folder, free_names, write_file
 from difflab.settings import a1111_parameters, validate_settings
 
@@ -111,6 +111,9 @@ def _check_fields(recipe: dict) -> None:
         value = recipe.get(key)
         if value is not None and not (_is_number(value) and low <= value <= high):
             raise ValueError(f"{key} must be a number in [{low}, {high}], got {value!r}"[:200])
+    method = recipe.get("guidance_method")
+    if method is not None and method not in GUIDANCE_METHODS:
+        raise ValueError(f"guidance_method must be one of {', '.join(GUIDANCE_METHODS)}, got {method!r}"[:200])
     outpaint = recipe.get("outpaint")
     if outpaint is not None and not (isinstance(outpaint, list) and len(outpaint) == 4
                                      and all(_is_int(v) and v >= 0 for v in outpaint)):
