@@ -281,10 +281,12 @@ class SDUpsample(Upsample):
     multiply-adds per output) refolds the kernel on every call (4C x C x 2 x 2, 105 MB at 1280 channels)
     and oneDNN runs its 2x2 kernel slowly on small images, so inputs under 32x32 take the plain path. On
     SD 1.5's 1280-channel upsamplers (benchmarks/real_models.py) that is 2.3x faster at 8x8, even at
-    16x16, and ~300 MB less transient memory; from 32x32 on the sub-pixel form is ~1.9x faster."""
+    16x16, and ~300 MB less transient memory; from 32x32 on the sub-pixel form is ~1.9x faster.
+    The sub-pixel form reads the plain kernel, so a wrapped ``conv`` (a LoRA layer of peft) is called
+    as a module instead, which applies its adapters."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2] * x.shape[-1] >= 32 * 32:
+        if x.shape[-2] * x.shape[-1] >= 32 * 32 and type(self.conv) is nn.Conv2d:
             return super().forward(x)                                          # [B, C, 2H, 2W]
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))   # [B, C, 2H, 2W]
 

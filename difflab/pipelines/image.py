@@ -32,6 +32,7 @@ from difflab.data import shapes_grammar as shapes
 from difflab.data.images import to_images
 from difflab.settings import BUNDLED_MODELS, package_folder, validate_text
 from difflab.pipelines import edit
+from difflab.pipelines.lora import LoraMethods
 from difflab.pipelines.packaging import (DEFAULTS, check_pipeline_sections, codec_from_header, sampling_defaults,
                                         save_pipeline)
 from difflab.pipelines.recipes import Result, validate_recipe, weights_hash
@@ -48,7 +49,7 @@ SHAPES_WORDS = frozenset(" ".join([*shapes.SHAPES, *shapes.PLURALS.values(), *sh
 
 
 @dataclass
-class Pipeline:
+class Pipeline(LoraMethods):
     """A model package made callable: text (or class labels) in, PIL images out.
 
     Build one with :meth:`from_pretrained`, or directly from its parts: ``Pipeline(model, schedule,
