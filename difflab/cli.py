@@ -20,7 +20,8 @@ import click
 import typer
 import typer.core
 
-from difflab.cli_checks import check_edit_flags, check_outpaint_canvas, check_settings, one_line, open_image
+from difflab.cli_checks import (check_edit_flags, check_outpaint_canvas, check_settings, one_line, open_image,
+                                parse_loras)
 from difflab.outputs import COUNTER, check_output_folder, write_file
 from difflab.settings import GUIDANCE_METHODS
 from difflab.train.flags import parse_field_flags, training_fields_help
@@ -159,6 +160,7 @@ def generate(
     guidance: Guidance = None,
     negative: str = typer.Option(None, help="negative prompt"),
     guidance_method: str = typer.Option("cfg", help="cfg | apg (adaptive projected) | cfg_zero_star"),
+    lora: list[str] = typer.Option(None, help="a LoRA file PATH[:SCALE] for an SD model (repeatable)"),
     spacing: str = typer.Option(None, help="sigma spacing: trailing, leading, linspace, karras, exponential"),
     model: str = typer.Option(None, help="a difflab package, a diffusers folder (SD 1.x/2.x, SDXL, SD3) or a single "
                                          ".safetensors checkpoint (SD 1.x/2.x, SDXL); default: the bundled model"),
@@ -192,6 +194,7 @@ def generate(
                                         or model is None or not Path(model).expanduser().is_file()):
         raise ValueError(f"--prediction-type (epsilon or v_prediction, got {prediction_type!r}) is for a single-file "
                          "checkpoint given as --model FILE.safetensors; folders and packages say it themselves")
+    loras = parse_loras(lora)
     margins = check_edit_flags(image, strength, mask, outpaint, mask_blur)
     edits = {"image": open_image(image, "--image"), "mask": open_image(mask, "--mask")}
     if edits["mask"] is not None and edits["mask"].size != edits["image"].size:
@@ -205,7 +208,10 @@ def generate(
     check_output_folder(out)
     _quiet_loading()
     from difflab.pipelines import Pipeline
-    pipe = Pipeline.from_pretrained(model, prediction_type=prediction_type).to(device, dtype)
+    pipe = Pipeline.from_pretrained(model, prediction_type=prediction_type)
+    for path, scale in loras:
+        pipe.load_lora(path, scale)
+    pipe.to(device, dtype)
     if replay is not None:
         result = pipe.replay(replay, **edits)
     else:

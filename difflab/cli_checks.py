@@ -73,3 +73,26 @@ def parse_outpaint(text: str | None):
     if len(values) != 4 or min(values) < 0 or not any(values):
         raise ValueError(f"--outpaint takes four integers >= 0 (not all 0) LEFT,RIGHT,TOP,BOTTOM, got {text!r}")
     return tuple(values)
+
+
+def parse_loras(specs: list[str] | None) -> list[tuple[str, float]]:
+    """``--lora PATH[:SCALE]`` values -> (path, scale); the file must exist, the scale lie in [-10, 10]."""
+    import math
+    from pathlib import Path
+
+    loras = []
+    for spec in specs or []:
+        path, colon, scale = spec.rpartition(":")
+        try:
+            value = float(scale) if colon else 1.0
+        except ValueError:                             # a ':' inside the path and no scale
+            path, value = spec, 1.0
+        if not colon:
+            path = spec
+        if not math.isfinite(value) or not -10 <= value <= 10:
+            raise ValueError(f"--lora {spec}: the scale must be a number in [-10, 10]")
+        if not Path(path).expanduser().exists():
+            raise ValueError(f"--lora {spec}: {path} does not exist")
+        loras.append((path, value))
+    return loras
+

@@ -198,3 +198,34 @@ def test_refusals_name_the_key(setup, tmp_path):
         pipe.unload_lora("x")
     (loaded,) = loaded_loras(pipe.model)                              # the refused files left nothing behind
     assert loaded.name == "lora" and loaded.scale == 1.0 and len(loaded.sha256) == 64
+
+
+def test_recipes_record_loras_and_replay_only_with_them(setup, tmp_path):
+    folder, _, lora = setup
+    pipe = difflab.Pipeline.from_pretrained(folder)
+    pipe.load_lora(lora / WEIGHT_NAME, scale=0.7, name="style")
+    result = pipe(PROMPT, steps=3, seed=4, width=64, height=64)
+    entry = result.recipes[0]["loras"]
+    assert [(e["name"], e["scale"]) for e in entry] == [("style", 0.7)] and len(entry[0]["sha256"]) == 64
+    recipe = difflab.pipelines.read_recipe(result.save(tmp_path)[0])
+    assert np.array_equal(np.asarray(pipe.replay(recipe).images[0]), np.asarray(result.images[0]))
+    plain = difflab.Pipeline.from_pretrained(folder)
+    with pytest.raises(ValueError, match="made with LoRAs style:0.7"):
+        plain.replay(recipe)
+    plain.load_lora(lora / WEIGHT_NAME, scale=1.0)
+    with pytest.raises(ValueError, match="same scales"):
+        plain.replay(recipe)
+
+
+def test_cli_lora_flag(setup, tmp_path):
+    import subprocess
+    import sys
+    folder, _, lora = setup
+    args = [sys.executable, "-m", "difflab", "generate", PROMPT, "--model", str(folder), "--steps", "2", "--seed", "1",
+            "--out", str(tmp_path / "out")]
+    run = subprocess.run(args + ["--lora", f"{lora / WEIGHT_NAME}:0.5"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-1500:]
+    recipe = difflab.pipelines.read_recipe(run.stdout.split()[-1])
+    assert recipe["loras"][0]["scale"] == 0.5
+    bad = subprocess.run(args + ["--lora", f"{lora / WEIGHT_NAME}:50"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "the scale must be a number in [-10, 10]" in bad.stderr

@@ -229,6 +229,7 @@ class Pipeline(LoraMethods):
         images = to_images(edits.result(self.codec, x) if edits else self.codec.decode(x))
         given = {"latents": "given"} if noise is not None else {}  # not replayable from the recipe alone
         method = {"guidance_method": guidance_method} if guidance_method != "cfg" else {}
+        method |= self._lora_recipe()
         recipes = [self._recipe(p, n, s, settings, guidance_rescale, size) | (edits.recipe() if edits else {}) | given
                    | method
                    for p, n, s in zip(prompts, negatives, seeds)]
@@ -244,6 +245,7 @@ class Pipeline(LoraMethods):
         if recipe.get("latents"):
             raise ValueError("this recipe's image was made from given latents (latents=), which a recipe does not hold")
         edit.check_replay_inputs(recipe, image, mask)
+        self._check_recipe_loras(recipe)
         return self(recipe["prompt"], negative_prompt=recipe.get("negative_prompt"), seed=recipe["seed"],
                     steps=recipe["steps"], sampler=recipe["sampler"], guidance_scale=recipe["guidance_scale"],
                     spacing=recipe["spacing"], guidance_rescale=recipe.get("guidance_rescale", 0.0),

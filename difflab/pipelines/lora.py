@@ -3,6 +3,8 @@ peft is imported only when one is used."""
 
 from __future__ import annotations
 
+import sys
+
 
 class LoraMethods:
     """Mixed into :class:`~difflab.pipelines.image.Pipeline`; acts on its network, ``self.model``."""
@@ -42,3 +44,21 @@ class LoraMethods:
         """The loaded LoRAs (name, path, sha256, scale, modules), in loading order."""
         from difflab.adapters.lora import loaded_loras
         return loaded_loras(self.model)
+
+    def _lora_recipe(self) -> dict:
+        """The recipe's ``loras`` entry (name, sha256, scale of each loaded LoRA); empty without any.
+        peft is not imported for it: with difflab.adapters.lora never imported, none can be loaded."""
+        if "difflab.adapters.lora" not in sys.modules or not self.loras:
+            return {}
+        return {"loras": [{"name": lora.name, "sha256": lora.sha256, "scale": lora.scale} for lora in self.loras]}
+
+    def _check_recipe_loras(self, recipe: dict) -> None:
+        """A recipe made with LoRAs replays only with the same files at the same scales loaded."""
+        def key(entries):
+            return sorted((e["sha256"], float(e["scale"])) for e in entries)
+        wanted, have = recipe.get("loras") or [], self._lora_recipe().get("loras", [])
+        if key(wanted) != key(have):
+            names = ", ".join(f"{e['name']}:{e['scale']:g}" for e in wanted) or "none"
+            raise ValueError(f"the recipe was made with LoRAs {names}; load the same files at the same scales "
+                             f"(pipe.load_lora / --lora PATH:SCALE) to replay it"[:300])
+

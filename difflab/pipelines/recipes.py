@@ -114,6 +114,11 @@ def _check_fields(recipe: dict) -> None:
     method = recipe.get("guidance_method")
     if method is not None and method not in GUIDANCE_METHODS:
         raise ValueError(f"guidance_method must be one of {', '.join(GUIDANCE_METHODS)}, got {method!r}"[:200])
+    loras = recipe.get("loras")
+    if loras is not None and not (isinstance(loras, list) and all(
+            isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("sha256"), str)
+            and _is_number(e.get("scale")) for e in loras)):
+        raise ValueError(f"loras must be a list of {{name, sha256, scale}}, got {loras!r}"[:200])
     outpaint = recipe.get("outpaint")
     if outpaint is not None and not (isinstance(outpaint, list) and len(outpaint) == 4
                                      and all(_is_int(v) and v >= 0 for v in outpaint)):

@@ -121,6 +121,8 @@ HOSTILE = [
      r"--prediction-type \(epsilon or v_prediction, got 'sample'\)"),
     ("guidance-method-unknown", GEN + ["--guidance-method", "pag"],
      r"--guidance-method must be one of cfg, apg, cfg_zero_star, got 'pag'"),
+    ("lora-missing", GEN + ["--lora", "nope.safetensors:0.5"], r"--lora nope.safetensors:0.5: nope.safetensors does "
+                                                                 r"not exist"),
     ("eval-limit-0", ["eval", BUNDLED, "--limit", "0"], r"--limit must be a positive integer"),
     ("eval-steps-1e9", ["eval", BUNDLED, "--steps", "1000000000"], r"sampling steps \(--steps\): 1,000,000,000 asked"),
     ("eval-model-missing", ["eval", "nowhere"], r"MODEL must be a model package folder"),
