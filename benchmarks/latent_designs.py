@@ -219,33 +219,23 @@ def make_carry(folder: Path, half: bool = False) -> None:
     print(f"{len(texts)} texts use {len(ids)} of {len(embedding)} token ids; wrote {target} and {folder / 'site'}")
 
 
-def carry_package(package: Path, folder: Path) -> None:
-    """A latent package (with ``vae/``) in float16 for the trip: half the bytes; ``unpack`` restores float32."""
+def cast_package(package: Path, folder: Path, dtype: str) -> Path:
+    """A latent package (with ``vae/``) with its floating-point tensors in ``dtype`` ("half" for the
+    trip: half the bytes; "float" to restore float32 on arrival)."""
     from safetensors.torch import load_file, save_file
     for part in (Path("."), Path("vae")):
         (folder / part).mkdir(parents=True, exist_ok=True)
         shutil.copy(package / part / "config.json", folder / part / "config.json")
         state = load_file(package / part / "model.safetensors")
-        save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
+        save_file({k: getattr(v, dtype)() if v.is_floating_point() else v for k, v in state.items()},
                   folder / part / "model.safetensors", metadata={"format": "pt"})
-
-
-def unpack(folder: Path, into: Path) -> Path:
-    from safetensors.torch import load_file, save_file
-    for part in (Path("."), Path("vae")):
-        (into / part).mkdir(parents=True, exist_ok=True)
-        shutil.copy(folder / part / "config.json", into / part / "config.json")
-        state = load_file(folder / part / "model.safetensors")
-        save_file({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
-                  into / part / "model.safetensors", metadata={"format": "pt"})
-    return into
+    return folder
 
 
 def continue_training(args, data, common, scale, log, summary, save_summary, started) -> int:
     """``--continue-from``: fine-tune the VAE's decoder, then train the package's denoiser on (same latents)."""
-    import torch  # noqa: F401
     from difflab.train import TrainConfig, train
-    source = unpack(args.continue_from, args.work / "source")
+    source = cast_package(args.continue_from, args.work / "source", "float")
     vae_config = TrainConfig(task="vae", decoder_only=True, init_from=str(source / "vae"), batch_size=scale["vae_batch"],
                              lr=2e-4, lr_warmup=50, lr_schedule="constant", ema_decay=0.999, max_steps=10_000_000,
                              max_minutes=args.vae_minutes, checkpoint_every=1000, keep_checkpoints=1, log_every=50,
@@ -303,7 +293,7 @@ def main(argv=None) -> int:
         make_carry(args.make_carry, half=args.half)
         return 0
     if args.carry_package:
-        carry_package(*args.carry_package)
+        cast_package(*args.carry_package, "half")
         return 0
     if args.join:
         join(args.join, args.into)

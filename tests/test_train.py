@@ -48,22 +48,27 @@ def weights(out: Path) -> dict:
     return load_file(out / "model" / "model.safetensors")
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
-    args = ["train", "--preset", "tiny", "--max-steps", "16", "--checkpoint-every", "4", "--threads", "1"]
-    full = cli(*args, "--out", str(tmp_path / "full"))
-    assert full.returncode == 0, full.stderr[-2000:]
-    killed = subprocess.Popen([sys.executable, "-m", "difflab", *args, "--out", str(tmp_path / "killed")], env=ENV,
+def killed_then_resumed(args: list[str], out: Path) -> subprocess.CompletedProcess:
+    """``difflab ARGS --out OUT`` SIGKILLed once its first checkpoint exists, then run with --resume."""
+    killed = subprocess.Popen([sys.executable, "-m", "difflab", *args, "--out", str(out)], env=ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(4800):  # poll for the first checkpoint (at most ~4 minutes)
-        if ckpt.latest_checkpoint(tmp_path / "killed") is not None:
+        if ckpt.latest_checkpoint(out) is not None:
             break
         time.sleep(0.05)
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
-    assert not (tmp_path / "killed" / "model").exists(), "the run finished before it could be killed"
-    resumed = cli(*args, "--out", str(tmp_path / "killed"), "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resumed from" in resumed.stdout
+    assert not (out / "model").exists(), "the run finished before it could be killed"
+    resumed = cli(*args, "--out", str(out), "--resume")
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-2000:]
+    return resumed
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    args = ["train", "--preset", "tiny", "--max-steps", "16", "--checkpoint-every", "4", "--threads", "1"]
+    full = cli(*args, "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed_then_resumed(args, tmp_path / "killed")
     a, b = weights(tmp_path / "full"), weights(tmp_path / "killed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

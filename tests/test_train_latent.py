@@ -4,10 +4,8 @@ SIGKILL, and exports a package whose VAE rides along in ``vae/``; MMDiT's adaLN-
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -18,8 +16,7 @@ from difflab.models.mmdit import MMDiT
 from difflab.models.vae import AutoencoderKL
 from difflab.pipelines import Pipeline
 from difflab.train import Trainer, TrainConfig, preset, train
-from difflab.train import checkpoint as ckpt
-from test_train import held_out_loss  # pytest puts tests/ on sys.path (prepend import mode)
+from test_train import held_out_loss, killed_then_resumed  # pytest puts tests/ on sys.path (prepend mode)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TINY_VAE = dict(class_name="AutoencoderKL", channels=(8, 16), norm_groups=4, latent_channels=4, mid_attention=False)
@@ -114,18 +111,7 @@ def test_latent_run_resumes_exactly_after_sigkill(tmp_path, vae_package):
     full = subprocess.run([sys.executable, "-m", "difflab", *args, "--out", str(tmp_path / "full")], env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr[-2000:]
-    killed = subprocess.Popen([sys.executable, "-m", "difflab", *args, "--out", str(tmp_path / "killed")], env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(4800):
-        if ckpt.latest_checkpoint(tmp_path / "killed") is not None:
-            break
-        time.sleep(0.05)
-    os.kill(killed.pid, signal.SIGKILL)
-    killed.wait()
-    assert not (tmp_path / "killed" / "model").exists(), "the run finished before it could be killed"
-    resumed = subprocess.run([sys.executable, "-m", "difflab", *args, "--out", str(tmp_path / "killed"), "--resume"],
-                             env=ENV, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr[-2000:]
+    killed_then_resumed(args, tmp_path / "killed")
     a = load_file(tmp_path / "full" / "model" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
