@@ -21,7 +21,7 @@ import typer
 import typer.core
 
 from difflab.cli_checks import (check_edit_flags, check_outpaint_canvas, check_settings, one_line, open_image,
-                                parse_loras)
+                                parse_loras, read_prompts)
 from difflab.outputs import COUNTER, check_output_folder, write_file
 from difflab.settings import GUIDANCE_METHODS
 from difflab.train.flags import parse_field_flags, training_fields_help
@@ -154,6 +154,8 @@ def train(
 def generate(
     prompt: str = typer.Argument(None, help="what to draw (for digits models: a class label)"),
     n: int = typer.Option(1, "-n", "--num-images", help="images per prompt"),
+    prompts: str = typer.Option(None, help="a text file of prompts, one a line (# comments); image i gets seed + i; "
+                                           "under torchrun each process takes its share"),
     seed: int = typer.Option(None, help="first seed (image i uses seed + i); random if omitted"),
     steps: Steps = None,
     sampler: Sampler = None,
@@ -183,8 +185,10 @@ def generate(
     from difflab.pipelines.recipes import read_recipe  # torch is imported only once every flag is checked
     from difflab.settings import package_folder
 
-    if recipe is None and not prompt:
-        fail("give a PROMPT, or --recipe IMAGE.png")
+    if recipe is None and not prompt and prompts is None:
+        fail("give a PROMPT, --prompts FILE or --recipe IMAGE.png")
+    if prompts is not None and (prompt or recipe or image or grid):
+        raise ValueError("--prompts FILE generates from the file alone: drop PROMPT, --recipe, --image and --grid")
     check_settings(prompt, negative, n, steps, sampler, spacing, guidance)
     if guidance_method not in GUIDANCE_METHODS:
         raise ValueError(f"--guidance-method must be one of {', '.join(GUIDANCE_METHODS)}, got {guidance_method!r}")
@@ -195,6 +199,7 @@ def generate(
         raise ValueError(f"--prediction-type (epsilon or v_prediction, got {prediction_type!r}) is for a single-file "
                          "checkpoint given as --model FILE.safetensors; folders and packages say it themselves")
     loras = parse_loras(lora)
+    jobs = read_prompts(prompts, n, seed) if prompts is not None else None
     margins = check_edit_flags(image, strength, mask, outpaint, mask_blur)
     edits = {"image": open_image(image, "--image"), "mask": open_image(mask, "--mask")}
     if edits["mask"] is not None and edits["mask"].size != edits["image"].size:
@@ -212,6 +217,17 @@ def generate(
     for path, scale in loras:
         pipe.load_lora(path, scale)
     pipe.to(device, dtype)
+    if jobs is not None:
+        paths = []
+        for start in range(0, len(jobs), 8):                           # eight images per batch
+            batch = jobs[start:start + 8]
+            result = pipe([p for p, _ in batch], negative_prompt=negative, seed=[s for _, s in batch], steps=steps,
+                          sampler=sampler, guidance_scale=guidance, spacing=spacing, progress=True,
+                          guidance_method=guidance_method)
+            paths += result.save(out, overwrite=overwrite)
+        for path in paths:
+            typer.echo(str(path))
+        return
     if replay is not None:
         result = pipe.replay(replay, **edits)
     else:

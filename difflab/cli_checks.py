@@ -3,6 +3,8 @@ torch is imported or a model loads (:mod:`difflab.cli` calls them; importing thi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def one_line(text) -> str:
     return " ".join(str(text).split())
@@ -78,7 +80,6 @@ def parse_outpaint(text: str | None):
 def parse_loras(specs: list[str] | None) -> list[tuple[str, float]]:
     """``--lora PATH[:SCALE]`` values -> (path, scale); the file must exist, the scale lie in [-10, 10]."""
     import math
-    from pathlib import Path
 
     loras = []
     for spec in specs or []:
@@ -95,4 +96,42 @@ def parse_loras(specs: list[str] | None) -> list[tuple[str, float]]:
             raise ValueError(f"--lora {spec}: {path} does not exist")
         loras.append((path, value))
     return loras
+
+
+def read_prompts(path: str, n: int, seed: int | None) -> list[tuple[str, int]]:
+    """``--prompts FILE`` -> this process's (prompt, seed) pairs.
+
+    One prompt per line; blank lines and lines starting with ``#`` are skipped. Image i of the whole
+    file (prompt by prompt, ``n`` each) gets seed ``seed + i``, and process RANK of WORLD_SIZE (as
+    torchrun and ``accelerate launch`` set them) takes images RANK, RANK + WORLD_SIZE, ..., so every
+    image is the same whatever the number of processes. Several processes need an explicit seed.
+    """
+    import os
+    import secrets
+
+    from difflab.settings import validate_text
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"--prompts {path}: no such file")
+    if file.stat().st_size > 10_000_000:
+        raise ValueError(f"--prompts {path}: {file.stat().st_size:,} bytes; a prompt file is at most 10 MB")
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--prompts {path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if text and not text.startswith("#"):
+            prompts.append(validate_text(text, f"--prompts {path} line {number}"))
+    if not prompts:
+        raise ValueError(f"--prompts {path}: no prompts (blank lines and # comments are skipped)")
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if seed is None and world > 1:
+        raise ValueError(f"--prompts across {world} processes needs --seed, so that every process numbers the "
+                         "images the same way")
+    base = seed if seed is not None else secrets.randbelow(2**31)
+    pairs = [(prompt, base + i) for i, prompt in enumerate(p for p in prompts for _ in range(n))]
+    return pairs[rank::world]
 
