@@ -34,6 +34,7 @@ class EvalConfig:
     out: str | None = None              # JSON path; None = outputs/eval/eval-MODEL-PROMPTS-LIMIT-HASH.json
     device: str = "cpu"                 # where the pipeline runs (the oracle and FID run on the CPU)
     guidance_method: str = "cfg"        # cfg | apg | cfg_zero_star (difflab.guidance)
+    deep_cache: int | None = None       # difflab UNet: recompute deep features every N-th evaluation
 
     def validate(self) -> None:
         """Every argument checked before any model is loaded; errors say what is allowed."""
@@ -43,6 +44,9 @@ class EvalConfig:
         if not Path(self.model).is_dir() and self.model not in BUNDLED_MODELS:
             raise ValueError(f"MODEL must be a model package folder (config.json + model.safetensors) or a bundled "
                              f"model ({', '.join(BUNDLED_MODELS)}); {self.model!r} is not a folder")
+        if self.deep_cache is not None and (isinstance(self.deep_cache, bool) or not isinstance(self.deep_cache, int)
+                                            or not 1 <= self.deep_cache <= 100):
+            raise ValueError(f"--deep-cache must be an integer in [1, 100], got {self.deep_cache!r}")
         if self.guidance_method not in GUIDANCE_METHODS:
             raise ValueError(f"--guidance-method must be one of {', '.join(GUIDANCE_METHODS)}, got {self.guidance_method!r}")
         if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
@@ -67,7 +71,8 @@ class EvalConfig:
         if self.out is not None:
             return Path(self.out)
         settings = json.dumps([self.sampler, self.steps, self.guidance_scale, self.fid]
-                              + ([self.guidance_method] if self.guidance_method != "cfg" else [])).encode()
+                              + ([self.guidance_method] if self.guidance_method != "cfg" else [])
+                              + ([self.deep_cache] if self.deep_cache not in (None, 1) else [])).encode()
         limit = f"limit{self.limit}" if self.limit else "all"
         return REPORTS / (f"eval-{Path(self.model).name}-{Path(self.prompts).stem}-{limit}-"
                           f"{hashlib.sha256(settings).hexdigest()[:8]}.json")
@@ -83,7 +88,7 @@ def _generate(pipe, entries: list[dict], config: EvalConfig, progress: bool) -> 
             batch = entries[start: start + config.batch_size]
             result = pipe([e["prompt"] for e in batch], seed=[e["seed"] for e in batch], steps=config.steps,
                           sampler=config.sampler, guidance_scale=config.guidance_scale,
-                          guidance_method=config.guidance_method)
+                          guidance_method=config.guidance_method, deep_cache=config.deep_cache)
             images += [im.convert("RGB") for im in result.images]
             recipe = result.recipes[0]
             bar.update(len(batch))

@@ -136,8 +136,12 @@ class UNet(ConditionEmbedding, ModelMixin):
         """Input sides must be multiples of this (its total downsampling)."""
         return 2 ** (len(self.config.channels) - 1)
 
-    def forward(self, x, t, context=None, context_mask=None, class_labels=None, pooled=None):
-        """x [B, C_in, H, W], t [B] or scalar -> [B, C_out, H, W]. ``context=None`` skips cross-attention."""
+    def forward(self, x, t, context=None, context_mask=None, class_labels=None, pooled=None, deep_cache=None):
+        """x [B, C_in, H, W], t [B] or scalar -> [B, C_out, H, W]. ``context=None`` skips cross-attention.
+
+        ``deep_cache`` (a :class:`DeepCacheState`; DeepCache, Ma et al. 2024, Sec. 3.2): on a full
+        call the input of the shallowest up level is stored; on a cached call only the shallowest
+        down level runs, and its fresh skips meet the stored deep feature there."""
         self.check_input(x, context, context_mask)
         if context_mask is not None:
             context_mask = context_mask.bool()
@@ -145,6 +149,8 @@ class UNet(ConditionEmbedding, ModelMixin):
         scale_shift = iter(self.scale_shift(F.silu(emb)).split([2 * b.out_channels for b in self.res_blocks], 1))
         h = self.conv_in(x.contiguous(memory_format=torch.channels_last))    # [B, ch0, H, W]
         skips = [h]
+        if deep_cache is not None and deep_cache.reuse(h.shape):
+            return self._shallow(h, skips, scale_shift, context, context_mask, deep_cache.feature)
         for blocks, down in zip(self.down, self.downsample):
             for res, attn in blocks:
                 h = res(h, next(scale_shift))
@@ -156,10 +162,47 @@ class UNet(ConditionEmbedding, ModelMixin):
         h = self.mid_block1(h, next(scale_shift))
         h = self.mid_attn(h, context, context_mask) if self.mid_attn is not None else h
         h = self.mid_block2(h, next(scale_shift))
-        for blocks, up in zip(self.up, self.upsample):
-            for res, attn in blocks:
-                h = res(torch.cat([h, skips.pop()], dim=1), next(scale_shift))
-                h = attn(h, context, context_mask) if isinstance(attn, AttentionBlock) else h
-            h = up(h)                                                         # [B, c, 2H, 2W]
+        for i, (blocks, up) in enumerate(zip(self.up, self.upsample)):
+            if deep_cache is not None and i == len(self.up) - 1:
+                deep_cache.store(h)                                           # the input of the shallowest up level
+            h = self._up_level(blocks, up, h, skips, scale_shift, context, context_mask)
         h = self.conv_out(group_norm(h, self.norm_out, act=True))           # [B, C_out, H, W]
         return h.contiguous()
+
+    def _up_level(self, blocks, up, h, skips, scale_shift, context, context_mask):
+        for res, attn in blocks:
+            h = res(torch.cat([h, skips.pop()], dim=1), next(scale_shift))
+            h = attn(h, context, context_mask) if isinstance(attn, AttentionBlock) else h
+        return up(h)                                                          # [B, c, 2H, 2W]
+
+    def _shallow(self, h, skips, scale_shift, context, context_mask, deep):
+        """A cached call: the shallowest down level, then the shallowest up level on the stored feature."""
+        chunks, n = list(scale_shift), self.config.layers_per_block     # per ResBlock, in forward order
+        for (res, attn), chunk in zip(self.down[0], chunks[:n]):
+            h = res(h, chunk)
+            h = attn(h, context, context_mask) if isinstance(attn, AttentionBlock) else h
+            skips.append(h)
+        h = self._up_level(self.up[-1], self.upsample[-1], deep, skips, iter(chunks[-(n + 1):]), context, context_mask)
+        return self.conv_out(group_norm(h, self.norm_out, act=True)).contiguous()
+
+
+class DeepCacheState:
+    """What a UNet reuses across calls under DeepCache: the deep feature of the last full call. Every
+    ``interval``-th call is a full one (1: never cached), and so is any call whose input shape differs
+    from the full call's."""
+
+    def __init__(self, interval: int):
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise ValueError(f"deep_cache interval must be a positive integer, got {interval!r}")
+        self.interval, self.calls, self.feature, self.shape = interval, 0, None, None
+
+    def reuse(self, shape) -> bool:
+        """Whether this call (input features of ``shape``) reuses the stored feature; counts the call."""
+        cached = self.feature is not None and self.calls % self.interval != 0 and tuple(shape) == self.shape
+        self.calls += 1
+        if not cached:
+            self.shape = tuple(shape)
+        return cached
+
+    def store(self, feature) -> None:
+        self.feature = feature

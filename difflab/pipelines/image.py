@@ -186,7 +186,7 @@ class Pipeline(LoraMethods):
     # ----- generation ----------------------------------------------------------------------------
     def __call__(self, prompt, negative_prompt=None, num_images: int = 1, seed=None, steps=None, sampler=None,
                  guidance_scale=None, spacing=None, guidance_rescale: float = 0.0, guidance_method: str = "cfg",
-                 callback=None,
+                 deep_cache: int | None = None, callback=None,
                  progress: bool = False, image=None, strength: float | None = None, mask=None,
                  outpaint=None, mask_blur: float = 0.0, width: int | None = None,
                  height: int | None = None, latents: torch.Tensor | None = None, **diffusers_names) -> Result:
@@ -195,7 +195,8 @@ class Pipeline(LoraMethods):
         ``latents=``) replaces the seeds' noise; with ``image``: image-to-image (``strength``), inpainting (``mask``, white =
         regenerate, ``mask_blur`` feathers the seam inside the mask) or outpainting (``outpaint`` =
         (left, right, top, bottom) pixels added and filled); see ``difflab.edit``. ``guidance_method``:
-        ``cfg``, ``apg`` or ``cfg_zero_star`` (:mod:`difflab.guidance`).
+        ``cfg``, ``apg`` or ``cfg_zero_star`` (:mod:`difflab.guidance`). ``deep_cache=N`` (difflab's
+        UNet): the deep features are recomputed every N-th evaluation only (DeepCache; off by default).
 
         Everything is checked before any compute: ``ValueError`` (``difflab.limits.LimitError`` above
         a limit) names the argument. A prompt outside a shapes model's vocabulary is only warned about.
@@ -211,6 +212,7 @@ class Pipeline(LoraMethods):
         settings = self._settings(steps, sampler, guidance_scale, spacing)
         validate_guidance_rescale(guidance_rescale)
         validate_guidance_method(guidance_method)
+        cache = self._deep_cache(deep_cache) if deep_cache != 1 and deep_cache is not None else None
         edits = edit.prepare(self.codec, self.size_multiple, image, strength, mask, outpaint, mask_blur,
                              len(prompts))
         size = edit.output_size(edits, width, height, self.resolution, self.size_multiple)
@@ -219,6 +221,8 @@ class Pipeline(LoraMethods):
         noise = _check_latents(latents, shape)
         self._warn_outside_vocabulary(prompts)
         cond, uncond = self._encode(prompts), self._encode(negatives)
+        if cache is not None:
+            cond["deep_cache"] = uncond["deep_cache"] = cache
         guided = settings["guidance_scale"] != 1.0
         x = sample(_network_in(self.model, self.dtype), self.schedule, self.prediction_type, settings["sampler"], settings["steps"],
                    shape=None if noise is not None else shape, seeds=None if noise is not None else seeds, noise=noise,
@@ -229,6 +233,7 @@ class Pipeline(LoraMethods):
         images = to_images(edits.result(self.codec, x) if edits else self.codec.decode(x))
         given = {"latents": "given"} if noise is not None else {}  # not replayable from the recipe alone
         method = {"guidance_method": guidance_method} if guidance_method != "cfg" else {}
+        method |= {"deep_cache": deep_cache} if cache is not None else {}
         method |= self._lora_recipe()
         recipes = [self._recipe(p, n, s, settings, guidance_rescale, size) | (edits.recipe() if edits else {}) | given
                    | method
@@ -249,7 +254,8 @@ class Pipeline(LoraMethods):
         return self(recipe["prompt"], negative_prompt=recipe.get("negative_prompt"), seed=recipe["seed"],
                     steps=recipe["steps"], sampler=recipe["sampler"], guidance_scale=recipe["guidance_scale"],
                     spacing=recipe["spacing"], guidance_rescale=recipe.get("guidance_rescale", 0.0),
-                    guidance_method=recipe.get("guidance_method", "cfg"), image=image,
+                    guidance_method=recipe.get("guidance_method", "cfg"), deep_cache=recipe.get("deep_cache"),
+                    image=image,
                     strength=recipe.get("strength"), mask=mask, outpaint=recipe.get("outpaint"),
                     mask_blur=recipe.get("mask_blur", 0.0),
                     **({} if image is not None else {"width": recipe.get("width"), "height": recipe.get("height")}))
@@ -302,6 +308,12 @@ class Pipeline(LoraMethods):
 
     def _encode(self, prompts: list) -> dict:
         return self.conditioner(prompts, self.device)
+
+    def _deep_cache(self, interval):
+        from difflab.models.unet import DeepCacheState, UNet
+        if not isinstance(self.model, UNet):
+            raise ValueError(f"deep_cache is for difflab's UNet; this network is a {type(self.model).__name__}")
+        return DeepCacheState(interval)
 
     def _recipe(self, prompt, negative, seed, settings, guidance_rescale, size) -> dict:
         return {"prompt": prompt, "negative_prompt": negative if negative != self.null_condition else None,

@@ -114,6 +114,9 @@ def _check_fields(recipe: dict) -> None:
     method = recipe.get("guidance_method")
     if method is not None and method not in GUIDANCE_METHODS:
         raise ValueError(f"guidance_method must be one of {', '.join(GUIDANCE_METHODS)}, got {method!r}"[:200])
+    deep_cache = recipe.get("deep_cache")
+    if deep_cache is not None and not (_is_int(deep_cache) and 1 <= deep_cache <= 100):
+        raise ValueError(f"deep_cache must be an integer in [1, 100], got {deep_cache!r}"[:200])
     loras = recipe.get("loras")
     if loras is not None and not (isinstance(loras, list) and all(
             isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("sha256"), str)

@@ -123,6 +123,7 @@ HOSTILE = [
      r"--guidance-method must be one of cfg, apg, cfg_zero_star, got 'pag'"),
     ("lora-missing", GEN + ["--lora", "nope.safetensors:0.5"], r"--lora nope.safetensors:0.5: nope.safetensors does "
                                                                  r"not exist"),
+    ("deep-cache-0", GEN + ["--deep-cache", "0"], r"--deep-cache must be an integer in \[1, 100\], got 0"),
     ("eval-limit-0", ["eval", BUNDLED, "--limit", "0"], r"--limit must be a positive integer"),
     ("eval-steps-1e9", ["eval", BUNDLED, "--steps", "1000000000"], r"sampling steps \(--steps\): 1,000,000,000 asked"),
     ("eval-model-missing", ["eval", "nowhere"], r"MODEL must be a model package folder"),
