@@ -15,9 +15,7 @@ bad one raises ``ValueError`` (``LimitError`` for a limit) with one line naming 
 
 from __future__ import annotations
 
-import numbers
 import re
-import secrets
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from difflab.data import shapes_grammar as shapes
 from difflab.data.images import to_images
 from difflab.settings import BUNDLED_MODELS, package_folder, validate_text
 from difflab.pipelines import edit
+from difflab.pipelines.arguments import as_list, check_count, check_latents, from_diffusers_names, image_seeds
 from difflab.pipelines.lora import LoraMethods
 from difflab.pipelines.packaging import (DEFAULTS, check_pipeline_sections, codec_from_header, sampling_defaults,
                                         save_pipeline)
@@ -203,11 +202,11 @@ class Pipeline(LoraMethods):
         diffusers' names are accepted too: ``num_inference_steps``, ``num_images_per_prompt`` and
         ``generator`` (a ``torch.Generator`` that draws the seed, recorded in the recipe)."""
         if diffusers_names:
-            steps, num_images, seed = _diffusers_names(diffusers_names, steps, num_images, seed)
+            steps, num_images, seed = from_diffusers_names(diffusers_names, steps, num_images, seed)
         prompts = self._prompts(prompt, "prompt")
-        _check_count(num_images, len(prompts))
+        check_count(num_images, len(prompts))
         prompts = [p for p in prompts for _ in range(num_images)]
-        seeds = _seeds(seed, len(prompts))
+        seeds = image_seeds(seed, len(prompts))
         negatives = self._negatives(negative_prompt, len(prompts))
         settings = self._settings(steps, sampler, guidance_scale, spacing)
         validate_guidance_rescale(guidance_rescale)
@@ -218,7 +217,7 @@ class Pipeline(LoraMethods):
         size = edit.output_size(edits, width, height, self.resolution, self.size_multiple)
         shape = self.codec.model_shape(len(prompts), size[0], size[1])
         limits.check_sample_shape(shape, "output")
-        noise = _check_latents(latents, shape)
+        noise = check_latents(latents, shape)
         self._warn_outside_vocabulary(prompts)
         cond, uncond = self._encode(prompts), self._encode(negatives)
         if cache is not None:
@@ -270,7 +269,7 @@ class Pipeline(LoraMethods):
     def _prompts(self, value, name: str) -> list:
         """Prompts as a list: text (valid UTF-8, within the length limit) or, for a class-label
         model, labels (int or name)."""
-        values = _as_list(value, name)
+        values = as_list(value, name)
         limits.check("images", len(values), f"{name}s in one call")
         for v in values:
             labelled = self.conditioner.class_labels and (v is None or isinstance(v, int) and not isinstance(v, bool))
@@ -327,13 +326,6 @@ class Pipeline(LoraMethods):
         return self.codec.size_multiple(getattr(self.model, "size_multiple", 1))
 
 
-def _as_list(value, name: str) -> list:
-    values = [value] if isinstance(value, (str, bytes, bytearray, int)) and not isinstance(value, bool) else value
-    if not isinstance(values, (list, tuple)) or not values:
-        raise ValueError(f"{name} must be a string or a non-empty list of strings, got {value!r}"[:300])
-    return list(values)
-
-
 def _text_modules(encoder, device) -> list:
     """The torch modules inside a text encoder (nested encoders included), whose token tensors are
     then made on ``device``."""
@@ -359,57 +351,3 @@ def _network_in(model, dtype: torch.dtype):
         cond = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in cond.items()}
         return model(x.to(dtype), t, **cond).float()
     return run
-
-
-DIFFUSERS_NAMES = {"num_inference_steps": "steps", "num_images_per_prompt": "num_images", "generator": "seed"}
-
-
-def _diffusers_names(names: dict, steps, num_images, seed):
-    """diffusers' argument names as difflab's; each may be given once, under one name."""
-    unknown = sorted(set(names) - set(DIFFUSERS_NAMES))
-    if unknown:
-        raise TypeError(f"Pipeline.__call__() got unexpected keyword argument(s) {', '.join(unknown)}")
-    ours = {"steps": steps, "num_images": num_images if num_images != 1 else None, "seed": seed}
-    for theirs, name in DIFFUSERS_NAMES.items():
-        if theirs in names and ours[name] is not None:
-            raise ValueError(f"give {name} or {theirs}, not both")
-    generator = names.get("generator")
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        names["generator"] = int(torch.randint(0, 2**31, (1,), generator=generator))
-    return (names.get("num_inference_steps", steps), names.get("num_images_per_prompt", num_images),
-            names.get("generator", seed))
-
-
-def _check_latents(latents, shape) -> torch.Tensor | None:
-    if latents is None:
-        return None
-    if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != tuple(shape):
-        raise ValueError(f"latents must be a tensor of shape {tuple(shape)}, got "
-                         f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}")
-    if not latents.is_floating_point() or not torch.isfinite(latents).all():
-        raise ValueError("latents must be finite floating-point values")
-    return latents
-
-
-def _check_count(num_images, prompts: int) -> None:
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-        raise ValueError(f"num_images must be a positive integer, got {num_images!r}")
-    limits.check("images", prompts * num_images, f"images in one call ({prompts} prompt(s) x num_images {num_images})")
-
-
-def _seeds(seed, n: int) -> list[int]:
-    """None: fresh random seeds (recorded in the recipes); int: seed, seed + 1, ...; list: one per image."""
-    if seed is None:
-        seed = secrets.randbelow(2**31)
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        seeds = [int(seed) + i for i in range(n)]
-    elif isinstance(seed, (list, tuple)):
-        seeds = list(seed)
-        if len(seeds) != n:
-            raise ValueError(f"got {len(seeds)} seeds for {n} images")
-    else:
-        raise ValueError(f"seed must be an integer in [0, 2**63) or a list of them (one per image), got "
-                         f"{seed!r}"[:300])
-    return difflab.noise.validate_seeds(seeds)
