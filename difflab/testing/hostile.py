@@ -75,7 +75,7 @@ HOSTILE = [
     ("n-0", GEN + ["-n", "0"], r"-n must be a positive integer, got 0"),
     ("n-10000", GEN + ["-n", "10000"], r"images per call \(-n\): 10,000 asked, the limit is"),
     ("n-1e12", GEN + ["-n", "1000000000000"], r"images per call \(-n\): 1,000,000,000,000 asked"),
-    ("no-prompt", ["generate"], r"give a PROMPT, or --recipe"),
+    ("no-prompt", ["generate"], r"give a PROMPT, --prompts FILE or --recipe"),
     ("prompt-not-utf8", ["generate", b"a red \xff\xfe circle"], r"PROMPT is not valid UTF-8"),
     ("prompt-too-long", ["generate", "a red circle " * 400], r"PROMPT length in characters: 5,200 asked"),
     ("model-missing", GEN + ["--model", "nowhere"], r"nowhere is not a difflab model package"),
