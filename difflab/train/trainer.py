@@ -114,12 +114,12 @@ class Trainer:
         if config.vae:  # latent diffusion: the network works on the VAE's normalised latents
             self.vae = load_vae(config.vae)
             check_vae_fits(self.vae, self.data.channels, config.resolution)
-        torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
         if config.task == "vae":
+            torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
             model = make_autoencoder(config, self.data.channels)
         else:
             self.conditioner = make_conditioner(config, self.data)
-            torch.manual_seed(config.seed)
+            torch.manual_seed(config.seed)  # after the encoder's loading, which may draw numbers
             channels = self.vae.config.latent_channels if self.vae is not None else self.data.channels
             model = make_model(config, channels, self.conditioner)
         self.parent_training = None
