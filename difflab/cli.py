@@ -23,7 +23,7 @@ import typer.core
 from difflab.cli_checks import (check_edit_flags, check_outpaint_canvas, check_settings, one_line, open_image,
                                 parse_loras, read_prompts)
 from difflab.outputs import COUNTER, check_output_folder, write_file
-from difflab.settings import GUIDANCE_METHODS
+from difflab.settings import validate_deep_cache, validate_guidance_method
 from difflab.train.flags import parse_field_flags, training_fields_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -192,10 +192,8 @@ def generate(
     if prompts is not None and (prompt or recipe or image or grid):
         raise ValueError("--prompts FILE generates from the file alone: drop PROMPT, --recipe, --image and --grid")
     check_settings(prompt, negative, n, steps, sampler, spacing, guidance)
-    if guidance_method not in GUIDANCE_METHODS:
-        raise ValueError(f"--guidance-method must be one of {', '.join(GUIDANCE_METHODS)}, got {guidance_method!r}")
-    if deep_cache is not None and not 1 <= deep_cache <= 100:
-        raise ValueError(f"--deep-cache must be an integer in [1, 100], got {deep_cache}")
+    validate_guidance_method(guidance_method, "--guidance-method")
+    validate_deep_cache(deep_cache, "--deep-cache")
     if dtype is not None and dtype.removeprefix("torch.") not in ("float32", "float16", "bfloat16", "float64"):
         raise ValueError(f"--dtype must be float32, float16, bfloat16 or float64, got {dtype!r}")
     if prediction_type is not None and (prediction_type not in ("epsilon", "v_prediction")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from difflab import limits, settings
+from difflab.settings import validate_guidance_method
 from difflab.denoisers import PREDICTION_TYPES, Denoiser, validate_prediction_type
 from difflab.guidance import GUIDANCE_METHODS, Inpaint
 from difflab.parameterization import get_parameterization
@@ -152,11 +153,6 @@ def validate_settings(sampler, steps, spacing, guidance_scale) -> None:
     """Checks of the four user-facing sampling settings (also a model package's defaults and a recipe's),
     against the live sampler registry (see :mod:`difflab.settings`)."""
     settings.validate_settings(sampler, steps, spacing, guidance_scale, samplers=SAMPLERS)
-
-
-def validate_guidance_method(method) -> None:
-    if method not in GUIDANCE_METHODS:
-        raise ValueError(f"guidance_method must be one of {', '.join(GUIDANCE_METHODS)}, got {method!r}")
 
 
 def validate_guidance_rescale(guidance_rescale) -> None:

@@ -92,6 +92,20 @@ def validate_text(prompt, name: str = "prompt") -> str:
 # How the conditional and unconditional predictions combine (difflab.guidance implements each).
 GUIDANCE_METHODS = ("cfg", "apg", "cfg_zero_star")
 
+def validate_guidance_method(method, name: str = "guidance_method") -> str:
+    if method not in GUIDANCE_METHODS:
+        raise ValueError(f"{name} must be one of {', '.join(GUIDANCE_METHODS)}, got {method!r}"[:200])
+    return method
+
+
+def validate_deep_cache(interval, name: str = "deep_cache") -> int | None:
+    """None (off) or how often DeepCache recomputes the deep features: an integer in [1, 100]."""
+    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int)
+                                 or not 1 <= interval <= 100):
+        raise ValueError(f"{name} must be an integer in [1, 100], got {interval!r}"[:200])
+    return interval
+
+
 # Models that ship inside difflab, by name: ``--model shapes-v1`` works from any folder. A path that
 # exists wins over a name, so a local folder called "shapes" is still that folder.
 BUNDLED_MODELS = {"shapes": Path(__file__).parent / "assets" / "models" / "shapes"}

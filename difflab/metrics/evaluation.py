@@ -39,16 +39,13 @@ class EvalConfig:
     def validate(self) -> None:
         """Every argument checked before any model is loaded; errors say what is allowed."""
         from difflab import limits
-        from difflab.settings import BUNDLED_MODELS, GUIDANCE_METHODS, SAMPLER_NAMES
+        from difflab.settings import BUNDLED_MODELS, SAMPLER_NAMES, validate_deep_cache, validate_guidance_method
 
         if not Path(self.model).is_dir() and self.model not in BUNDLED_MODELS:
             raise ValueError(f"MODEL must be a model package folder (config.json + model.safetensors) or a bundled "
                              f"model ({', '.join(BUNDLED_MODELS)}); {self.model!r} is not a folder")
-        if self.deep_cache is not None and (isinstance(self.deep_cache, bool) or not isinstance(self.deep_cache, int)
-                                            or not 1 <= self.deep_cache <= 100):
-            raise ValueError(f"--deep-cache must be an integer in [1, 100], got {self.deep_cache!r}")
-        if self.guidance_method not in GUIDANCE_METHODS:
-            raise ValueError(f"--guidance-method must be one of {', '.join(GUIDANCE_METHODS)}, got {self.guidance_method!r}")
+        validate_deep_cache(self.deep_cache, "--deep-cache")
+        validate_guidance_method(self.guidance_method, "--guidance-method")
         if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"unknown sampler {self.sampler!r}; available: {', '.join(SAMPLER_NAMES)}")
         for name in ("steps", "limit", "batch_size"):

@@ -28,7 +28,7 @@ from difflab.codecs import Codec, PixelCodec
 from difflab.conditioning import Conditioner
 from difflab.data import shapes_grammar as shapes
 from difflab.data.images import to_images
-from difflab.settings import BUNDLED_MODELS, package_folder, validate_text
+from difflab.settings import BUNDLED_MODELS, package_folder, validate_deep_cache, validate_text
 from difflab.pipelines import edit
 from difflab.pipelines.arguments import as_list, check_count, check_latents, from_diffusers_names, image_seeds
 from difflab.pipelines.lora import LoraMethods
@@ -211,7 +211,7 @@ class Pipeline(LoraMethods):
         settings = self._settings(steps, sampler, guidance_scale, spacing)
         validate_guidance_rescale(guidance_rescale)
         validate_guidance_method(guidance_method)
-        cache = self._deep_cache(deep_cache) if deep_cache != 1 and deep_cache is not None else None
+        cache = self._deep_cache(deep_cache) if validate_deep_cache(deep_cache) not in (None, 1) else None
         edits = edit.prepare(self.codec, self.size_multiple, image, strength, mask, outpaint, mask_blur,
                              len(prompts))
         size = edit.output_size(edits, width, height, self.resolution, self.size_multiple)

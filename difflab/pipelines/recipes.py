@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from difflab import limits
-from difflab.settings import GUIDANCE_METHODS, validate_text
+from difflab.settings import validate_deep_cache, validate_guidance_method, validate_text
 from difflab.outputs import check_output_folder, free_names, write_file
 from difflab.settings import a1111_parameters, validate_settings
 
@@ -111,12 +111,9 @@ def _check_fields(recipe: dict) -> None:
         value = recipe.get(key)
         if value is not None and not (_is_number(value) and low <= value <= high):
             raise ValueError(f"{key} must be a number in [{low}, {high}], got {value!r}"[:200])
-    method = recipe.get("guidance_method")
-    if method is not None and method not in GUIDANCE_METHODS:
-        raise ValueError(f"guidance_method must be one of {', '.join(GUIDANCE_METHODS)}, got {method!r}"[:200])
-    deep_cache = recipe.get("deep_cache")
-    if deep_cache is not None and not (_is_int(deep_cache) and 1 <= deep_cache <= 100):
-        raise ValueError(f"deep_cache must be an integer in [1, 100], got {deep_cache!r}"[:200])
+    if recipe.get("guidance_method") is not None:
+        validate_guidance_method(recipe["guidance_method"])
+    validate_deep_cache(recipe.get("deep_cache"))
     loras = recipe.get("loras")
     if loras is not None and not (isinstance(loras, list) and all(
             isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("sha256"), str)
