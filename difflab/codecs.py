@@ -7,7 +7,10 @@ of W x H (``model_shape``), what side lengths are allowed (``size_multiple``), h
 (``VAECodec``, latent diffusion: Rombach et al. 2022, Sec. 3) or an audio model behind a
 spectrogram codec.
 
-Data tensors are images in [-1, 1], ``[B, C, H, W]``.
+Data tensors are images in [-1, 1], ``[B, C, H, W]``; videos ``[B, C, T, H, W]`` (:class:`VideoCodec`);
+sounds are log-mel spectrograms ``[B, 1, mels, frames]`` in [-1, 1] (:class:`AudioCodec`), which
+leave as waveforms. ``outputs`` turns data tensors into what a :class:`~difflab.pipelines.Result`
+holds: PIL images, video frames, waveforms.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ class Codec:
     channels: int
     latent_channels: int
     downsampling: int = 1
+    media = "image"
+
+    def outputs(self, x: torch.Tensor) -> dict:
+        """Data-space tensors -> the fields of a Result: ``{"images": [PIL images]}`` here."""
+        from difflab.data.images import to_images
+        return {"images": to_images(x)}
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -162,3 +171,72 @@ def _feather(shape, ramp: int, like: torch.Tensor) -> torch.Tensor:
         distance = torch.minimum(torch.arange(n), torch.arange(n).flip(0)).to(like)           # to the nearer edge
         return ((distance + 1) / (ramp + 1)).clamp(max=1.0)
     return (edge(shape[0])[:, None] * edge(shape[1])[None, :])[None, None]
+
+
+class VideoCodec(PixelCodec):
+    """Pixel-space video: clips ``[B, C, T, H, W]`` of ``frames`` frames, model space = data space.
+
+    ``outputs`` gives ``videos`` (uint8 arrays ``[T, H, W, C]``, as imageio and PyAV take them) and
+    ``images`` (each clip as a filmstrip: its frames side by side, for grids and previews)."""
+
+    media = "video"
+
+    def __init__(self, channels: int = 3, frames: int = 8):
+        super().__init__(channels)
+        if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= 256:
+            raise ValueError(f"frames must be an integer in [1, 256], got {frames!r}")
+        self.frames = frames
+
+    def model_shape(self, batch: int, width: int, height: int) -> tuple[int, ...]:
+        return (batch, self.latent_channels, self.frames, height, width)
+
+    def outputs(self, x: torch.Tensor) -> dict:
+        from PIL import Image
+        pixels = _pixels(x)                                                           # [B, C, T, H, W]
+        videos = [clip.permute(1, 2, 3, 0).numpy() for clip in pixels]               # [T, H, W, C] each
+        strips = [clip.transpose(1, 0, 2, 3).reshape(clip.shape[1], -1, clip.shape[3]) for clip in videos]
+        return {"videos": videos, "images": [Image.fromarray(s[..., 0] if s.shape[-1] == 1 else s) for s in strips]}
+
+    def __repr__(self) -> str:
+        return f"VideoCodec(channels={self.channels}, frames={self.frames})"
+
+
+class AudioCodec(Codec):
+    """Sound as an image (Riffusion-style): model space is the normalised log-mel spectrogram of
+    :mod:`difflab.data.spectrogram` (``[B, 1, mels, frames]``); ``outputs`` turns it back into
+    waveforms by mel inversion and Griffin-Lim phase retrieval (Griffin & Lim 1984), and gives the
+    spectrograms as images too (low frequencies at the bottom)."""
+
+    media = "audio"
+    channels = latent_channels = 1
+
+    def __init__(self, iterations: int = 64):
+        from difflab.data import spectrogram
+        self.spectrogram, self.iterations = spectrogram, iterations
+        self.sample_rate = spectrogram.SAMPLE_RATE
+
+    def model_shape(self, batch: int, width: int, height: int) -> tuple[int, ...]:
+        return (batch, 1, self.spectrogram.N_MELS, self.spectrogram.FRAMES)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z.clamp(-1, 1)
+
+    def outputs(self, x: torch.Tensor) -> dict:
+        from PIL import Image
+        pixels = _pixels(x)[:, 0].flip(1).numpy()                                    # low frequencies at the bottom
+        waves = self.spectrogram.spectrogram_to_waveform(x.float().cpu(), iterations=self.iterations)
+        return {"audio": [w.numpy() for w in waves], "images": [Image.fromarray(p, "L") for p in pixels],
+                "sample_rate": self.sample_rate}
+
+    def __repr__(self) -> str:
+        return f"AudioCodec(mels={self.spectrogram.N_MELS}, frames={self.spectrogram.FRAMES})"
+
+
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    """Data in [-1, 1] -> uint8 on the CPU; a non-finite value (a diverged model) is an error, never a black pixel."""
+    if not torch.isfinite(x).all():
+        raise FloatingPointError("the model produced non-finite values; nothing was written")
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -172,7 +172,7 @@ def test_init_from_grows_a_model_that_first_computes_what_the_package_did(tmp_pa
                                 max_steps=3, checkpoint_every=0)
     lines = []
     grown = Trainer(grown_config, tmp_path / "b", log=lines.append)
-    assert any("new ones at zero" in line for line in lines)
+    assert any("new ones that start as the identity" in line for line in lines)
     source = load_file(package / "model.safetensors")
     state = grown.unwrapped.state_dict()
     assert all(torch.equal(state[k], v) for k, v in source.items())

@@ -21,6 +21,8 @@ DATASETS = {
     "shapes": "difflab.data.shapes:ShapesDataset",
     "digits": "difflab.data.digits:DigitsDataset",
     "folder": "difflab.data.folder:ImageFolderDataset",
+    "moving-shapes": "difflab.data.moving_shapes:MovingShapesDataset",
+    "sounds": "difflab.data.sounds:SoundsDataset",
 }
 
 __all__ = ["DATASETS", "dataset_class", "load_dataset", "to_tensor", "to_images", "to_uint8", "from_uint8"]

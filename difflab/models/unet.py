@@ -153,15 +153,13 @@ class UNet(ConditionEmbedding, ModelMixin):
             return self._shallow(h, skips, scale_shift, context, context_mask, deep_cache.feature)
         for blocks, down in zip(self.down, self.downsample):
             for res, attn in blocks:
-                h = res(h, next(scale_shift))
-                h = attn(h, context, context_mask) if isinstance(attn, AttentionBlock) else h
+                h = self._block(res, attn, h, next(scale_shift), context, context_mask)
                 skips.append(h)
             if isinstance(down, Downsample):
                 h = down(h)                                                   # [B, c, H/2, W/2]
                 skips.append(h)
-        h = self.mid_block1(h, next(scale_shift))
-        h = self.mid_attn(h, context, context_mask) if self.mid_attn is not None else h
-        h = self.mid_block2(h, next(scale_shift))
+        h = self._block(self.mid_block1, self.mid_attn, h, next(scale_shift), context, context_mask)
+        h = self._block(self.mid_block2, None, h, next(scale_shift), context, context_mask)
         for i, (blocks, up) in enumerate(zip(self.up, self.upsample)):
             if deep_cache is not None and i == len(self.up) - 1:
                 deep_cache.store(h)                                           # the input of the shallowest up level
@@ -169,18 +167,21 @@ class UNet(ConditionEmbedding, ModelMixin):
         h = self.conv_out(group_norm(h, self.norm_out, act=True))           # [B, C_out, H, W]
         return h.contiguous()
 
+    def _block(self, res, attn, h, scale_shift, context, context_mask):
+        """One ResNet block and its level's attention, if it has one (a video UNet adds temporal layers here)."""
+        h = res(h, scale_shift)
+        return attn(h, context, context_mask) if isinstance(attn, AttentionBlock) else h
+
     def _up_level(self, blocks, up, h, skips, scale_shift, context, context_mask):
         for res, attn in blocks:
-            h = res(torch.cat([h, skips.pop()], dim=1), next(scale_shift))
-            h = attn(h, context, context_mask) if isinstance(attn, AttentionBlock) else h
+            h = self._block(res, attn, torch.cat([h, skips.pop()], dim=1), next(scale_shift), context, context_mask)
         return up(h)                                                          # [B, c, 2H, 2W]
 
     def _shallow(self, h, skips, scale_shift, context, context_mask, deep):
         """A cached call: the shallowest down level, then the shallowest up level on the stored feature."""
         chunks, n = list(scale_shift), self.config.layers_per_block     # per ResBlock, in forward order
         for (res, attn), chunk in zip(self.down[0], chunks[:n]):
-            h = res(h, chunk)
-            h = attn(h, context, context_mask) if isinstance(attn, AttentionBlock) else h
+            h = self._block(res, attn, h, chunk, context, context_mask)
             skips.append(h)
         h = self._up_level(self.up[-1], self.upsample[-1], deep, skips, iter(chunks[-(n + 1):]), context, context_mask)
         return self.conv_out(group_norm(h, self.norm_out, act=True)).contiguous()

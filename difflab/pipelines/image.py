@@ -27,7 +27,6 @@ from difflab import limits
 from difflab.codecs import Codec, PixelCodec
 from difflab.conditioning import Conditioner
 from difflab.data import shapes_grammar as shapes
-from difflab.data.images import to_images
 from difflab.settings import BUNDLED_MODELS, package_folder, validate_deep_cache, validate_text
 from difflab.pipelines import edit
 from difflab.pipelines.arguments import as_list, check_count, check_latents, from_diffusers_names, image_seeds
@@ -212,6 +211,8 @@ class Pipeline(LoraMethods):
         validate_guidance_rescale(guidance_rescale)
         validate_guidance_method(guidance_method)
         cache = self._deep_cache(deep_cache) if validate_deep_cache(deep_cache) not in (None, 1) else None
+        if self.codec.media != "image" and not (image is None and mask is None and outpaint is None):
+            raise ValueError(f"image, mask and outpaint edit images; this is a {self.codec.media} model")
         edits = edit.prepare(self.codec, self.size_multiple, image, strength, mask, outpaint, mask_blur,
                              len(prompts))
         size = edit.output_size(edits, width, height, self.resolution, self.size_multiple)
@@ -229,7 +230,7 @@ class Pipeline(LoraMethods):
                    guidance_scale=settings["guidance_scale"], guidance_rescale=guidance_rescale,
                    guidance_method=guidance_method, callback=callback, progress=progress, device=self.device,
                    **(edits.sample_args(self.codec) if edits else {}))
-        images = to_images(edits.result(self.codec, x) if edits else self.codec.decode(x))
+        outputs = self.codec.outputs(edits.result(self.codec, x) if edits else self.codec.decode(x))
         given = {"latents": "given"} if noise is not None else {}  # not replayable from the recipe alone
         method = {"guidance_method": guidance_method} if guidance_method != "cfg" else {}
         method |= {"deep_cache": deep_cache} if cache is not None else {}
@@ -237,7 +238,7 @@ class Pipeline(LoraMethods):
         recipes = [self._recipe(p, n, s, settings, guidance_rescale, size) | (edits.recipe() if edits else {}) | given
                    | method
                    for p, n, s in zip(prompts, negatives, seeds)]
-        return Result(images, recipes)
+        return Result(recipes=recipes, **outputs)
 
     def replay(self, recipe: dict, image=None, mask=None) -> Result:
         """Regenerate the image a recipe describes (same pixels on the same machine and weights).

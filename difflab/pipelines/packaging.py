@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from difflab import limits
-from difflab.codecs import PixelCodec, VAECodec
+from difflab.codecs import AudioCodec, PixelCodec, VAECodec, VideoCodec
 from difflab.denoisers import validate_prediction_type
 from difflab.outputs import fsync_folder
 from difflab.sampling import DEFAULT_SAMPLER, validate_settings
@@ -89,14 +89,42 @@ def codec_from_header(header: dict, folder: Path, pixel_codec: PixelCodec):
     if section is None:
         return pixel_codec
     where = folder / "config.json"
+    if isinstance(section, dict) and section.get("type") in ("video", "audio"):
+        try:
+            return media_codec(section, pixel_codec.channels)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: codec: {error}"[:300]) from None
     if section != {"type": "vae", "path": VAE_FOLDER}:
-        raise ValueError(f"{where}: codec must be {{'type': 'vae', 'path': '{VAE_FOLDER}'}} (or absent), got {section!r}"[:300])
+        raise ValueError(f"{where}: codec must be {{'type': 'vae', 'path': '{VAE_FOLDER}'}}, {{'type': 'video', "
+                         f"'frames': N}}, {{'type': 'audio'}} (or absent), got {section!r}"[:300])
     from difflab.models.vae import AutoencoderKL
     vae = AutoencoderKL.from_pretrained(folder / VAE_FOLDER).eval().requires_grad_(False)
     if vae.config.in_channels != pixel_codec.channels:
         raise ValueError(f"{where}: the VAE makes {vae.config.in_channels}-channel images but data.channels is "
                          f"{pixel_codec.channels}")
     return VAECodec(vae)
+
+
+def media_codec(section: dict, channels: int):
+    """The codec of a ``{"type": "video", "frames": N}`` or ``{"type": "audio"}`` section."""
+    if section["type"] == "video":
+        if set(section) != {"type", "frames"}:
+            raise ValueError(f"a video codec section is {{'type': 'video', 'frames': N}}, got {section!r}")
+        return VideoCodec(channels, section["frames"])
+    if set(section) != {"type"} or channels != 1:
+        raise ValueError(f"an audio codec section is {{'type': 'audio'}} with data.channels 1, got {section!r}")
+    return AudioCodec()
+
+
+def codec_section(codec) -> dict | None:
+    """A codec as a package's ``codec`` section (None: pixels, the default)."""
+    if isinstance(codec, VideoCodec):
+        return {"type": "video", "frames": codec.frames}
+    if isinstance(codec, AudioCodec):
+        return {"type": "audio"}
+    if isinstance(codec, VAECodec):
+        return {"type": "vae", "path": VAE_FOLDER}
+    return None
 
 
 def save_pipeline(pipe, folder) -> Path:
@@ -115,8 +143,8 @@ def save_pipeline(pipe, folder) -> Path:
                 "conditioning": {"encoder": pipe.encoder.spec, "null": pipe.conditioner.null},
                 "data": {"dataset": pipe.dataset, "resolution": pipe.resolution, "channels": pipe.channels},
                 "sampling": {key: pipe.defaults[key] for key in DEFAULTS}}
-    if pipe.vae is not None:
-        metadata["codec"] = {"type": "vae", "path": VAE_FOLDER}
+    if codec_section(pipe.codec) is not None:
+        metadata["codec"] = codec_section(pipe.codec)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:

@@ -29,8 +29,15 @@ _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", floa
 
 @dataclass
 class Result:
+    """What a pipeline call returns: ``images`` (PIL; a video model's clips as filmstrips, an audio
+    model's spectrograms), ``recipes`` (one per output), and for a video model ``videos`` (uint8
+    arrays ``[T, H, W, C]``), for an audio model ``audio`` (float waveforms) at ``sample_rate``."""
+
     images: list[Image.Image]
     recipes: list[dict]
+    videos: list | None = None
+    audio: list | None = None
+    sample_rate: int | None = None
 
     def grid(self, columns: int | None = None) -> Image.Image:
         columns = columns or min(len(self.images), 8)
@@ -41,13 +48,24 @@ class Result:
             canvas.paste(image.convert("RGB"), ((i % columns) * w, (i // columns) * h))
         return canvas
 
-    def save(self, folder, prefix: str = "image", overwrite: bool = False, inputs=()) -> list[Path]:
-        """PNGs ``PREFIX-SEED-INDEX.png`` with their recipes, written atomically (:mod:`difflab.outputs`):
-        taken names get a counter prefix unless ``overwrite``; links and ``inputs`` are never replaced.
-        Returns the paths written."""
+    def save(self, folder, prefix: str = "image", overwrite: bool = False, inputs=(), video_format: str = "mp4") -> list[Path]:
+        """Files ``PREFIX-SEED-INDEX.EXT`` with their recipes, written atomically (:mod:`difflab.outputs`):
+        PNGs, or a video model's clips as MP4 (``video_format="gif"``: GIF), an audio model's as WAV.
+        Taken names get a counter prefix unless ``overwrite``; links and ``inputs`` are never
+        replaced. Returns the paths written."""
+        from difflab.pipelines import media_files
+        if self.videos is not None and video_format not in media_files.VIDEO_FORMATS:
+            raise ValueError(f"video_format must be one of {', '.join(media_files.VIDEO_FORMATS)}, got {video_format!r}")
         folder = check_output_folder(folder)
-        names = [f"{prefix}-{recipe['seed']}-{i:03d}.png" for i, recipe in enumerate(self.recipes)]
+        suffix = video_format if self.videos is not None else "wav" if self.audio is not None else "png"
+        names = [f"{prefix}-{recipe['seed']}-{i:03d}.{suffix}" for i, recipe in enumerate(self.recipes)]
         paths = free_names(folder, names, overwrite, inputs)
+        if self.videos is not None:
+            return [media_files.save_video(clip, recipe, path, overwrite=overwrite, inputs=inputs)
+                    for clip, recipe, path in zip(self.videos, self.recipes, paths)]
+        if self.audio is not None:
+            return [media_files.save_wav(wave, self.sample_rate, recipe, path, overwrite=overwrite, inputs=inputs)
+                    for wave, recipe, path in zip(self.audio, self.recipes, paths)]
         return [save_png(image, recipe, path, overwrite, inputs)
                 for image, recipe, path in zip(self.images, self.recipes, paths)]
 
@@ -61,8 +79,15 @@ def save_png(image: Image.Image, recipe: dict, path, overwrite: bool = False, in
 
 
 def read_recipe(path) -> dict:
-    """The recipe stored in a PNG written by difflab, checked by :func:`validate_recipe`. The image's
-    size is checked on its header and its pixels are not decoded (difflab writes the recipe first)."""
+    """The recipe stored in a PNG (or MP4, GIF, WAV) written by difflab, checked by
+    :func:`validate_recipe`. A PNG's size is checked on its header and its pixels are not decoded
+    (difflab writes the recipe first)."""
+    if Path(path).suffix.lower() in (".mp4", ".gif", ".wav"):
+        from difflab.pipelines.media_files import read_media_recipe
+        recipe = read_media_recipe(path)
+        if recipe is None:
+            raise ValueError(f"{path} holds no difflab recipe (was it written by difflab generate?)")
+        return validate_recipe(recipe, path)
     try:
         with limits.open_image(path, "recipe image") as image:
             text = image.info.get(RECIPE_KEY)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from difflab.data import to_tensor
+from difflab.data.items import as_float, item_tensor
 from difflab.noise import stream_seed
 from difflab.train.config import TrainConfig, build_dataset
 
@@ -17,8 +17,9 @@ from difflab.train.config import TrainConfig, build_dataset
 class TrainingData:
     """Images and captions/labels for global sample positions, with an in-memory image cache.
 
-    ``channels`` and ``num_classes`` come from the dataset (its attributes of those names; a dataset
-    without them holds RGB images and captions). ``class_conditional``: items are labelled classes.
+    ``channels``, ``num_classes`` and ``media`` come from the dataset (its attributes of those names; a
+    dataset without them holds RGB images and captions). ``class_conditional``: items are labelled classes.
+    Items are cached as stored (video as uint8), converted to float per batch.
     """
 
     def __init__(self, config: TrainConfig, dataset=None):
@@ -29,6 +30,7 @@ class TrainingData:
         self.channels = getattr(self.dataset, "channels", 3)
         self.num_classes = getattr(self.dataset, "num_classes", None)
         self.class_conditional = self.num_classes is not None
+        self.media = getattr(self.dataset, "media", "image")    # image | video | audio
         self._cache: dict[int, tuple[torch.Tensor, object]] = {}
         self._perm_epoch, self._perm = None, None
 
@@ -46,13 +48,12 @@ class TrainingData:
         index = self.item_index(position)
         if index not in self._cache:
             item = self.dataset[index]
-            image = item["image"]
-            if image.size != (self.config.resolution, self.config.resolution):
-                image = image.resize((self.config.resolution,) * 2)
             condition = item["label"] if self.class_conditional else item.get("caption", "")
-            self._cache[index] = (to_tensor(image, self.channels)[0], condition)       # [C, H, W]
+            self._cache[index] = (item_tensor(item, self.channels, self.config.resolution), condition)
         return self._cache[index]
 
     def batch(self, positions: list[int]) -> tuple[torch.Tensor, list]:
+        """Data-space tensors ``[B, C, H, W]`` (video ``[B, C, T, H, W]``, audio ``[B, 1, mels, frames]``)
+        and their captions or labels."""
         items = [self.item(p) for p in positions]
-        return torch.stack([image for image, _ in items]), [condition for _, condition in items]
+        return as_float(torch.stack([x for x, _ in items])), [condition for _, condition in items]

@@ -177,6 +177,21 @@ PRESETS: dict[str, dict] = {
     "vae-shapes": dict(task="vae", resolution=64, model=dict(VAE_MODEL), batch_size=32, max_steps=20000,
                        checkpoint_every=500, lr=2e-4, lr_warmup=200, lr_schedule="cosine", ema_decay=0.999,
                        sample_every=2000),
+    # moving shapes: the bundled image model grown into a video UNet (temporal blocks start as the
+    # identity, so training begins from its pictures and has only motion to learn)
+    "shapes-video": dict(dataset="moving-shapes", init_from="shapes", prediction_type="v_prediction",
+                         schedule="cosine", rescale_zero_terminal_snr=True, loss_weighting="min_snr_plus_one",
+                         model=dict(class_name="VideoUNet", channels=(32, 64, 128), layers_per_block=1,
+                                    attention_levels=(1, 2), head_dim=32, attention_positions=True),
+                         batch_size=8, max_steps=4000, checkpoint_every=100, lr=3e-4, lr_warmup=50,
+                         lr_schedule="constant", ema_decay=0.995, sample_every=500),
+    # procedural sounds as 1 x 64 x 64 log-mel spectrograms, an image UNet from scratch
+    "sounds": dict(dataset="sounds", resolution=64, prediction_type="v_prediction", schedule="cosine",
+                   rescale_zero_terminal_snr=True, loss_weighting="min_snr_plus_one",
+                   model=dict(channels=(32, 64, 128), layers_per_block=1, attention_levels=(1, 2), head_dim=32,
+                              attention_positions=True),
+                   batch_size=16, max_steps=6000, checkpoint_every=100, lr=5e-4, lr_warmup=100,
+                   lr_schedule="constant", ema_decay=0.995, sample_every=500),
     "digits": dict(dataset="digits", resolution=16, model=dict(channels=(32, 64, 64), layers_per_block=1,
                                                                attention_levels=(2,), head_dim=32),
                    batch_size=64, max_steps=3000, checkpoint_every=1000, lr=5e-4, lr_warmup=100),

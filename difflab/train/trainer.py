@@ -22,14 +22,16 @@ from pathlib import Path
 import torch
 
 from difflab.outputs import append_text, check_output_folder, write_file
+from difflab.pipelines.packaging import codec_section
 from difflab.schedules import NoiseSchedule
+from difflab.settings import BUNDLED_MODELS
 from difflab.train import checkpoint as ckpt
 from difflab.train.batches import TrainingData
 from difflab.train.config import TrainConfig
 from difflab.conditioning import Conditioner
 from difflab.train.latents import (VAE_FOLDER, LatentCache, check_vae_fits, latent_statistics, load_vae,
                                    reconstruction_grid, save_with_vae, with_normalisation)
-from difflab.train.lineage import training_record, warm_start
+from difflab.train.lineage import init_folder, training_record, warm_start
 from difflab.train.objectives import OBJECTIVES, Batch
 from difflab.train.optim import ema_decay_at, ema_update, lr_at
 
@@ -93,8 +95,10 @@ class Trainer:
         self.config, self.out, self.log = config, Path(out), log
         check_output_folder(self.out)
         ckpt.check_run_folder(self.out, resume)
-        if config.init_from and not resume and not Path(config.init_from).is_dir():
-            raise ValueError(f"init_from: no model package at {config.init_from} (a folder written by difflab train)")
+        init_from = init_folder(config.init_from)
+        if init_from and not resume and not init_from.is_dir():
+            raise ValueError(f"init_from: no model package at {config.init_from} (a folder written by difflab train, "
+                             f"or a bundled model's name: {', '.join(BUNDLED_MODELS)})")
         if config.threads:
             torch.set_num_threads(config.threads)
         cuda = torch.cuda.is_available()
@@ -122,12 +126,15 @@ class Trainer:
             torch.manual_seed(config.seed)  # after the encoder's loading, which may draw numbers
             channels = self.vae.config.latent_channels if self.vae is not None else self.data.channels
             model = make_model(config, channels, self.conditioner)
+            if (self.data.media == "video") != (getattr(model, "media", "image") == "video"):
+                raise ValueError(f"the {config.dataset} dataset holds {self.data.media}; train it with "
+                                 f"{'model.class_name = VideoUNet' if self.data.media == 'video' else 'an image network'}")
         self.parent_training = None
         if config.init_from and not resume:
-            line, self.parent_training = warm_start(model, config.init_from)
+            line, self.parent_training = warm_start(model, init_from)
             self.log(line)
         elif config.init_from:  # resumed: the weights come from the checkpoint, the lineage from the package
-            self.parent_training = training_record(config.init_from)
+            self.parent_training = training_record(init_from)
         self.channels_last = not cuda
         self.objective = make_objective(config, self.schedule, self.conditioner, self.accelerator, self.channels_last)
         if self.channels_last:
@@ -311,7 +318,7 @@ class Trainer:
         if config.task == "vae":
             return {"data": data, "training": training}
         return {
-            **({"codec": {"type": "vae", "path": VAE_FOLDER}} if self.vae is not None else {}),
+            **({"codec": codec_section(self.codec())} if codec_section(self.codec()) else {}),
             "diffusion": {"schedule": self.schedule.to_config(), "prediction_type": config.prediction_type},
             "conditioning": {"encoder": self.conditioner.spec, "null": self.conditioner.null},
             "data": data,
@@ -337,20 +344,27 @@ class Trainer:
         model.load_state_dict(self.ema)
         return model.eval()
 
+    def codec(self):
+        """The codec of the data (pixels, a VAE's latents, video clips, spectrograms)."""
+        from difflab.codecs import AudioCodec, PixelCodec, VAECodec, VideoCodec
+        if self.vae is not None:
+            return VAECodec(self.vae)
+        if self.data.media == "video":
+            return VideoCodec(self.data.channels, self.data.dataset.frames)
+        return AudioCodec() if self.data.media == "audio" else PixelCodec(self.data.channels)
+
     def pipeline(self):
         """A :class:`~difflab.Pipeline` over the EMA weights, built through its public constructor."""
-        from difflab.codecs import PixelCodec, VAECodec
         from difflab.pipelines import Pipeline
-        codec = VAECodec(self.vae) if self.vae is not None else PixelCodec(self.data.channels)
         return Pipeline(self.ema_model().to(self.accelerator.device), self.schedule, self.config.prediction_type,
-                        self.conditioner, codec, self.config.resolution, name="training")
+                        self.conditioner, self.codec(), self.config.resolution, name="training")
 
     def write_sample_grid(self):
         if self.config.task == "vae":
             return self.write_reconstructions()
         prompts = getattr(self.data.dataset, "preview_prompts", None) or [self.data.item(p)[1] for p in range(4)]
         result = self.pipeline()(list(prompts), seed=0, steps=20)
-        grid = result.grid()
+        grid = result.grid(columns=1 if self.data.media == "video" else None)   # a clip's filmstrip per row
         write_file(self.out / f"samples-step-{self.step}.png", lambda f: grid.save(f, format="PNG"), overwrite=True)
 
 

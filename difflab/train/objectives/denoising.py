@@ -109,7 +109,7 @@ class DenoisingObjective(Objective):
         x0 = batch.x0
         t, noise, u = draw_per_sample(self.seed, batch.positions, tuple(x0.shape[1:]), self.schedule,
                                       self.timestep_sampling)
-        if self.channels_last:
+        if self.channels_last and x0.ndim == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
             noise = noise.contiguous(memory_format=torch.channels_last)
         conditions = self.conditioner.dropped(batch.conditions, (u < self.cond_dropout).tolist())
