@@ -172,7 +172,8 @@ def generate(
     overwrite: bool = typer.Option(False, help="replace files of the same name in --out (never a link or an "
                                                 "input); by default a taken name gets a counter prefix"),
     grid: bool = typer.Option(False, help="also write a grid of all images"),
-    recipe: str = typer.Option(None, help="replay the recipe stored in a PNG written by difflab"),
+    video_format: str = typer.Option("mp4", help="a video model's files: mp4 or gif"),
+    recipe: str = typer.Option(None, help="replay the recipe stored in a PNG, MP4, GIF or WAV written by difflab"),
     image: str = typer.Option(None, help="input image to edit (image-to-image, inpainting, outpainting)"),
     strength: float = typer.Option(None, help="image-to-image: noise level to start from, as a fraction of the schedule (0..1; SDEdit)"),
     mask: str = typer.Option(None, help="inpainting mask image: white = regenerate"),
@@ -183,7 +184,7 @@ def generate(
     prediction_type: str = typer.Option(None, help="single-file SD 2.x: v_prediction (768 px, the default) or "
                                                    "epsilon (2.0/2.1-base, 512 px); no key in the file says which"),
 ):
-    """Generate images; each PNG carries the recipe that replays it."""
+    """Generate images (a video model: MP4 or GIF clips; an audio model: WAV); each file carries the recipe that replays it."""
     from difflab.pipelines.recipes import read_recipe  # torch is imported only once every flag is checked
     from difflab.settings import package_folder
 
@@ -194,6 +195,8 @@ def generate(
     check_settings(prompt, negative, n, steps, sampler, spacing, guidance)
     validate_guidance_method(guidance_method, "--guidance-method")
     validate_deep_cache(deep_cache, "--deep-cache")
+    if video_format not in ("mp4", "gif"):
+        raise ValueError(f"--video-format must be mp4 or gif, got {video_format!r}")
     if dtype is not None and dtype.removeprefix("torch.") not in ("float32", "float16", "bfloat16", "float64"):
         raise ValueError(f"--dtype must be float32, float16, bfloat16 or float64, got {dtype!r}")
     if prediction_type is not None and (prediction_type not in ("epsilon", "v_prediction")
@@ -226,7 +229,7 @@ def generate(
             result = pipe([p for p, _ in batch], negative_prompt=negative, seed=[s for _, s in batch], steps=steps,
                           sampler=sampler, guidance_scale=guidance, spacing=spacing, progress=True,
                           guidance_method=guidance_method, deep_cache=deep_cache)
-            paths += result.save(out, overwrite=overwrite)
+            paths += result.save(out, overwrite=overwrite, video_format=video_format)
         for path in paths:
             typer.echo(str(path))
         return
@@ -238,7 +241,7 @@ def generate(
                       guidance_method=guidance_method, deep_cache=deep_cache,
                       outpaint=margins, mask_blur=mask_blur, **edits)
     inputs = [p for p in (image, mask, recipe) if p is not None]
-    paths = result.save(out, overwrite=overwrite, inputs=inputs)
+    paths = result.save(out, overwrite=overwrite, inputs=inputs, video_format=video_format)
     if grid:
         canvas = result.grid()
         counter = COUNTER.match(paths[0].name)  # the grid takes its images' counter prefix, if any

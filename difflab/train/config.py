@@ -72,7 +72,7 @@ class TrainConfig:
     seed: int = 0                         # initial weights, data order, noise, timesteps, dropout
     num_workers: int = 0                  # data-loading worker processes
     threads: int = 0                      # torch CPU threads; 0 keeps torch's default
-    init_from: str | None = None          # a model package whose weights start the run (fine-tune / grow)
+    init_from: str | None = None          # a model package (or bundled model name) whose weights start the run (fine-tune / grow)
 
     def __post_init__(self):
         _check(self.task in TASKS, "task", self.task, f"one of {TASKS}")
@@ -137,6 +137,8 @@ def field_help() -> dict[str, str]:
         return {}
     comments, name = {}, None
     for line in lines:
+        if line.lstrip().startswith("def "):  # the fields end where the methods begin
+            break
         if match := re.match(r"^    (\w+): ", line):
             name = match.group(1)
         if name and "  # " in line:
