@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import difflab
+import difflab.data.shapes
 from difflab.models import create_model
 from difflab.train import Trainer, build_config
 from test_train import cli, held_out_loss, killed_then_resumed, weights
@@ -102,8 +103,16 @@ def test_video_training_learns_and_the_package_generates_clips_with_recipes(tmp_
         assert image.n_frames == 8 and json.loads(image.info["comment"]) == batch.recipes[0]
     replayed = pipe.replay(difflab.pipelines.read_recipe(mp4))
     assert np.array_equal(replayed.videos[0], batch.videos[0])
-    with pytest.raises(ValueError, match="video model"):
+    with pytest.raises(ValueError, match="first frame only"):
         pipe(prompts[0], image=Image.new("RGB", (16, 16)), strength=0.5)
+
+    # image-to-video: the given image is the first frame, exactly; the recipe replays with it
+    first = difflab.data.shapes.render("a red circle", seed=1, resolution=16)
+    animated = pipe(prompts[0], image=first, seed=9, steps=4)
+    assert np.array_equal(animated.videos[0][0], np.asarray(first))
+    assert animated.recipes[0]["first_frame"] is True
+    again = pipe.replay(animated.recipes[0], image=first)
+    assert np.array_equal(again.videos[0], animated.videos[0])
 
 
 def test_video_training_resumes_exactly_after_sigkill(tmp_path):

@@ -6,7 +6,8 @@ codec (pixels or latents). The result is composed with the input again in data s
 decoding (:meth:`Edit.result`): a latent inpaint keeps every unmasked pixel exactly too.
 ``strength`` is a noise level (SDEdit; see ``difflab.sampling.edit_sigmas``), the same amount of
 change whatever the sigma spacing.
-Outpainting pads the canvas by (left, right, top, bottom) pixels and inpaints the new border.
+Outpainting pads the canvas by (left, right, top, bottom) pixels and inpaints the new border. For
+a video model the image is the first frame of the clip (image-to-video: a mask in time).
 
 Inputs are bounded before they cost anything (:mod:`difflab.limits`): an image file's pixels are
 checked on its header before decoding (:func:`open_image`), and the output canvas (the image, or
@@ -118,7 +119,7 @@ def prepare(codec, size_multiple: int, image, strength, mask, outpaint, mask_blu
         if mask.size != image.size:
             raise ValueError(f"mask size {mask.size} differs from image size {image.size}; they must match")
     if strength is None:
-        strength = 1.0 if mask is not None or outpaint is not None else 0.75
+        strength = 1.0 if mask is not None or outpaint is not None or codec.media == "video" else 0.75
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
         raise ValueError(f"strength must be a number in [0, 1], got {strength!r}")
     _check_size(size, size_multiple)
@@ -133,8 +134,27 @@ def prepare(codec, size_multiple: int, image, strength, mask, outpaint, mask_blu
         record["mask"] = image_hash(mask)
     tensor = to_tensor(image, codec.channels).expand(batch, -1, -1, -1)
     mask_tensor = None if mask is None else _mask_tensor(mask, mask_blur)
+    if codec.media == "video":
+        return _first_frame(codec, tensor, strength, mask_tensor, image.size, record)
     record.update(strength=strength, mask_blur=mask_blur)
     return Edit(tensor, float(strength), mask_tensor, image.size, record)
+
+
+def _first_frame(codec, image: torch.Tensor, strength, mask, size, record) -> Edit:
+    """Image-to-video: the image is the clip's first frame, kept exactly; the rest is generated.
+
+    Inpainting with a mask in time (regenerate every frame but the first), so it runs with every
+    sampler: the first frame is re-noised to each step's level, and the later frames are denoised
+    in its presence, which the temporal layers read (the "reconstruction guidance"-free
+    replacement method of Ho et al. 2022, Video Diffusion Models, Sec. 3.1)."""
+    if mask is not None or "outpaint" in record or strength != 1.0:
+        raise ValueError("a video model takes image= as the first frame only (image-to-video): no mask, "
+                         "outpaint or strength")
+    frames = image[:, :, None].expand(-1, -1, codec.frames, -1, -1)              # [B, C, T, H, W]
+    time_mask = torch.ones(1, 1, codec.frames, *image.shape[-2:])
+    time_mask[:, :, 0] = 0                                                     # 0 = keep: the given frame
+    record.update(first_frame=True, strength=1.0, mask_blur=0.0)
+    return Edit(frames, 1.0, time_mask, size, record)
 
 
 def check_replay_inputs(recipe: dict, image, mask) -> None:

@@ -211,8 +211,8 @@ class Pipeline(LoraMethods):
         validate_guidance_rescale(guidance_rescale)
         validate_guidance_method(guidance_method)
         cache = self._deep_cache(deep_cache) if validate_deep_cache(deep_cache) not in (None, 1) else None
-        if self.codec.media != "image" and not (image is None and mask is None and outpaint is None):
-            raise ValueError(f"image, mask and outpaint edit images; this is a {self.codec.media} model")
+        if self.codec.media == "audio" and not (image is None and mask is None and outpaint is None):
+            raise ValueError("image, mask and outpaint edit images; this is an audio model")
         edits = edit.prepare(self.codec, self.size_multiple, image, strength, mask, outpaint, mask_blur,
                              len(prompts))
         size = edit.output_size(edits, width, height, self.resolution, self.size_multiple)

@@ -1,0 +1,105 @@
+"""Judge a video or audio model on prompts it was not trained on; print a Markdown table.
+
+    python benchmarks/av_models.py video --model shapes-video [--n 48] [--steps 20] [--batch 8]
+    python benchmarks/av_models.py audio --model sounds [--n 48] [--steps 20] [--batch 8]
+
+Video (issue 17's goals: direction right >= 80%, identity >= 90%): two prompt sets, each clip with
+its own seed: the held-out (colour, shape, direction) triples the training split never shows
+(``difflab.data.moving_shapes.held_out_prompts``) and the canonical prompts of the test split. Each
+clip is judged by :func:`difflab.metrics.motion.judge_clip`; a check counts where the prompt states it.
+
+Audio (goals: pitch order >= 80%, chord notes >= 70%): the held-out prompts of the sounds world and
+its test split, judged on the waveform the codec makes (Griffin-Lim) by
+:func:`difflab.metrics.pitch.judge_sound`.
+
+Also reported: the rate of the real clips of the same prompts (the judge's ceiling) and clips per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+import difflab
+
+
+def prompt_sets(kind: str, n: int) -> dict[str, list[str]]:
+    if kind == "video":
+        from difflab.data.moving_shapes import MovingShapesDataset, held_out_prompts
+        test = MovingShapesDataset("test")
+    else:
+        from difflab.data.sounds import SoundsDataset, held_out_prompts
+        test = SoundsDataset("test")
+    return {"held-out": held_out_prompts(n), "test": [test[i]["prompt"] for i in range(n)]}
+
+
+def judge(kind: str, output, prompt: str) -> dict:
+    if kind == "video":
+        from difflab.metrics.motion import judge_clip
+        return judge_clip(output, prompt)
+    from difflab.metrics.pitch import judge_sound
+    return judge_sound(output, prompt)
+
+
+def real(kind: str, prompt: str, seed: int):
+    if kind == "video":
+        from difflab.data.moving_shapes import render
+        return render(prompt, seed)
+    from difflab.data.sounds import render
+    return render(prompt, seed)
+
+
+def rates(verdicts: list[dict]) -> dict[str, float]:
+    """Per check: the fraction of the verdicts that state it (not None) in which it held; plus overall."""
+    held, stated = defaultdict(int), defaultdict(int)
+    for v in verdicts:
+        for name, ok in v["checks"].items():
+            if ok is not None:
+                stated[name] += 1
+                held[name] += bool(ok)
+    out = {name: held[name] / stated[name] for name in sorted(stated)}
+    out["overall"] = sum(v["ok"] for v in verdicts) / len(verdicts)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=("video", "audio"))
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--n", type=int, default=48, help="prompts per set")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the package's)")
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    pipe = difflab.Pipeline.from_pretrained(args.model)
+    rows, elapsed, made = {}, 0.0, 0
+    for name, prompts in prompt_sets(args.kind, args.n).items():
+        verdicts, ceiling = [], []
+        for start in range(0, len(prompts), args.batch):
+            chunk = prompts[start:start + args.batch]
+            seeds = list(range(start, start + len(chunk)))
+            began = time.perf_counter()
+            result = pipe(chunk, seed=seeds, steps=args.steps)
+            elapsed, made = elapsed + time.perf_counter() - began, made + len(chunk)
+            outputs = result.videos if args.kind == "video" else result.audio
+            verdicts += [judge(args.kind, o, p) for o, p in zip(outputs, chunk)]
+            ceiling += [judge(args.kind, real(args.kind, p, s), p) for p, s in zip(chunk, seeds)]
+            print(f"{name}: {len(verdicts)}/{len(prompts)}", file=sys.stderr, flush=True)
+        rows[name], rows[f"{name} (real clips)"] = rates(verdicts), rates(ceiling)
+    checks = sorted({c for r in rows.values() for c in r} - {"overall"}) + ["overall"]
+    print(f"`python benchmarks/av_models.py {args.kind} --model {args.model} --n {args.n}"
+          f"{f' --steps {args.steps}' if args.steps else ''}` — {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}; {made / elapsed:.2f} clips/s\n")
+    print("| prompts | " + " | ".join(checks) + " |")
+    print("|---|" + "---|" * len(checks))
+    for name, r in rows.items():
+        print(f"| {name} ({args.n}) | " + " | ".join(f"{r[c]:.2f}" if c in r else "-" for c in checks) + " |")
+
+
+if __name__ == "__main__":
+    main()
