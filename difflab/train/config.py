@@ -190,8 +190,8 @@ PRESETS: dict[str, dict] = {
     # procedural sounds as 1 x 64 x 64 log-mel spectrograms, an image UNet from scratch
     "sounds": dict(dataset="sounds", resolution=64, prediction_type="v_prediction", schedule="cosine",
                    rescale_zero_terminal_snr=True, loss_weighting="min_snr_plus_one",
-                   model=dict(channels=(32, 64, 128), layers_per_block=1, attention_levels=(1, 2), head_dim=32,
-                              attention_positions=True),
+                   model=dict(channels=(32, 64, 96, 128), layers_per_block=1, attention_levels=(2, 3), head_dim=32,
+                              attention_positions=True),       # attention at 16x16 and 8x8: 2x faster than at 32x32
                    batch_size=16, max_steps=6000, checkpoint_every=100, lr=5e-4, lr_warmup=100,
                    lr_schedule="constant", ema_decay=0.995, sample_every=500),
     "digits": dict(dataset="digits", resolution=16, model=dict(channels=(32, 64, 64), layers_per_block=1,
