@@ -210,7 +210,7 @@ class AudioCodec(Codec):
     media = "audio"
     channels = latent_channels = 1
 
-    def __init__(self, iterations: int = 64):
+    def __init__(self, iterations: int = 32):
         from difflab.data import spectrogram
         self.spectrogram, self.iterations = spectrogram, iterations
         self.sample_rate = spectrogram.SAMPLE_RATE
