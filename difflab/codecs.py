@@ -226,8 +226,13 @@ class AudioCodec(Codec):
 
     def outputs(self, x: torch.Tensor) -> dict:
         from PIL import Image
-        pixels = _pixels(x)[:, 0].flip(1).numpy()                                    # low frequencies at the bottom
-        waves = self.spectrogram.spectrogram_to_waveform(x.float().cpu(), iterations=self.iterations)
+        quantised = _pixels(x)                                                       # [B, 1, mels, frames] uint8
+        pixels = quantised[:, 0].flip(1).numpy()                                     # low frequencies at the bottom
+        # The sound is the inversion of the 8-bit spectrogram image (0.31 dB steps), one clip at a time:
+        # a network's float output differs between batch sizes in its last bits, which the inversion
+        # would carry into every sample; on the 8-bit grid a batch of N equals N single runs, as images do.
+        waves = [self.spectrogram.spectrogram_to_waveform(spec[None].float() / 127.5 - 1, iterations=self.iterations)[0]
+                 for spec in quantised]
         return {"audio": [w.numpy() for w in waves], "images": [Image.fromarray(p, "L") for p in pixels],
                 "sample_rate": self.sample_rate}
 
