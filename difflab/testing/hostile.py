@@ -35,6 +35,7 @@ def png_header_only(path, width, height):
 def hostile_files(root: Path) -> None:
     (root / "afile").write_text("not a folder")
     (root / "text.png").write_text("a text file named .png")
+    (root / "text.wav").write_text("a text file named .wav")
     Image.new("RGB", (32, 32)).save(root / "in.png")
     Image.new("L", (16, 16), 255).save(root / "mask16.png")
     Image.new("RGB", (8, 8)).save(root / "norecipe.png")
@@ -123,6 +124,10 @@ HOSTILE = [
      r"--guidance-method must be one of cfg, apg, cfg_zero_star, got 'pag'"),
     ("lora-missing", GEN + ["--lora", "nope.safetensors:0.5"], r"--lora nope.safetensors:0.5: nope.safetensors does "
                                                                  r"not exist"),
+    ("video-format-unknown", GEN + ["--video-format", "avi"], r"--video-format must be mp4 or gif, got 'avi'"),
+    ("recipe-wav-not-audio", ["generate", "--recipe", "text.wav"], r"cannot read text.wav"),
+    ("train-sounds-resolution-32", ["train", "--preset", "sounds", "--resolution", "32", "--out", "fresh"],
+     r"resolution is the number of mel bands and must be 64 for sounds, got 32"),
     ("deep-cache-0", GEN + ["--deep-cache", "0"], r"--deep-cache must be an integer in \[1, 100\], got 0"),
     ("eval-limit-0", ["eval", BUNDLED, "--limit", "0"], r"--limit must be a positive integer"),
     ("eval-steps-1e9", ["eval", BUNDLED, "--steps", "1000000000"], r"sampling steps \(--steps\): 1,000,000,000 asked"),
