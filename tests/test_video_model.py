@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 import difflab
 import difflab.data.shapes
@@ -142,4 +141,8 @@ def test_generate_writes_an_mp4_and_replays_its_recipe(tmp_path):
         assert [f.to_ndarray().tobytes() for f in a.decode(video=0)] == [f.to_ndarray().tobytes() for f in b.decode(video=0)]
     bad = cli("generate", "a red circle moving right", "--model", str(package), "--video-format", "avi")
     assert bad.returncode != 0 and "--video-format must be mp4 or gif" in bad.stderr
-    assert load_file(package / "model.safetensors")                        # the package itself is untouched
+    judged = cli("eval", str(package), "--limit", "2", "--out", str(tmp_path / "report.json"))
+    assert judged.returncode == 2 and "judges text-to-image models" in judged.stderr
+    from difflab.serve.models import load_pipelines
+    with pytest.raises(ValueError, match="the web app serves image models"):
+        load_pipelines([package])

@@ -117,6 +117,9 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict:
     pipe = Pipeline.from_pretrained(config.model)
     if config.device != "cpu":
         pipe.to(config.device)
+    if pipe.codec.media != "image":
+        raise ValueError(f"difflab eval judges text-to-image models; {config.model} makes {pipe.codec.media}: "
+                         f"judge it with benchmarks/av_models.py {pipe.codec.media}")
     if pipe.channels != 3:
         raise ValueError(f"{config.prompts} needs an RGB text-to-image model; {config.model} makes "
                          f"{pipe.channels}-channel images")

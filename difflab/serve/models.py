@@ -20,6 +20,9 @@ def load_pipelines(folders: list) -> dict:
             if path not in _CACHE:
                 _CACHE[path] = Pipeline.from_pretrained(path)
         pipe = _CACHE[path]
+        if pipe.codec.media != "image":
+            raise ValueError(f"the web app serves image models; {folder} makes {pipe.codec.media} "
+                             f"(use difflab generate --model {folder})")
         if pipe.name in pipelines:
             raise ValueError(f"two models are named {pipe.name!r} ({folder}); serve folders of different names")
         pipelines[pipe.name] = pipe
