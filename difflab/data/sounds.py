@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from difflab.data.procedural import ProceduralSplit
 from difflab.data.sounds_grammar import (HITS, LETTERS, PITCHES, QUALITIES, TIMBRES, NoteSpec, SoundPrompt,
                                          format_prompt, hz, midi, paraphrase, parse_prompt, pitch_name,
                                          register_pitches)
@@ -27,8 +28,6 @@ from difflab.data.spectrogram import CLIP_SAMPLES, F_MAX, N_MELS, SAMPLE_RATE
 
 BAND_LIMIT = 3_800.0      # Hz; no partial above this (the mel filterbank ends at F_MAX)
 DETUNE_CENTS = 8.0        # largest random tuning error of a note
-SPLITS = ("train", "val", "test")
-SPLIT_LENGTHS = {"train": 100_000, "val": 1_000, "test": 1_000}
 FORM_WEIGHTS = {"note": 0.3, "sequence": 0.25, "chord": 0.25, "rhythm": 0.2}
 # (pitch, instrument) pairs and chords that train never plays; val and test do.
 HELD_OUT = (("G4", "flute"), ("C5", "organ"), ("E3", "piano"), ("A4", "clarinet"))
@@ -234,7 +233,7 @@ def held_out_prompts(n: int, seed: int = 0) -> list[str]:
     return [pool[i % len(pool)] for i in range(n)]
 
 
-class SoundsDataset:
+class SoundsDataset(ProceduralSplit):
     """Captioned sounds, synthesised on the fly and identical on every run.
 
     Items are ``{"audio": float32 [CLIP_SAMPLES] in [-1, 1], "caption": str, "prompt": canonical prompt,
@@ -244,6 +243,7 @@ class SoundsDataset:
     pairs nor the ``HELD_OUT_CHORDS``; val and test do. Each split has its own seed stream.
     """
 
+    world = "sounds"
     channels = 1                  # one log-mel "image" channel
     media = "audio"               # the trainer keeps the audio codec (spectrogram <-> waveform)
     num_classes = None            # conditioned on captions
@@ -251,31 +251,15 @@ class SoundsDataset:
     preview_prompts = ("a C4 note on a flute", "a low note then a high note", "an A minor chord", "three clicks")
 
     def __init__(self, split: str = "train", resolution: int = N_MELS, length: int | None = None):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        self.init_split(split, length)
         if resolution != N_MELS:
             raise ValueError(f"resolution is the number of mel bands and must be {N_MELS} for sounds, "
                              f"got {resolution!r}")
-        if length is not None and (not isinstance(length, int) or length < 1):
-            raise ValueError(f"length must be a positive integer or None, got {length!r}")
-        self.split, self.resolution = split, resolution
-        self.length = length or SPLIT_LENGTHS[split]
-
-    def __len__(self) -> int:
-        return self.length
+        self.resolution = resolution
 
     def sound(self, index: int) -> tuple[Sound, str]:
         """The sound and caption of item ``index`` (cheap: nothing is synthesised)."""
-        if not isinstance(index, int) or not 0 <= index < self.length:
-            raise IndexError(f"index must be in [0, {self.length}), got {index!r}")
-        rng = random.Random(f"difflab-sounds-{self.split}-{index}")
-        while True:
-            prompt = sample_prompt(rng)
-            sound = realize(prompt, rng)
-            if self.split != "train" or not has_held_out(sound, prompt):
-                break
-        caption = paraphrase(prompt, rng) if self.split == "train" else sound.prompt
-        return sound, caption
+        return self.draw(index, sample_prompt, realize, has_held_out, paraphrase)
 
     def __getitem__(self, index: int) -> dict:
         sound, caption = self.sound(index)
