@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import soundfile
-import torch
 
 import difflab
 from difflab.data import spectrogram
 from difflab.train import Trainer, build_config
-from test_train import cli, held_out_loss, killed_then_resumed, weights
+from test_train import assert_resume_is_exact, held_out_loss
 
 TINY_SOUNDS = """dataset = "sounds"
 resolution = 64
@@ -67,9 +66,4 @@ def test_audio_training_learns_and_the_package_writes_wavs_that_replay(tmp_path)
 def test_audio_training_resumes_exactly_after_sigkill(tmp_path):
     _, path = tiny_config(tmp_path)
     path.write_text(TINY_SOUNDS.replace("batch_size = 4", "batch_size = 2"))
-    args = ["train", "--config", str(path), "--max-steps", "6", "--checkpoint-every", "2"]
-    full = cli(*args, "--out", str(tmp_path / "full"))
-    assert full.returncode == 0, full.stderr[-2000:]
-    killed_then_resumed(args, tmp_path / "killed")
-    a, b = weights(tmp_path / "full"), weights(tmp_path / "killed")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_is_exact(["train", "--config", str(path), "--max-steps", "6", "--checkpoint-every", "2"], tmp_path)

@@ -64,13 +64,18 @@ def killed_then_resumed(args: list[str], out: Path) -> subprocess.CompletedProce
     return resumed
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
-    args = ["train", "--preset", "tiny", "--max-steps", "16", "--checkpoint-every", "4", "--threads", "1"]
-    full = cli(*args, "--out", str(tmp_path / "full"))
+def assert_resume_is_exact(args: list[str], folder: Path) -> None:
+    """``difflab ARGS`` run through, and run again SIGKILLed and resumed, end with equal weights."""
+    full = cli(*args, "--out", str(folder / "full"))
     assert full.returncode == 0, full.stderr[-2000:]
-    killed_then_resumed(args, tmp_path / "killed")
-    a, b = weights(tmp_path / "full"), weights(tmp_path / "killed")
+    killed_then_resumed(args, folder / "killed")
+    a, b = weights(folder / "full"), weights(folder / "killed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    assert_resume_is_exact(["train", "--preset", "tiny", "--max-steps", "16", "--checkpoint-every", "4", "--threads", "1"],
+                           tmp_path)
 
 
 CRASH_ON_SECOND_CHECKPOINT = """

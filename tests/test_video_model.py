@@ -14,7 +14,7 @@ import difflab
 import difflab.data.shapes
 from difflab.models import create_model
 from difflab.train import Trainer, build_config
-from test_train import cli, held_out_loss, killed_then_resumed, weights
+from test_train import assert_resume_is_exact, cli, held_out_loss
 
 SPATIAL = dict(in_channels=3, out_channels=3, channels=(16, 32), layers_per_block=1, attention_levels=(1,),
                head_dim=16, norm_groups=8, mid_attention=False, context_dim=384, pooled_dim=384)
@@ -117,12 +117,8 @@ def test_video_training_learns_and_the_package_generates_clips_with_recipes(tmp_
 def test_video_training_resumes_exactly_after_sigkill(tmp_path):
     config_file = tmp_path / "video.toml"
     config_file.write_text(TINY_VIDEO.replace("batch_size = 4", "batch_size = 2"))
-    args = ["train", "--config", str(config_file), "--max-steps", "6", "--checkpoint-every", "2"]
-    full = cli(*args, "--out", str(tmp_path / "full"))
-    assert full.returncode == 0, full.stderr[-2000:]
-    killed_then_resumed(args, tmp_path / "killed")
-    a, b = weights(tmp_path / "full"), weights(tmp_path / "killed")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_is_exact(["train", "--config", str(config_file), "--max-steps", "6", "--checkpoint-every", "2"],
+                           tmp_path)
 
 
 def test_generate_writes_an_mp4_and_replays_its_recipe(tmp_path):
