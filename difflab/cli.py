@@ -162,7 +162,7 @@ def generate(
     guidance: Guidance = None,
     negative: str = typer.Option(None, help="negative prompt"),
     guidance_method: str = typer.Option("cfg", help="cfg | apg (adaptive projected) | cfg_zero_star"),
-    lora: list[str] = typer.Option(None, help="a LoRA file PATH[:SCALE] for an SD model (repeatable)"),
+    lora: list[str] = typer.Option(None, help="a LoRA file PATH[:SCALE] for an SD model or a difflab UNet (repeatable)"),
     deep_cache: int = typer.Option(None, help="difflab UNets: recompute deep features every N-th step (DeepCache; "
                                               "2: ~1.7x faster)"),
     spacing: str = typer.Option(None, help="sigma spacing: trailing, leading, linspace, karras, exponential"),

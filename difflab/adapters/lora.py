@@ -1,4 +1,4 @@
-"""LoRA files loaded onto difflab's Stable Diffusion UNet through peft (no layers written here).
+"""LoRA files loaded onto difflab's Stable Diffusion UNet and its own UNet through peft (no layers written here).
 
     name = load_lora(pipe.model, "style.safetensors", scale=0.8)    # or pipe.load_lora(...)
     unload_lora(pipe.model, name)                                   # None: every LoRA
@@ -8,7 +8,8 @@ whose targets are difflab module names and whose rank and alpha are given per mo
 combine, each with its own scale, and one can be removed. The file's module names (diffusers' or
 the original layout's, dotted or kohya-flattened; see :mod:`difflab.adapters.lora_files`) map to
 SDUNet's through :func:`difflab.convert.diffusers_unet.module_table`, the table the weights
-themselves load through.
+themselves load through; a LoRA trained here (:mod:`difflab.adapters.lora_train`) names difflab
+UNet modules as they are.
 
 Strict, as the weight loaders are: a file is refused when any of its modules has no place in the
 network (before anything is injected; the message names the first unmatched keys, and says when
@@ -36,7 +37,9 @@ from torch import nn
 from difflab.adapters.lora_files import LoraModule, file_hash, read_lora_file, resolve_path, rslora
 from difflab.convert.diffusers_unet import module_table
 from difflab.models.base import require
+from difflab.adapters.lora_train import lora_targets
 from difflab.models.sd_unet import SDUNet
+from difflab.models.unet import UNet
 
 MAX_SCALE = 10.0
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -142,13 +145,14 @@ def unfuse_lora(model: nn.Module) -> None:
 
 def loaded_loras(model: nn.Module) -> list[LoadedLora]:
     """The LoRAs loaded on the network, in loading order."""
-    unet = next((m for m in model.modules() if isinstance(m, SDUNet)), None)
+    unet = next((m for m in model.modules() if isinstance(m, (SDUNet, UNet))), None)
     return [] if unet is None else list(_loras(unet).values())
 
 
-def find_unet(model: nn.Module) -> SDUNet:
-    unet = next((m for m in model.modules() if isinstance(m, SDUNet)), None)
-    require(unet is not None, f"LoRA files load onto Stable Diffusion UNets (SDUNet) for now; this network is a "
+def find_unet(model: nn.Module) -> nn.Module:
+    """The network a LoRA adapts: a Stable Diffusion UNet (SDUNet) or difflab's own UNet (VideoUNet too)."""
+    unet = next((m for m in model.modules() if isinstance(m, (SDUNet, UNet))), None)
+    require(unet is not None, f"LoRA files load onto Stable Diffusion UNets and difflab's UNet; this network is a "
                               f"{type(model).__name__}")
     return unet
 
@@ -195,6 +199,8 @@ def _foreign_names(unet: SDUNet) -> dict[str, str]:
     """Every name a file may give an SDUNet module -> its SDUNet name: diffusers' and the original
     layout's, dotted and kohya-flattened ("." as "_")."""
     present = {n for n, _ in unet.named_modules()}
+    if isinstance(unet, UNet):       # difflab's own: files name its modules as they are (lora_train.lora_targets)
+        return {form: n for n in lora_targets(unet) for form in (n, n.replace(".", "_"))}
     names = {}
     for ours, foreign in module_table(unet.config).items():
         if ours in present:
@@ -210,7 +216,7 @@ def _match(unet: SDUNet, modules: list[LoraModule], path: Path) -> dict[str, Lor
         keys = [k for m in unmatched for k in m.keys][:5]
         what = "none of its keys match" if len(unmatched) == len(modules) else \
             f"{len(unmatched)} of its {len(modules)} modules have no place in"
-        raise ValueError(f"{path}: {what} this network's modules (an SD UNet of channels "
+        raise ValueError(f"{path}: {what} this network's modules (a {type(unet).__name__} of channels "
                          f"{list(unet.config.channels)}); first unmatched keys: {keys}. Is it a LoRA for "
                          f"another model?")
     return {names[m.name]: m for m in modules}

@@ -73,6 +73,8 @@ class TrainConfig:
     num_workers: int = 0                  # data-loading worker processes
     threads: int = 0                      # torch CPU threads; 0 keeps torch's default
     init_from: str | None = None          # a model package (or bundled model name) whose weights start the run (fine-tune / grow)
+    lora_rank: int = 0                    # with init_from: train only a LoRA of this rank (peft), the rest frozen; 0: every weight
+    lora_alpha: float = 0.0               # the LoRA's alpha (its update is scaled by alpha / rank); 0: the rank
 
     def __post_init__(self):
         _check(self.task in TASKS, "task", self.task, f"one of {TASKS}")
@@ -119,6 +121,12 @@ class TrainConfig:
                    "a positive number")
         _check(self.init_from is None or (isinstance(self.init_from, str) and self.init_from), "init_from",
                self.init_from, "a model package folder or None")
+        _check(_int(self.lora_rank, 0) and self.lora_rank <= 256 and (not self.lora_rank or self.init_from
+                                                                       and self.task == "denoise"),
+               "lora_rank", self.lora_rank, "an integer in [0, 256], above 0 only with init_from (a LoRA adapts a "
+               "trained denoiser)")
+        _check(isinstance(self.lora_alpha, (int, float)) and math.isfinite(self.lora_alpha) and self.lora_alpha >= 0,
+               "lora_alpha", self.lora_alpha, "a number >= 0")
         _check(self.grad_clip >= 0 and self.weight_decay >= 0, "grad_clip/weight_decay",
                (self.grad_clip, self.weight_decay), "non-negative numbers")
 

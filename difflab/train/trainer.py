@@ -29,7 +29,7 @@ from difflab.train import checkpoint as ckpt
 from difflab.train.batches import TrainingData
 from difflab.train.config import TrainConfig
 from difflab.conditioning import Conditioner
-from difflab.train.latents import (VAE_FOLDER, LatentCache, check_vae_fits, latent_statistics, load_vae,
+from difflab.train.latents import (LatentCache, check_vae_fits, latent_statistics, load_vae,
                                    reconstruction_grid, save_with_vae, with_normalisation)
 from difflab.train.lineage import init_folder, training_record, warm_start
 from difflab.train.objectives import OBJECTIVES, Batch
@@ -135,6 +135,9 @@ class Trainer:
             self.log(line)
         elif config.init_from:  # resumed: the weights come from the checkpoint, the lineage from the package
             self.parent_training = training_record(init_from)
+        if config.lora_rank:    # peft LoRA layers; only they train
+            from difflab.adapters.lora_train import add_lora
+            self.log(f"training a rank-{config.lora_rank} LoRA on {len(add_lora(model, config.lora_rank, config.lora_alpha or None))} modules")
         self.channels_last = not cuda
         self.objective = make_objective(config, self.schedule, self.conditioner, self.accelerator, self.channels_last)
         if self.channels_last:
@@ -171,7 +174,8 @@ class Trainer:
         ckpt.clean_temporary(self.out)
         path, saved = ckpt.load_latest(self.out, log=self.log)
         state = saved["state"]
-        if _math_fields(state["config"]) != _math_fields(json.loads(json.dumps(self.config.to_dict()))):
+        defaults = json.loads(json.dumps(TrainConfig().to_dict()))   # a field added since: its default then
+        if _math_fields({**defaults, **state["config"]}) != _math_fields(json.loads(json.dumps(self.config.to_dict()))):
             raise ValueError(f"the checkpoint in {path} was made with another configuration; resume with the same "
                              "flags or start a new --out")
         self.unwrapped.load_state_dict(saved["model"])
@@ -330,6 +334,9 @@ class Trainer:
         latent normalisation measured on the first 1024 training items; a latent denoiser's package
         holds its VAE in ``vae/``."""
         model, folder = self.ema_model(), self.out / "model"
+        if self.config.lora_rank:  # OUT/lora/adapter.safetensors alone, and the package with it merged
+            from difflab.adapters.lora_train import export_adapter
+            model = export_adapter(model, self.out / "lora", {"base": str(self.config.init_from)})
         if self.config.task == "vae":
             images, _ = self.data.batch(list(range(min(1024, len(self.data)))))
             model = with_normalisation(model, *latent_statistics(model.to(self.accelerator.device), images))

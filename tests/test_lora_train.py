@@ -1,0 +1,75 @@
+"""LoRA training on difflab's own UNet (``train --lora-rank R --init-from PACKAGE``): only the adapter
+trains; the adapter file alone, loaded onto the base package, gives the merged package's images; the
+kohya export holds the same matrices; a run resumes exactly; bad settings and foreign files are refused."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import difflab
+from difflab.adapters.lora_files import read_lora_file
+from difflab.train import Trainer, preset
+from test_train import assert_resume_is_exact
+
+TINY = preset("tiny").replace(threads=1)
+quiet = lambda *a: None
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return Trainer(TINY.replace(max_steps=4, checkpoint_every=0), tmp_path_factory.mktemp("base") / "run",
+                   log=quiet).fit()
+
+
+def test_only_the_adapter_trains_and_alone_it_gives_the_merged_models_images(base, tmp_path):
+    lines = []
+    trainer = Trainer(TINY.replace(max_steps=6, checkpoint_every=0, init_from=str(base), lora_rank=4, lr=1e-2),
+                      tmp_path / "run", log=lines.append)
+    assert any("rank-4 LoRA on" in line for line in lines)
+    trained = {n for n, p in trainer.unwrapped.named_parameters() if p.requires_grad}
+    assert trained and all(".lora_A." in n or ".lora_B." in n for n in trained)
+    assert not any("upsample" in n for n in trained)     # exact sub-pixel upsampling reads conv.weight itself
+    merged = trainer.fit()
+    before, after = load_file(base / "model.safetensors"), load_file(merged / "model.safetensors")
+    assert before.keys() == after.keys()                 # the package is the plain architecture again
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith(".weight") and (".attn." in k or ".cross." in k or ".conv" in k) for k in changed)
+
+    adapter = tmp_path / "run" / "lora" / "adapter.safetensors"
+    assert adapter.stat().st_size < (merged / "model.safetensors").stat().st_size / 5
+    reference = difflab.Pipeline.from_pretrained(merged)(["a red circle", "two blue squares"], seed=1, steps=4)
+    pipe = difflab.Pipeline.from_pretrained(base)
+    pipe.load_lora(adapter)
+    adapted = pipe(["a red circle", "two blue squares"], seed=1, steps=4)
+    for a, b in zip(adapted.images, reference.images):
+        assert np.abs(np.asarray(a).astype(int) - np.asarray(b)).max() <= 1               # within 1/255
+    assert adapted.recipes[0]["loras"][0]["name"] == "adapter"
+
+    ours, _ = read_lora_file(adapter)
+    kohya, _ = read_lora_file(tmp_path / "run" / "lora" / "kohya.safetensors")
+    by_name = {m.name.replace(".", "_"): m for m in ours}
+    assert len(kohya) == len(ours) and all(k.kohya for k in kohya)
+    for k in kohya:
+        m = by_name[k.name]
+        assert torch.equal(k.down, m.down) and torch.equal(k.up, m.up) and k.alpha == m.alpha
+
+
+def test_a_lora_run_resumes_exactly(base, tmp_path):
+    assert_resume_is_exact(["train", "--preset", "tiny", "--init-from", str(base), "--lora-rank", "2", "--max-steps",
+                            "8", "--checkpoint-every", "2", "--threads", "1"], tmp_path)
+
+
+def test_bad_lora_settings_and_foreign_files_are_refused(base, tmp_path):
+    with pytest.raises(ValueError, match="lora_rank must be an integer in \\[0, 256\\], above 0 only with init_from"):
+        TINY.replace(lora_rank=4)
+    with pytest.raises(ValueError, match="lora_rank"):
+        TINY.replace(lora_rank=-1, init_from=str(base))
+    wide = {**TINY.model, "channels": (16, 48)}
+    wider = Trainer(TINY.replace(model=wide, max_steps=1, checkpoint_every=0), tmp_path / "wide", log=quiet).fit()
+    Trainer(TINY.replace(model=wide, max_steps=1, checkpoint_every=0, init_from=str(wider), lora_rank=2),
+            tmp_path / "wl", log=quiet).fit()
+    pipe = difflab.Pipeline.from_pretrained(base)
+    with pytest.raises(ValueError, match="does not fit"):
+        pipe.load_lora(tmp_path / "wl" / "lora" / "adapter.safetensors")
+    assert pipe.loras == []                              # refused: the network is left as it was
