@@ -58,7 +58,7 @@ BEFORE_TORCH = ["steps-0", "n-10000", "unknown-sampler", "prompt-not-utf8", "rec
                 "eval-steps-1e9", "train-resume-without-checkpoint", "train-folder-empty", "train-out-is-a-file",
                 "unknown-option", "serve-open-host-no-token", "serve-outputs-a-file", "serve-model-missing",
                 "prediction-type-for-a-package", "guidance-method-unknown", "lora-missing", "deep-cache-0",
-                "video-format-unknown", "recipe-wav-not-audio"]
+                "video-format-unknown", "recipe-wav-not-audio", "train-lora-without-init-from"]
 TORCH_PROBE = ("import sys\nsys.argv[0] = 'difflab'\ntry:\n    from difflab.cli import main\n    main()\n"
                "finally:\n    print('torch imported' if 'torch' in sys.modules else 'torch not imported')")
 

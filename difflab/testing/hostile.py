@@ -128,6 +128,8 @@ HOSTILE = [
     ("recipe-wav-not-audio", ["generate", "--recipe", "text.wav"], r"cannot read text.wav"),
     ("train-sounds-resolution-32", ["train", "--preset", "sounds", "--resolution", "32", "--out", "fresh"],
      r"resolution is the number of mel bands and must be 64 for sounds, got 32"),
+    ("train-lora-without-init-from", ["train", "--preset", "tiny", "--lora-rank", "4", "--out", "fresh"],
+     r"lora_rank must be an integer in \[0, 256\], above 0 only with init_from"),
     ("deep-cache-0", GEN + ["--deep-cache", "0"], r"--deep-cache must be an integer in \[1, 100\], got 0"),
     ("eval-limit-0", ["eval", BUNDLED, "--limit", "0"], r"--limit must be a positive integer"),
     ("eval-steps-1e9", ["eval", BUNDLED, "--steps", "1000000000"], r"sampling steps \(--steps\): 1,000,000,000 asked"),
