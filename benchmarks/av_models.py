@@ -2,6 +2,7 @@
 
     python benchmarks/av_models.py video --model shapes-video [--n 48] [--steps 20] [--batch 8]
     python benchmarks/av_models.py audio --model sounds [--n 48] [--steps 20] [--batch 8]
+    ... --n 0 --gallery docs/images     # only the README's gallery
 
 Video (issue 17's goals: direction right >= 80%, identity >= 90%): two prompt sets, each clip with
 its own seed: the held-out (colour, shape, direction) triples the training split never shows
@@ -67,6 +68,34 @@ def rates(verdicts: list[dict]) -> dict[str, float]:
     return out
 
 
+GALLERY = {"video": ["a red circle moving right", "a blue square falling", "a green triangle bouncing",
+                     "a yellow cross and a purple circle passing each other"],
+           "audio": ["a C4 note on a flute", "a low note then a high note", "an A minor chord", "three clicks"]}
+
+
+def gallery(kind: str, pipe, folder, seed: int = 0) -> None:
+    """The README's pictures: four clips side by side as one looping GIF (4x, nearest) or the four
+    spectrograms as one PNG, and each output as its own file with its recipe."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+    from difflab.pipelines import media_files
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    result = pipe(GALLERY[kind], seed=seed)
+    result.save(folder, prefix=kind)
+    if kind == "video":
+        row = np.concatenate([np.pad(v, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=255) for v in result.videos], 2)
+        big = row.repeat(4, axis=1).repeat(4, axis=2)
+        media_files.save_video(big, {"prompts": GALLERY[kind], "seed": seed}, folder / f"{kind}-gallery.gif",
+                               overwrite=True)
+    else:
+        strips = [np.pad(np.asarray(im), 2, constant_values=255) for im in result.images]
+        Image.fromarray(np.concatenate(strips, 1)).resize((4 * sum(s.shape[1] for s in strips), 4 * strips[0].shape[0]),
+                                                          Image.NEAREST).save(folder / f"{kind}-gallery.png")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=("video", "audio"))
@@ -74,10 +103,15 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=48, help="prompts per set")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the package's)")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--gallery", default=None, help="also write the README's gallery (GIF or PNG, and files) here")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     pipe = difflab.Pipeline.from_pretrained(args.model)
+    if args.gallery:
+        gallery(args.kind, pipe, args.gallery)
     rows, elapsed, made = {}, 0.0, 0
+    if args.n < 1:
+        return
     for name, prompts in prompt_sets(args.kind, args.n).items():
         verdicts, ceiling = [], []
         for start in range(0, len(prompts), args.batch):
