@@ -110,6 +110,8 @@ def validate_deep_cache(interval, name: str = "deep_cache") -> int | None:
 # exists wins over a name, so a local folder called "shapes" is still that folder.
 BUNDLED_MODELS = {"shapes": Path(__file__).parent / "assets" / "models" / "shapes"}
 BUNDLED_MODELS["shapes-v1"] = BUNDLED_MODELS["shapes"]      # the first bundled model, kept by name
+BUNDLED_MODELS["shapes-video"] = BUNDLED_MODELS["shapes"].parent / "shapes-video"   # moving shapes, 8 x 32 x 32
+BUNDLED_MODELS["sounds"] = BUNDLED_MODELS["shapes"].parent / "sounds"               # 1 s sounds as log-mel
 
 
 def package_folder(folder) -> Path:

@@ -8,6 +8,7 @@ import numpy as np
 import soundfile
 
 import difflab
+import difflab.settings
 from difflab.data import spectrogram
 from difflab.train import Trainer, build_config
 from test_train import assert_resume_is_exact, held_out_loss
@@ -67,3 +68,10 @@ def test_audio_training_resumes_exactly_after_sigkill(tmp_path):
     _, path = tiny_config(tmp_path)
     path.write_text(TINY_SOUNDS.replace("batch_size = 4", "batch_size = 2"))
     assert_resume_is_exact(["train", "--config", str(path), "--max-steps", "6", "--checkpoint-every", "2"], tmp_path)
+
+
+def test_the_bundled_sounds_model_loads_by_name_and_makes_a_sound():
+    pipe = difflab.Pipeline.from_pretrained("sounds")
+    result = pipe("a low note then a high note", seed=0, steps=2)
+    assert result.audio[0].shape == (spectrogram.CLIP_SAMPLES,) and np.isfinite(result.audio[0]).all()
+    assert (difflab.settings.BUNDLED_MODELS["sounds"] / "MODEL_CARD.md").is_file()

@@ -12,6 +12,7 @@ from PIL import Image
 
 import difflab
 import difflab.data.shapes
+import difflab.settings
 from difflab.models import create_model
 from difflab.train import Trainer, build_config
 from test_train import assert_resume_is_exact, cli, held_out_loss
@@ -142,3 +143,10 @@ def test_generate_writes_an_mp4_and_replays_its_recipe(tmp_path):
     from difflab.serve.models import load_pipelines
     with pytest.raises(ValueError, match="the web app serves image models"):
         load_pipelines([package])
+
+
+def test_the_bundled_video_model_loads_by_name_and_makes_a_clip():
+    pipe = difflab.Pipeline.from_pretrained("shapes-video")
+    result = pipe("a red circle moving right", seed=0, steps=2)
+    assert result.videos[0].shape == (8, 32, 32, 3) and pipe.codec.frames == 8
+    assert (difflab.settings.BUNDLED_MODELS["shapes-video"] / "MODEL_CARD.md").is_file()
