@@ -74,9 +74,12 @@ def test_folder_dataset_builds_training_batches(tmp_path):
 
 
 def test_datasets_say_their_channels_and_classes(tmp_path):
-    assert set(DATASETS) == {"shapes", "digits", "folder"}
+    assert set(DATASETS) == {"shapes", "digits", "folder", "moving-shapes", "sounds"}
     assert (DigitsDataset.channels, DigitsDataset.num_classes) == (1, 10)
     assert (ShapesDataset.channels, ShapesDataset.num_classes) == (3, None)
+    for name, channels, media in (("moving-shapes", 3, "video"), ("sounds", 1, "audio")):
+        dataset = load_dataset(name, "test")
+        assert (dataset.channels, dataset.num_classes, dataset.media) == (channels, None, media)
     folder = load_dataset("folder", data_dir=_caption_folder(tmp_path), resolution=8)
     assert (folder.channels, folder.num_classes, len(folder)) == (3, None, 3)
     with pytest.raises(ValueError, match="needs data_dir"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def read_recipe(path) -> dict:
     """The recipe stored in a PNG (or MP4, GIF, WAV) written by difflab, checked by
     :func:`validate_recipe`. A PNG's size is checked on its header and its pixels are not decoded
     (difflab writes the recipe first)."""
-    if Path(path).suffix.lower() in (".mp4", ".gif", ".wav"):
+    if isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in (".mp4", ".gif", ".wav"):
         from difflab.pipelines.media_files import read_media_recipe
         recipe = read_media_recipe(path)
         if recipe is None:
