@@ -131,13 +131,16 @@ def train(
 ):
     """Train a model. Every training field is a flag too (listed below): --max-steps 500 --lr 3e-4 ..."""
     from difflab.train import build_config
-    from difflab.train.config import build_dataset
-    from difflab.train.checkpoint import check_run_folder
 
     overrides = parse_field_flags(ctx.args)
     if dataset is not None:
         overrides["dataset"] = dataset
-    cfg = build_config(preset, config, overrides)
+    _run_training(build_config(preset, config, overrides), out, resume)
+
+
+def _run_training(cfg, out: str, resume: bool) -> None:
+    from difflab.train.checkpoint import check_run_folder
+    from difflab.train.config import build_dataset
     check_output_folder(out)
     check_run_folder(Path(out), resume)
     data = build_dataset(cfg)  # a folder's images are checked here, before torch is imported
@@ -146,6 +149,22 @@ def train(
     path = run_training(cfg, out, resume=resume, dataset=data)  # TrainingStopped is difflab's own: one line, status 2
     if os.environ.get("RANK", "0") == "0":
         typer.echo(f"model package: {path}")
+
+
+@app.command(cls=TrainCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@one_line_errors
+def distill(
+    ctx: typer.Context,
+    method: str = typer.Option(..., help="lcm (latent consistency, guidance embedded) | cd (consistency "
+                                         "distillation) | reflow (rectified flow on teacher couplings)"),
+    teacher: str = typer.Option("shapes", help="the teacher: a model package or a bundled model's name"),
+    out: str = typer.Option(..., help="output folder: checkpoints/, log.csv, model/ (the student package)"),
+    resume: bool = typer.Option(False, help="continue from the newest complete checkpoint in --out"),
+):
+    """Distil a few-step student from a teacher (same loop, checkpoints and resume as train). Training
+    fields are flags too: --max-steps 1000 --lora-rank 16 (an LCM-LoRA) --couplings 2048 ..."""
+    from difflab.train.distill import distill_config
+    _run_training(distill_config(method, teacher, parse_field_flags(ctx.args)), out, resume)
 
 
 # --- generate -------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ and its training target is the ``F`` that maps to the true x0. Notation: VE ``si
     flow          alpha       1 / (alpha + sigma_t)      -sigma_t / (alpha+sigma_t)  eps - x0          (Liu et al. 2022, eq. 1)
     edm           1/sqrt(s^2+sd^2)  sd^2/(s^2+sd^2) / c_in   s sd / sqrt(s^2+sd^2)      (x0 - c_skip x_in)/c_out (Karras et al. 2022, Table 1)
     consistency   as edm      sd^2/((s-s_min)^2+sd^2)/c_in  sd (s-s_min)/sqrt(s^2+sd^2)  —   (Song et al. 2023, eq. 7 / App. C)
+    lcm           as base     b_skip/c_in + b_out c_skip'  b_out c_out'               —   (Luo et al. 2023, eq. 9; base' = a native kind)
 
 (``s`` = sigma, ``sd`` = sigma_data.) The native kinds see ``x_t`` itself, so at the pure-noise
 endpoint (sigma = inf: alpha = 0, sigma_t = 1) a sampler passes the unit noise z = x_t and v, sample
@@ -64,6 +65,10 @@ class Parameterization:
         """A weight on the x0-space error as a weight on this output's error: w * c_out^2."""
         _, c_out = self.coefficients(alpha, sigma_t)
         return x0_weight * c_out**2
+
+    def to_config(self):
+        """What a package's ``diffusion.prediction_type`` holds: the name, or a dict with the options."""
+        return self.name
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -172,9 +177,61 @@ class Consistency(EDM):
         return f"Consistency(sigma_data={self.sigma_data}, sigma_min={self.sigma_min})"
 
 
+@register
+class LatentConsistency(Parameterization):
+    """The consistency function of a latent consistency model (Luo et al. 2023, eq. 9; Song et al.
+    2023, eq. 7): ``f(x, sigma) = b_skip x + b_out x0_base`` where ``x0_base`` is what the network's
+    output means under the teacher's own (native) parameterization ``base``, and the boundary
+    scalings are
+
+        b_skip = sd^2 / ((k (sigma - sigma_min))^2 + sd^2),   b_out = k (sigma - sigma_min) / sqrt((k (sigma - sigma_min))^2 + sd^2)
+
+    so ``f(x, sigma_min) = x`` exactly (b_skip = 1, b_out = 0 there; the boundary condition) and,
+    with the large ``scale`` k, ``f ~ x0_base`` at every other training step: a student that starts
+    as its teacher's weights starts as its teacher. ``sigma_min`` is the teacher schedule's smallest
+    sigma (model time 0); LCM's own scalings use the timestep ``10 t`` in place of k (sigma - sigma_min).
+    At the pure-noise endpoint (alpha = 0) b_skip = 0, b_out = 1: f is the base's x0 from the noise.
+    """
+
+    name = "lcm"
+
+    def __init__(self, base: str = "v_prediction", sigma_min: float = 0.0, sigma_data: float = 0.5,
+                 scale: float = 1000.0):
+        if base not in PARAMETERIZATIONS or not PARAMETERIZATIONS[base].native or base == self.name:
+            raise ValueError(f"lcm base must be a native parameterization (epsilon, v_prediction, sample, flow), got {base!r}")
+        for label, value in (("sigma_min", sigma_min), ("sigma_data", sigma_data), ("scale", scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+                raise ValueError(f"lcm {label} must be a finite number >= 0, got {value!r}")
+        self.base = PARAMETERIZATIONS[base]()
+        self.handles_pure_noise = self.base.handles_pure_noise
+        self.sigma_min, self.sigma_data, self.scale = float(sigma_min), float(sigma_data), float(scale)
+
+    def boundary(self, alpha, sigma_t):
+        """(b_skip, b_out) at the VE sigma = sigma_t / alpha; exactly (1, 0) at sigma_min."""
+        pure = alpha == 0
+        sigma = sigma_t / alpha.masked_fill(pure, 1.0)
+        offset = sigma - self.sigma_min      # sigma_min after a float round trip through (alpha, sigma_t) is sigma_min
+        k = self.scale * offset.masked_fill(offset.abs() <= 1e-9 * self.sigma_min, 0.0)
+        b_skip = self.sigma_data**2 / (k**2 + self.sigma_data**2)
+        b_out = k / (k**2 + self.sigma_data**2).sqrt()
+        return b_skip.masked_fill(pure, 0.0), b_out.masked_fill(pure, 1.0)
+
+    def coefficients(self, alpha, sigma_t):
+        b_skip, b_out = self.boundary(alpha, sigma_t)
+        c_skip, c_out = self.base.coefficients(alpha, sigma_t)
+        return b_skip / self.c_in(alpha, sigma_t) + b_out * c_skip, b_out * c_out
+
+    def to_config(self) -> dict:
+        return {"type": self.name, "base": self.base.name, "sigma_min": self.sigma_min,
+                "sigma_data": self.sigma_data, "scale": self.scale}
+
+    def __repr__(self):
+        return f"LatentConsistency(base={self.base.name}, sigma_min={self.sigma_min:.6g}, scale={self.scale:g})"
+
+
 def get_parameterization(kind) -> Parameterization:
     """A name (``"epsilon"``, ``"v_prediction"``, ``"sample"``, ``"flow"``, ``"edm"``,
-    ``"consistency"``), a ``{"type": name, **options}`` dict, or a Parameterization -> the object."""
+    ``"consistency"``, ``"lcm"``), a ``{"type": name, **options}`` dict, or a Parameterization -> the object."""
     if isinstance(kind, Parameterization):
         return kind
     options = {}

@@ -86,6 +86,9 @@ class LabelEmbedder(nn.Embedding):
         return super().forward(class_labels_tensor(labels, self.num_classes, batch, device))
 
 
+GUIDANCE_EMBED_SCALE = 100.0   # guidance scale w -> the embedder's "time" 100 w (w in [1, 10] spans its range)
+
+
 class ConditionEmbedding:
     """Mixin of a network conditioned as DiT is: ``c = t_embedder(t) + y_embedder(y) + pooled_proj(pooled)``.
 
@@ -104,9 +107,22 @@ class ConditionEmbedding:
         """The label that means "no class" (classifier-free guidance), or None if unconditional."""
         return self.class_embed.num_classes if self.class_embed is not None else None
 
-    def condition(self, t, batch: int, device, class_labels=None, pooled=None) -> torch.Tensor:
-        """Conditioning vector c [B, D] = time (+ class) (+ pooled text) embedding."""
+    def init_guidance_embedding(self, frequency_dim: int, dim: int) -> None:
+        """A guidance-scale embedder (LCM, Luo et al. 2023, Sec. 4.2: the teacher's CFG scale w as an
+        input), its output layer zero-initialised so a student grown from its teacher starts as it."""
+        self.guidance_embed = TimestepEmbedder(frequency_dim, dim)
+        nn.init.zeros_(self.guidance_embed[2].weight)
+        nn.init.zeros_(self.guidance_embed[2].bias)
+
+    def condition(self, t, batch: int, device, class_labels=None, pooled=None, guidance=None) -> torch.Tensor:
+        """Conditioning vector c [B, D] = time (+ class) (+ pooled text) (+ guidance scale) embedding."""
         c = self.time_mlp(broadcast_time(t, batch, device))                   # [B, D]
+        embedder = getattr(self, "guidance_embed", None)
+        if (guidance is None) != (embedder is None):
+            raise ValueError(f"guidance= is the scale a guidance-distilled network embeds; this {type(self).__name__} "
+                             + ("has no guidance embedding" if embedder is None else "embeds one: pass guidance=w"))
+        if embedder is not None:
+            c = c + embedder(broadcast_time(guidance, batch, device) * GUIDANCE_EMBED_SCALE)
         if class_labels is not None and self.class_embed is None:
             raise ValueError(f"class_labels given, but this {type(self).__name__} has no num_classes "
                              f"(it is not class-conditional)")

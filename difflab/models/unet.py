@@ -42,6 +42,7 @@ class UNetConfig:
     norm_groups: int = 32
     time_embed_dim: int | None = None             # default 4 * channels[0]
     attention_positions: bool = False             # Fourier positions into every attention block's queries/keys
+    guidance_embedding: bool = False              # the CFG scale is an input (guidance=w): an LCM student
 
     def __post_init__(self):
         require(is_int(self.in_channels) and is_int(self.out_channels),
@@ -62,6 +63,8 @@ class UNetConfig:
         require(is_int(self.norm_groups), f"norm_groups must be a positive integer, got {self.norm_groups!r}")
         require(isinstance(self.attention_positions, bool),
                 f"attention_positions must be true or false, got {self.attention_positions!r}")
+        require(isinstance(self.guidance_embedding, bool),
+                f"guidance_embedding must be true or false, got {self.guidance_embedding!r}")
 
     @property
     def embed_dim(self) -> int:
@@ -77,6 +80,8 @@ class UNet(ConditionEmbedding, ModelMixin):
     def build(self, cfg: UNetConfig) -> None:
         ch, E, groups = cfg.channels, cfg.embed_dim, cfg.norm_groups
         self.init_condition_embedding(ch[0], E, cfg.num_classes, cfg.pooled_dim)   # time_mlp, class_embed, ...
+        if cfg.guidance_embedding:
+            self.init_guidance_embedding(ch[0], E)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
 
         def level(c_in, c_out, level_index, n, skip_widths=None):
@@ -136,8 +141,15 @@ class UNet(ConditionEmbedding, ModelMixin):
         """Input sides must be multiples of this (its total downsampling)."""
         return 2 ** (len(self.config.channels) - 1)
 
-    def forward(self, x, t, context=None, context_mask=None, class_labels=None, pooled=None, deep_cache=None):
-        """x [B, C_in, H, W], t [B] or scalar -> [B, C_out, H, W]. ``context=None`` skips cross-attention.
+    def identity_at_init(self, name: str) -> bool:
+        """Tensors that may start non-zero when the network grows from a package (``init_from``): the
+        guidance embedder's, whose zero output layer adds nothing."""
+        return name.startswith("guidance_embed.")
+
+    def forward(self, x, t, context=None, context_mask=None, class_labels=None, pooled=None, deep_cache=None,
+                guidance=None):
+        """x [B, C_in, H, W], t [B] or scalar -> [B, C_out, H, W]. ``context=None`` skips cross-attention;
+        ``guidance`` [B] or scalar: the CFG scale, for a network with ``guidance_embedding``.
 
         ``deep_cache`` (a :class:`DeepCacheState`; DeepCache, Ma et al. 2024, Sec. 3.2): on a full
         call the input of the shallowest up level is stored; on a cached call only the shallowest
@@ -145,7 +157,7 @@ class UNet(ConditionEmbedding, ModelMixin):
         self.check_input(x, context, context_mask)
         if context_mask is not None:
             context_mask = context_mask.bool()
-        emb = self.condition(t, x.shape[0], x.device, class_labels, pooled)   # [B, E]
+        emb = self.condition(t, x.shape[0], x.device, class_labels, pooled, guidance)   # [B, E]
         scale_shift = iter(self.scale_shift(F.silu(emb)).split([2 * b.out_channels for b in self.res_blocks], 1))
         h = self.conv_in(x.contiguous(memory_format=torch.channels_last))    # [B, ch0, H, W]
         skips = [h]

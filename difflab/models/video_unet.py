@@ -100,7 +100,7 @@ class VideoUNet(UNet):
     def identity_at_init(self, name: str) -> bool:
         """Tensors that may start non-zero when the network grows from an image UNet (``init_from``):
         the temporal blocks', whose zero output layers keep each block the identity."""
-        return name.startswith("temporal.")
+        return name.startswith("temporal.") or super().identity_at_init(name)
 
     def _block(self, res, attn, h, scale_shift, context, context_mask):
         h = super()._block(res, attn, h, scale_shift, context, context_mask)

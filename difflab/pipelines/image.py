@@ -224,10 +224,16 @@ class Pipeline(LoraMethods):
         if cache is not None:
             cond["deep_cache"] = uncond["deep_cache"] = cache
         guided = settings["guidance_scale"] != 1.0
+        if getattr(getattr(self.model, "config", None), "guidance_embedding", False):  # LCM: w is an input
+            if guidance_method != "cfg" or guidance_rescale:
+                raise ValueError("this network embeds the guidance scale (a guidance-distilled student): "
+                                 "guidance_method and guidance_rescale do not apply")
+            cond["guidance"] = torch.full((len(prompts),), float(settings["guidance_scale"]), device=self.device)
+            guided = False
         x = sample(_network_in(self.model, self.dtype), self.schedule, self.prediction_type, settings["sampler"], settings["steps"],
                    shape=None if noise is not None else shape, seeds=None if noise is not None else seeds, noise=noise,
                    spacing=settings["spacing"], cond=cond, uncond=uncond if guided else None,
-                   guidance_scale=settings["guidance_scale"], guidance_rescale=guidance_rescale,
+                   guidance_scale=settings["guidance_scale"] if guided else 1.0, guidance_rescale=guidance_rescale,
                    guidance_method=guidance_method, callback=callback, progress=progress, device=self.device,
                    **(edits.sample_args(self.codec) if edits else {}))
         outputs = self.codec.outputs(edits.result(self.codec, x) if edits else self.codec.decode(x))

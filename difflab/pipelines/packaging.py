@@ -15,6 +15,7 @@ from pathlib import Path
 from difflab import limits
 from difflab.codecs import AudioCodec, PixelCodec, VAECodec, VideoCodec
 from difflab.denoisers import validate_prediction_type
+from difflab.parameterization import get_parameterization
 from difflab.outputs import fsync_folder
 from difflab.sampling import DEFAULT_SAMPLER, validate_settings
 from difflab.schedules import NoiseSchedule
@@ -139,7 +140,7 @@ def save_pipeline(pipe, folder) -> Path:
             raise ValueError(f"the pipeline's {what} is a {type(module).__name__}, not a registered difflab model: "
                              f"a pipeline loaded from a diffusers folder is saved by keeping that folder")
     metadata = {"diffusion": {"schedule": pipe.schedule.to_config(),
-                              "prediction_type": validate_prediction_type(pipe.prediction_type)},
+                              "prediction_type": get_parameterization(pipe.prediction_type).to_config()},
                 "conditioning": {"encoder": pipe.encoder.spec, "null": pipe.conditioner.null},
                 "data": {"dataset": pipe.dataset, "resolution": pipe.resolution, "channels": pipe.channels},
                 "sampling": {key: pipe.defaults[key] for key in DEFAULTS}}

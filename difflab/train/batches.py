@@ -14,6 +14,20 @@ from difflab.noise import stream_seed
 from difflab.train.config import TrainConfig, build_dataset
 
 
+class StreamOrder:
+    """Position p -> item ``perm_e[p mod n]``, ``perm_e`` seeded by (seed, epoch e = p // n)."""
+
+    def __init__(self, seed: int, n: int):
+        self.seed, self.n, self._epoch, self._perm = seed, n, None, None
+
+    def __call__(self, position: int) -> int:
+        epoch, offset = divmod(position, self.n)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, 11))
+            self._perm, self._epoch = torch.randperm(self.n, generator=generator), epoch
+        return int(self._perm[offset])
+
+
 class TrainingData:
     """Images and captions/labels for global sample positions, with an in-memory image cache.
 
@@ -32,17 +46,13 @@ class TrainingData:
         self.class_conditional = self.num_classes is not None
         self.media = getattr(self.dataset, "media", "image")    # image | video | audio
         self._cache: dict[int, tuple[torch.Tensor, object]] = {}
-        self._perm_epoch, self._perm = None, None
+        self._order = StreamOrder(config.seed, len(self.dataset))
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def item_index(self, position: int) -> int:
-        epoch, offset = divmod(position, len(self.dataset))
-        if epoch != self._perm_epoch:
-            generator = torch.Generator().manual_seed(stream_seed(self.config.seed, epoch, 11))
-            self._perm, self._perm_epoch = torch.randperm(len(self.dataset), generator=generator), epoch
-        return int(self._perm[offset])
+        return self._order(position)
 
     def item(self, position: int) -> tuple[torch.Tensor, object]:
         index = self.item_index(position)
@@ -57,3 +67,16 @@ class TrainingData:
         and their captions or labels."""
         items = [self.item(p) for p in positions]
         return as_float(torch.stack([x for x, _ in items])), [condition for _, condition in items]
+
+
+class CoupledData:
+    """Reflow's training stream over :class:`~difflab.train.couplings.Couplings`: position p reads
+    pair ``perm_e[p mod N]``, as :class:`TrainingData` reads items."""
+
+    def __init__(self, couplings, seed: int):
+        self.couplings, self._order = couplings, StreamOrder(seed, len(couplings))
+
+    def batch(self, positions: list[int]) -> tuple[torch.Tensor, list, torch.Tensor]:
+        """(x1 [B, ...] teacher samples, their captions, z [B, ...] their noises)."""
+        pairs = [self.couplings.pair(self._order(p)) for p in positions]
+        return torch.stack([x1 for _, x1, _ in pairs]), [c for _, _, c in pairs], torch.stack([z for z, _, _ in pairs])

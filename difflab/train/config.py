@@ -23,6 +23,9 @@ from difflab.parameterization import PARAMETERIZATIONS
 from difflab.settings import TIMESTEP_SAMPLINGS, WEIGHTINGS
 
 LR_SCHEDULES = ("constant", "cosine")
+DISTILL_METHODS = ("lcm", "cd", "reflow")
+TEACHER_SOLVERS = ("ddim", "heun")
+DISTANCES = ("l2", "huber")
 TASKS = ("denoise", "vae")
 DENOISER_MODEL = dict(channels=(64, 128, 128), layers_per_block=2, attention_levels=(1, 2), head_dim=32)
 VAE_MODEL = dict(class_name="AutoencoderKL", channels=(64, 128, 128), layers_per_block=1, latent_channels=4)
@@ -75,6 +78,15 @@ class TrainConfig:
     init_from: str | None = None          # a model package (or bundled model name) whose weights start the run (fine-tune / grow)
     lora_rank: int = 0                    # with init_from: train only a LoRA of this rank (peft), the rest frozen; 0: every weight
     lora_alpha: float = 0.0               # the LoRA's alpha (its update is scaled by alpha / rank); 0: the rank
+    distill: str = ""                     # set by difflab distill: lcm | cd | reflow ("": plain training)
+    teacher: str | None = None            # distill: the teacher package (or a bundled model's name)
+    teacher_guidance: float = 3.0         # distill: the teacher's CFG scale (lcm with a guidance embedding: the top of w's range)
+    guidance_min: float = 1.0             # lcm with a guidance embedding: the bottom of w's range
+    skip_steps: int = 20                  # lcm / cd: training timesteps one teacher step spans (LCM's skipping step k)
+    teacher_solver: str = "ddim"          # lcm / cd: the teacher's ODE step, ddim | heun
+    distance: str = "huber"               # lcm / cd: l2 | huber (iCT's pseudo-Huber)
+    couplings: int = 4096                 # reflow: (noise, teacher sample) pairs made before training
+    teacher_steps: int = 20               # reflow: the teacher's ODE steps (DEIS) per coupling
 
     def __post_init__(self):
         _check(self.task in TASKS, "task", self.task, f"one of {TASKS}")
@@ -127,6 +139,22 @@ class TrainConfig:
                "trained denoiser)")
         _check(isinstance(self.lora_alpha, (int, float)) and math.isfinite(self.lora_alpha) and self.lora_alpha >= 0,
                "lora_alpha", self.lora_alpha, "a number >= 0")
+        _check(self.distill in ("", *DISTILL_METHODS), "distill", self.distill, f"'' or one of {DISTILL_METHODS}")
+        _check(not self.distill or self.teacher and self.task == "denoise", "teacher", self.teacher,
+               "a model package (or bundled model's name) for distill")
+        _check(not self.distill or self.prediction_type == ("flow" if self.distill == "reflow" else "lcm"),
+               "prediction_type", self.prediction_type, "lcm for distill=lcm|cd, flow for distill=reflow")
+        _check(isinstance(self.teacher_guidance, (int, float)) and 0 <= self.guidance_min <= self.teacher_guidance <= 30,
+               "guidance_min/teacher_guidance", (self.guidance_min, self.teacher_guidance),
+               "numbers with 0 <= guidance_min <= teacher_guidance <= 30")
+        _check(_int(self.skip_steps, 1) and self.skip_steps < 1000, "skip_steps", self.skip_steps,
+               "an integer in [1, 999]")
+        _check(self.teacher_solver in TEACHER_SOLVERS, "teacher_solver", self.teacher_solver, f"one of {TEACHER_SOLVERS}")
+        _check(self.distance in DISTANCES, "distance", self.distance, f"one of {DISTANCES}")
+        _check(_int(self.couplings, 1) and self.couplings <= 1_000_000, "couplings", self.couplings,
+               "an integer in [1, 1000000]")
+        _check(_int(self.teacher_steps, 1) and self.teacher_steps <= 1000, "teacher_steps", self.teacher_steps,
+               "an integer in [1, 1000]")
         _check(self.grad_clip >= 0 and self.weight_decay >= 0, "grad_clip/weight_decay",
                (self.grad_clip, self.weight_decay), "non-negative numbers")
 
@@ -153,7 +181,8 @@ def field_help() -> dict[str, str]:
             comments[name] = line.split("  # ", 1)[1].strip()
     choices = {"task": TASKS, "dataset": DATASETS, "prediction_type": PARAMETERIZATIONS, "schedule": SCHEDULE_KINDS,
                "loss_weighting": WEIGHTINGS, "timestep_sampling": TIMESTEP_SAMPLINGS, "lr_schedule": LR_SCHEDULES,
-               "mixed_precision": MIXED_PRECISIONS}
+               "mixed_precision": MIXED_PRECISIONS, "distill": DISTILL_METHODS, "teacher_solver": TEACHER_SOLVERS,
+               "distance": DISTANCES}
     for name, allowed in choices.items():
         comments[name] = f"{comments.get(name, '')}: {' | '.join(allowed)}".lstrip(": ")
     return comments

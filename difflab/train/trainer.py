@@ -28,6 +28,7 @@ from difflab.settings import BUNDLED_MODELS
 from difflab.train import checkpoint as ckpt
 from difflab.train.batches import TrainingData
 from difflab.train.config import TrainConfig
+from difflab.train.distill import student_sampling
 from difflab.conditioning import Conditioner
 from difflab.train.latents import (LatentCache, check_vae_fits, latent_statistics, load_vae,
                                    reconstruction_grid, save_with_vae, with_normalisation)
@@ -77,7 +78,10 @@ def make_autoencoder(config: TrainConfig, channels: int):
 
 
 def make_objective(config: TrainConfig, schedule: NoiseSchedule, conditioner: Conditioner, accelerator,
-                   channels_last: bool):
+                   channels_last: bool, teacher=None):
+    if config.distill:
+        from difflab.train.distill import make_distill_objective
+        return make_distill_objective(config, teacher, schedule, conditioner, accelerator, channels_last)
     if config.task == "vae":
         return OBJECTIVES["reconstruction"](config.kl_weight, seed=config.seed, autocast=accelerator.autocast)
     return OBJECTIVES["denoising"](schedule, config.prediction_type, conditioner, weighting=config.loss_weighting,
@@ -139,7 +143,12 @@ class Trainer:
             from difflab.adapters.lora_train import add_lora
             self.log(f"training a rank-{config.lora_rank} LoRA on {len(add_lora(model, config.lora_rank, config.lora_alpha or None))} modules")
         self.channels_last = not cuda
-        self.objective = make_objective(config, self.schedule, self.conditioner, self.accelerator, self.channels_last)
+        self.teacher = self.coupled = None
+        if config.distill:   # difflab distill: a frozen teacher (train/distill.py)
+            from difflab.train.distill import Teacher
+            self.teacher = Teacher(config, self.conditioner, self.accelerator.device)
+        self.objective = make_objective(config, self.schedule, self.conditioner, self.accelerator, self.channels_last,
+                                        self.teacher)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
@@ -160,6 +169,10 @@ class Trainer:
         if self.vae is not None:
             self.vae.to(self.accelerator.device)
             self.latents = LatentCache(self.vae, self.data)
+        if config.distill == "reflow":
+            from difflab.train.distill import reflow_couplings
+            self.coupled = reflow_couplings(config, self.teacher, self.conditioner, self.data, self.out,
+                                            self.accelerator, self.log)
         self.step, self.samples_seen, self.bad_in_a_row, self.skipped = 0, 0, 0, 0
         if resume:
             self._resume()
@@ -207,6 +220,11 @@ class Trainer:
 
     def micro_loss(self, positions: list[int]) -> torch.Tensor:
         device = self.accelerator.device
+        if hasattr(self.objective, "target_weights"):   # consistency distillation's target: the EMA weights
+            self.objective.target_weights = self.ema
+        if self.coupled is not None:                    # reflow: (noise, teacher sample) pairs
+            x1, conditions, z = self.coupled.batch(positions)
+            return self.objective.loss(self.model, Batch(x1.to(device), conditions, positions, noise=z))
         if self.latents is not None:
             x0, conditions = self.latents.batch(positions, device)
         else:
@@ -323,7 +341,8 @@ class Trainer:
             return {"data": data, "training": training}
         return {
             **({"codec": codec_section(self.codec())} if codec_section(self.codec()) else {}),
-            "diffusion": {"schedule": self.schedule.to_config(), "prediction_type": config.prediction_type},
+            "diffusion": {"schedule": self.schedule.to_config(), "prediction_type": self.prediction_type()},
+            **({"sampling": student_sampling(config)} if config.distill else {}),
             "conditioning": {"encoder": self.conditioner.spec, "null": self.conditioner.null},
             "data": data,
             "training": training,
@@ -345,6 +364,11 @@ class Trainer:
             return model.save_pretrained(folder, metadata=self.package_metadata())
         return save_with_vae(model, self.vae, folder, self.package_metadata())
 
+    def prediction_type(self):
+        """What the network's output means: the config's name, or a student's consistency function."""
+        consistency = getattr(self.objective, "consistency", None)
+        return consistency.to_config() if consistency is not None else self.config.prediction_type
+
     def ema_model(self):
         """A copy of the network holding the EMA weights."""
         model = copy.deepcopy(self.unwrapped).float()
@@ -362,15 +386,16 @@ class Trainer:
 
     def pipeline(self):
         """A :class:`~difflab.Pipeline` over the EMA weights, built through its public constructor."""
-        from difflab.pipelines import Pipeline
-        return Pipeline(self.ema_model().to(self.accelerator.device), self.schedule, self.config.prediction_type,
-                        self.conditioner, self.codec(), self.config.resolution, name="training")
+        from difflab.pipelines import DEFAULTS, Pipeline
+        defaults = {**DEFAULTS, **(student_sampling(self.config) if self.config.distill else {})}
+        return Pipeline(self.ema_model().to(self.accelerator.device), self.schedule, self.prediction_type(),
+                        self.conditioner, self.codec(), self.config.resolution, name="training", defaults=defaults)
 
     def write_sample_grid(self):
         if self.config.task == "vae":
             return self.write_reconstructions()
         prompts = getattr(self.data.dataset, "preview_prompts", None) or [self.data.item(p)[1] for p in range(4)]
-        result = self.pipeline()(list(prompts), seed=0, steps=20)
+        result = self.pipeline()(list(prompts), seed=0)
         grid = result.grid(columns=1 if self.data.media == "video" else None)   # a clip's filmstrip per row
         write_file(self.out / f"samples-step-{self.step}.png", lambda f: grid.save(f, format="PNG"), overwrite=True)
 

@@ -19,6 +19,7 @@ class Batch:
     x0: torch.Tensor            # [B, C, H, W] on the training device
     conditions: list            # captions or labels, one per sample
     positions: list[int]        # global sample positions: every random draw is seeded by them
+    noise: torch.Tensor | None = None   # reflow: the noise each sample is coupled with (else drawn)
 
 
 class Objective:

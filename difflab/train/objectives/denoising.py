@@ -109,6 +109,8 @@ class DenoisingObjective(Objective):
         x0 = batch.x0
         t, noise, u = draw_per_sample(self.seed, batch.positions, tuple(x0.shape[1:]), self.schedule,
                                       self.timestep_sampling)
+        if batch.noise is not None:   # a coupled pair (reflow): its own noise, not a fresh draw
+            noise = batch.noise.to(device="cpu", dtype=noise.dtype)
         if self.channels_last and x0.ndim == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
             noise = noise.contiguous(memory_format=torch.channels_last)
@@ -117,3 +119,19 @@ class DenoisingObjective(Objective):
         with self.autocast():
             return diffusion_loss(model, x0, cond, t, noise.to(x0.device), self.schedule, self.parameterization,
                                   self.weighting, self.snr_gamma)
+
+
+class ReflowObjective(DenoisingObjective):
+    """Rectified flow on coupled pairs (Liu et al. 2022, "Flow straight and fast", eq. 1 and Alg. 1):
+    each training image x1 was made by the teacher's ODE from the noise z it comes with, and the
+    student regresses the straight path's velocity z - x1 at x_t = (1 - t) x1 + t z, which is the
+    denoising objective of the flow parameterization with the noise fixed to the pair's (the batch's
+    ``noise``). Training on these couplings (reflow) straightens the paths, so few Euler steps follow
+    them; the teacher's guidance is in the couplings, so the student samples at guidance 1."""
+
+    name = "reflow"
+
+    def loss(self, model, batch: Batch) -> torch.Tensor:
+        if batch.noise is None:
+            raise ValueError("reflow trains on coupled (noise, sample) pairs: the batch has no noise")
+        return super().loss(model, batch)

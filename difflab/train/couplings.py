@@ -1,0 +1,98 @@
+"""Reflow's couplings: pairs (z, x1) of a noise and the teacher's sample from it (Liu et al. 2022, Alg. 1).
+
+Pair ``i`` is a pure function of the run: its caption is the training stream's position ``i``
+(:class:`~difflab.train.batches.TrainingData`), its noise comes from the generator seeded by (run
+seed, i), and x1 is the teacher's deterministic ODE solution from that noise with classifier-free
+guidance, so every pair replays from its seed. Pairs are written in shards of ``SHARD`` to
+``OUT/couplings/pairs-NNNNN.safetensors`` (z, x1 and the captions, with the recipe that made them),
+each atomically; an interrupted generation resumes at the first missing shard, and with several
+processes (torchrun / accelerate launch) process r makes the shards r, r + N, ... A shard made by
+another recipe is refused, never mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from difflab.noise import stream_seed
+from difflab.outputs import write_file
+
+SHARD = 256
+
+
+def coupling_noise(seed: int, index: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The unit Gaussian noise of pair ``index``."""
+    generator = torch.Generator().manual_seed(stream_seed(seed, index, 17))
+    return torch.randn(shape, generator=generator)
+
+
+class Couplings:
+    """``count`` pairs in ``folder``; ``recipe``: what makes them (teacher, guidance, steps, seed)."""
+
+    def __init__(self, folder: Path, count: int, recipe: dict):
+        self.folder, self.count, self.recipe = Path(folder), count, recipe
+        self._z = self._x1 = None
+        self._captions: list = []
+
+    def shard_path(self, shard: int) -> Path:
+        return self.folder / f"pairs-{shard:05d}.safetensors"
+
+    @property
+    def shards(self) -> int:
+        return -(-self.count // SHARD)
+
+    def missing(self) -> list[int]:
+        return [s for s in range(self.shards) if not self.shard_path(s).is_file()]
+
+    def generate(self, solve, data, process_index: int = 0, num_processes: int = 1, log=print) -> None:
+        """Make this process's missing shards. ``solve(z, captions) -> x1`` is the guided teacher ODE;
+        ``data.item(i)`` gives pair i's (image, caption)."""
+        from safetensors.torch import save
+
+        from tqdm.auto import tqdm
+        mine = [s for s in self.missing() if s % num_processes == process_index]
+        if not mine:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log(f"generating {min(self.count, len(mine) * SHARD)} teacher couplings in {len(mine)} shard(s) of {SHARD}")
+        bar = tqdm(total=len(mine), unit="shard", disable=process_index != 0, desc="couplings")
+        for shard in mine:
+            indices = range(shard * SHARD, min(self.count, (shard + 1) * SHARD))
+            captions = [data.item(i)[1] for i in indices]
+            z = torch.stack([coupling_noise(self.recipe["seed"], i, tuple(data.item(i)[0].shape)) for i in indices])
+            x1 = solve(z, captions).float().cpu().contiguous()
+            payload = save({"z": z.contiguous(), "x1": x1},
+                           metadata={"captions": json.dumps(captions), "recipe": json.dumps(self.recipe, sort_keys=True)})
+            write_file(self.shard_path(shard), lambda f: f.write(payload))
+            bar.update(1)
+        bar.close()
+
+    def load(self) -> None:
+        """Read every shard (checked against the recipe) into memory."""
+        from safetensors import safe_open
+        if self.missing():
+            raise ValueError(f"{self.folder}: shards {self.missing()[:5]} of the couplings are missing")
+        zs, x1s, self._captions = [], [], []
+        want = json.dumps(self.recipe, sort_keys=True)
+        for shard in range(self.shards):
+            with safe_open(str(self.shard_path(shard)), "pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("recipe") != want:
+                    raise ValueError(f"{self.shard_path(shard)} was made by another recipe ({meta.get('recipe')}); "
+                                     f"this run's is {want}: use a new --out")
+                zs.append(f.get_tensor("z"))
+                x1s.append(f.get_tensor("x1"))
+                self._captions += json.loads(meta["captions"])
+        self._z, self._x1 = torch.cat(zs), torch.cat(x1s)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def pair(self, index: int) -> tuple[torch.Tensor, torch.Tensor, object]:
+        """(z, x1, caption) of pair ``index``."""
+        if self._z is None:
+            self.load()
+        return self._z[index], self._x1[index], self._captions[index]
