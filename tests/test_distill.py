@@ -157,3 +157,13 @@ def test_bad_distill_input_is_refused_in_one_line(teacher, tmp_path):
                       tmp_path / "flow", log=quiet).fit()
     with pytest.raises(ValueError, match="flow model: use --method reflow"):
         distill_config("lcm", str(student), {})
+
+
+def test_path_straightness_is_zero_exactly_for_straight_paths_and_positive_for_curved_ones():
+    from difflab.metrics.straightness import path_straightness
+    point = torch.randn(2, 3, 8, 8)           # data on one point: every path is a straight line to it
+    s, x1 = path_straightness(lambda x, sigma: point.clone(), torch.randn(2, 3, 8, 8), steps=10)
+    assert s < 1e-10 and torch.allclose(x1, point, atol=1e-5)
+    var = 0.25                                 # Gaussian data N(0, 0.25 I): x0 = var / (var + sigma^2) x, curved
+    gauss = lambda x, sigma: torch.zeros_like(x) if sigma == float("inf") else var / (var + sigma**2) * x
+    assert path_straightness(gauss, torch.randn(2, 3, 8, 8), steps=50)[0] > 0.05
