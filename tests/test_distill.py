@@ -167,3 +167,22 @@ def test_path_straightness_is_zero_exactly_for_straight_paths_and_positive_for_c
     var = 0.25                                 # Gaussian data N(0, 0.25 I): x0 = var / (var + sigma^2) x, curved
     gauss = lambda x, sigma: torch.zeros_like(x) if sigma == float("inf") else var / (var + sigma**2) * x
     assert path_straightness(gauss, torch.randn(2, 3, 8, 8), steps=50)[0] > 0.05
+
+
+def test_two_processes_share_the_couplings_and_train_like_one(teacher, tmp_path):
+    import subprocess
+    import sys
+
+    from test_train import ENV, weights
+    args = ["distill", "--method", "reflow", "--teacher", str(teacher), "--couplings", "300", "--teacher-steps", "2",
+            "--batch-size", "4", "--max-steps", "2", "--checkpoint-every", "0", "--threads", "1"]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "difflab", *args,
+                          "--out", str(tmp_path / "two")], env=ENV, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = cli(*args, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    for shard in ("pairs-00000.safetensors", "pairs-00001.safetensors"):   # process 0 made one, process 1 the other
+        a, b = load_file(tmp_path / "one" / "couplings" / shard), load_file(tmp_path / "two" / "couplings" / shard)
+        assert torch.equal(a["z"], b["z"]) and torch.allclose(a["x1"], b["x1"], atol=1e-6)
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
