@@ -150,3 +150,19 @@ def test_mmdit_starts_as_identity_blocks_and_round_trips_strictly(tmp_path):
     save_file(state, tmp_path / "m" / "model.safetensors")
     with pytest.raises(ValueError, match="blocks.0.extra"):
         load(tmp_path / "m")
+
+
+def test_an_lcm_student_of_a_latent_teacher_keeps_its_vae(tmp_path, vae_package):
+    from difflab.train.distill import distill_config
+    model = dict(class_name="UNet", channels=(16, 32), layers_per_block=1, attention_levels=(1,), head_dim=16,
+                 norm_groups=8)
+    teacher = train(preset("tiny").replace(vae=str(vae_package), resolution=16, model=model, max_steps=2,
+                                           checkpoint_every=0), tmp_path / "teacher", **QUIET)
+    student = train(distill_config("lcm", str(teacher), dict(max_steps=2, batch_size=4, threads=1)),
+                    tmp_path / "student", **QUIET)
+    assert json.loads((student / "config.json").read_text())["codec"] == {"type": "vae", "path": "vae"}
+    pipe = Pipeline.from_pretrained(student)
+    assert pipe.vae is not None and pipe.defaults["sampler"] == "lcm"
+    assert pipe("a red circle", seed=0).images[0].size == (16, 16)
+    with pytest.raises(ValueError, match="reflow makes its couplings in pixel space"):
+        distill_config("reflow", str(teacher), {})

@@ -71,6 +71,10 @@ def distill_config(method: str, teacher: str, overrides: dict) -> TrainConfig:
     if method != "reflow" and schedule.get("kind") == "flow":
         raise ValueError(f"--method {method} distils a discrete-time (VP) teacher; {folder} is a flow model: "
                          "use --method reflow")
+    latent = isinstance(header.get("codec"), dict) and header["codec"].get("type") == "vae"
+    if latent and method == "reflow":
+        raise ValueError(f"--method reflow makes its couplings in pixel space; {folder} is a latent model "
+                         "(use --method lcm or cd)")
     model = {"class_name": header.get("class_name", "UNet"),
              **{k: tuple(v) if isinstance(v, list) else v for k, v in header["config"].items()
                 if k not in SHARED_MODEL_FIELDS}}
@@ -82,7 +86,8 @@ def distill_config(method: str, teacher: str, overrides: dict) -> TrainConfig:
         model["guidance_embedding"] = True
     teacher_scale = header.get("sampling", {}).get("guidance_scale", 3.0)
     values = {**COMMON, **RECIPES[method], "distill": method, "teacher": teacher, "init_from": teacher,
-              "dataset": header["data"]["dataset"], "resolution": header["data"]["resolution"], "model": model}
+              "dataset": header["data"]["dataset"], "resolution": header["data"]["resolution"], "model": model,
+              **({"vae": str(folder)} if latent else {})}   # a latent teacher's VAE (its vae/): the same latents
     if method != "reflow":
         values.update(schedule=schedule.get("kind", "cosine"),
                       rescale_zero_terminal_snr=bool(schedule.get("rescale_zero_terminal_snr", False)))
