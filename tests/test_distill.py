@@ -186,3 +186,12 @@ def test_two_processes_share_the_couplings_and_train_like_one(teacher, tmp_path)
         assert torch.equal(a["z"], b["z"]) and torch.allclose(a["x1"], b["x1"], atol=1e-6)
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_the_bundled_fast_student_loads_by_name_and_replays():
+    pipe = difflab.Pipeline.from_pretrained("shapes-fast")
+    assert (pipe.defaults["sampler"], pipe.defaults["steps"], pipe.model.config.guidance_embedding) == ("lcm", 4, True)
+    made = pipe("a red circle above a blue square", seed=3)
+    assert made.recipes[0]["model"] == "shapes-fast" and made.recipes[0]["steps"] == 4
+    assert np.array_equal(np.asarray(made.images[0]), np.asarray(pipe.replay(made.recipes[0]).images[0]))
+    assert (difflab.settings.BUNDLED_MODELS["shapes-fast"] / "MODEL_CARD.md").is_file()
