@@ -21,7 +21,7 @@ import typer
 import typer.core
 
 from difflab.cli_checks import (check_edit_flags, check_outpaint_canvas, check_settings, one_line, open_image,
-                                parse_loras, read_prompts)
+                                parse_loras, read_prompts, check_control_flags)
 from difflab.outputs import COUNTER, check_output_folder, write_file
 from difflab.settings import validate_deep_cache, validate_guidance_method
 from difflab.train.flags import parse_field_flags, training_fields_help
@@ -202,6 +202,11 @@ def generate(
     dtype: str = typer.Option(None, help="float32 (default), float16 or bfloat16 (GPUs), float64"),
     prediction_type: str = typer.Option(None, help="single-file SD 2.x: v_prediction (768 px, the default) or "
                                                    "epsilon (2.0/2.1-base, 512 px); no key in the file says which"),
+    controlnet: list[str] = typer.Option(None, help="a ControlNet (difflab package or diffusers folder); repeatable"),
+    control_image: list[str] = typer.Option(None, help="each --controlnet's control image, in order"),
+    control_scale: list[float] = typer.Option(None, help="one scale for all ControlNets, or one each [default: 1]"),
+    control_start: float = typer.Option(0.0, help="ControlNets act from this fraction of the way to clean (0..1)"),
+    control_end: float = typer.Option(1.0, help="... up to this fraction (0..1)"),
 ):
     """Generate images (a video model: MP4 or GIF clips; an audio model: WAV); each file carries the recipe that replays it."""
     from difflab.pipelines.recipes import read_recipe  # torch is imported only once every flag is checked
@@ -223,6 +228,7 @@ def generate(
         raise ValueError(f"--prediction-type (epsilon or v_prediction, got {prediction_type!r}) is for a single-file "
                          "checkpoint given as --model FILE.safetensors; folders and packages say it themselves")
     loras = parse_loras(lora)
+    controls = check_control_flags(controlnet, control_image, control_scale, control_start, control_end)
     jobs = read_prompts(prompts, n, seed) if prompts is not None else None
     margins = check_edit_flags(image, strength, mask, outpaint, mask_blur)
     edits = {"image": open_image(image, "--image"), "mask": open_image(mask, "--mask")}
@@ -237,7 +243,7 @@ def generate(
     check_output_folder(out)
     _quiet_loading()
     from difflab.pipelines import Pipeline
-    pipe = Pipeline.from_pretrained(model, prediction_type=prediction_type)
+    pipe = Pipeline.from_pretrained(model, prediction_type=prediction_type, controlnet=controlnet or None)
     for path, scale in loras:
         pipe.load_lora(path, scale)
     pipe.to(device, dtype)
@@ -247,19 +253,19 @@ def generate(
             batch = jobs[start:start + 8]
             result = pipe([p for p, _ in batch], negative_prompt=negative, seed=[s for _, s in batch], steps=steps,
                           sampler=sampler, guidance_scale=guidance, spacing=spacing, progress=True,
-                          guidance_method=guidance_method, deep_cache=deep_cache)
+                          guidance_method=guidance_method, deep_cache=deep_cache, **controls)
             paths += result.save(out, overwrite=overwrite, video_format=video_format)
         for path in paths:
             typer.echo(str(path))
         return
     if replay is not None:
-        result = pipe.replay(replay, **edits)
+        result = pipe.replay(replay, **edits, control_image=controls.get("control_image"))
     else:
         result = pipe(prompt, negative_prompt=negative, num_images=n, seed=seed, steps=steps, sampler=sampler,
                       guidance_scale=guidance, spacing=spacing, progress=True, strength=strength,
                       guidance_method=guidance_method, deep_cache=deep_cache,
-                      outpaint=margins, mask_blur=mask_blur, **edits)
-    inputs = [p for p in (image, mask, recipe) if p is not None]
+                      outpaint=margins, mask_blur=mask_blur, **edits, **controls)
+    inputs = [p for p in (image, mask, recipe, *(control_image or [])) if p is not None]
     paths = result.save(out, overwrite=overwrite, inputs=inputs, video_format=video_format)
     if grid:
         canvas = result.grid()
@@ -334,12 +340,16 @@ def eval_(
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N | mps: where the images are generated"),
     guidance_method: str = typer.Option("cfg", help="cfg | apg | cfg_zero_star"),
     deep_cache: int = typer.Option(None, help="difflab UNets: recompute deep features every N-th step"),
+    lora: list[str] = typer.Option(None, help="a LoRA file PATH[:SCALE] loaded before generating (repeatable)"),
+    oracle_colours: str = typer.Option("trained", help="trained: the oracle names the six trained colours (and a "
+                                                       "novel one a prompt names) | all: every colour it can be "
+                                                       "taught (cyan too), the strict reading after a colour LoRA"),
 ) -> None:
     """Generate the prompt set, score it with the shapes oracle and FID/KID; print a table, write JSON."""
     from difflab.metrics.evaluation import EvalConfig, evaluate, format_summary
 
     config = EvalConfig(model, prompts, sampler, steps, guidance, batch_size, limit, fid, out, device, guidance_method,
-                        deep_cache)
+                        deep_cache, tuple(parse_loras(lora)), oracle_colours)
     config.validate()
     _quiet_loading()
     typer.echo(format_summary(evaluate(config)))

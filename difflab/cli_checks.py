@@ -135,3 +135,26 @@ def read_prompts(path: str, n: int, seed: int | None) -> list[tuple[str, int]]:
     pairs = [(prompt, base + i) for i, prompt in enumerate(p for p in prompts for _ in range(n))]
     return pairs[rank::world]
 
+
+
+def check_control_flags(controlnets: list[str] | None, images: list[str] | None, scales: list[float] | None,
+                        start: float, end: float) -> dict:
+    """``--controlnet``/``--control-image``/``--control-scale``/``--control-start``/``--control-end`` ->
+    the pipeline's control arguments (none without a ControlNet); every count, path and range checked."""
+    controlnets, images, scales = controlnets or [], images or [], scales or []
+    if not controlnets:
+        if images or scales:
+            raise ValueError("--control-image and --control-scale need a --controlnet")
+        return {}
+    if len(images) != len(controlnets):
+        raise ValueError(f"give one --control-image per --controlnet ({len(controlnets)}), got {len(images)}")
+    if len(scales) not in (0, 1, len(controlnets)):
+        raise ValueError(f"--control-scale: give one value, or one per --controlnet ({len(controlnets)})")
+    for path in controlnets:
+        if not Path(path).expanduser().is_dir():
+            raise ValueError(f"--controlnet {path}: not a folder (a ControlNet package or a diffusers ControlNet)")
+    if not 0 <= start < end <= 1:
+        raise ValueError(f"--control-start and --control-end must satisfy 0 <= start < end <= 1, got {start}, {end}")
+    scales = scales * len(controlnets) if len(scales) == 1 else scales or [1.0] * len(controlnets)
+    return {"control_image": [open_image(p, "--control-image") for p in images], "control_scale": scales,
+            "control_start": start, "control_end": end}

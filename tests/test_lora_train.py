@@ -73,3 +73,33 @@ def test_bad_lora_settings_and_foreign_files_are_refused(base, tmp_path):
     with pytest.raises(ValueError, match="does not fit"):
         pipe.load_lora(tmp_path / "wl" / "lora" / "adapter.safetensors")
     assert pipe.loras == []                              # refused: the network is left as it was
+
+
+def test_a_lora_on_a_folder_adapts_the_packages_own_network(base, tmp_path):
+    """--lora-rank with --init-from takes the package's network, schedule and resolution over the
+    dataset's defaults, so a handful of captioned images (kohya's folder) trains a LoRA of it."""
+    import json
+
+    from PIL import Image
+
+    from difflab.cli import app
+    from difflab.train import build_config
+    from typer.testing import CliRunner
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, caption in enumerate(["a cyan circle", "two cyan squares", "a cyan cross above a red circle"]):
+        Image.new("RGB", (40, 40), (20, 190, 200)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(caption)
+    package = json.loads((base / "config.json").read_text())
+    config = build_config("shapes", None, {"init_from": str(base), "lora_rank": 2, "dataset": "folder",
+                                           "data_dir": str(folder)})
+    assert config.model["channels"] == tuple(package["config"]["channels"]) and config.resolution == TINY.resolution
+    assert build_config(None, None, {"init_from": str(base), "lora_rank": 2, "resolution": 24}).resolution == 24
+    result = CliRunner().invoke(app, ["train", "--init-from", str(base), "--lora-rank", "2", "--dataset", "folder",
+                                      "--data-dir", str(folder), "--max-steps", "2", "--batch-size", "2",
+                                      "--threads", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    pipe = difflab.Pipeline.from_pretrained(base)
+    pipe.load_lora(tmp_path / "run" / "lora" / "adapter.safetensors")
+    assert pipe.loras and pipe.vocabulary_warnings(["a cyan circle"]) == []

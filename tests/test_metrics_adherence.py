@@ -243,3 +243,26 @@ def test_scene_statistics_separate_renders_from_noise():
                     "objects": 2}
     assert real["roughness"] < 0.1 < adherence.MAX_UNEXPLAINED * 5 < noise["unexplained"]
     assert noise["roughness"] > adherence.MAX_ROUGHNESS
+
+
+def test_a_novel_colour_is_drawn_parsed_and_judged_only_by_a_taught_oracle():
+    """cyan (NOVEL_COLOURS) renders and parses; the six-colour oracle calls it blue, the oracle taught
+    it (the default for a prompt that names it, or colours=PALETTE) tells it apart."""
+    assert "cyan" in shapes_grammar.PALETTE and "cyan" not in shapes_grammar.COLOURS
+    image = shapes.render("a large cyan square on a white background", seed=3)
+    rgb = np.asarray(image)[16, 16]
+    assert tuple(rgb) == shapes_grammar.PALETTE["cyan"]
+    assert adherence.check(image, "a large cyan square on a white background")["ok"]      # taught by the prompt
+    assert adherence.check(image, "a blue square")["ok"]                                   # six colours: blue
+    strict = adherence.check(image, "a blue square", colours=tuple(shapes_grammar.PALETTE))
+    assert not strict["ok"] and "cyan" in " ".join(strict["objects"])
+    assert not adherence.check(shapes.render("a blue square", seed=3), "a cyan square")["ok"]
+    with pytest.raises(ValueError, match="oracle colours must be names from"):
+        adherence.check(image, "a blue square", colours=("blue", "teal"))
+
+
+def test_no_dataset_split_ever_shows_a_novel_colour():
+    for split in ("train", "val", "test"):
+        data = shapes.ShapesDataset(split, length=400)
+        colours = {o.colour for i in range(len(data)) for o in data.scene(i)[0].objects}
+        assert colours == set(shapes_grammar.COLOURS)

@@ -43,9 +43,10 @@ def family_of(folder: Path) -> str:
     return family
 
 
-class CrossAttentionOnly(nn.Module):
-    """SD 1.x/2.x UNets read the prompt's token states only: every position, no mask, no pooled
-    vector. Adapts the conditioner's keywords to the network's."""
+class SDKeywords(nn.Module):
+    """Base of the adapters below, from the conditioner's keywords (context, context_mask, pooled) to an
+    SD network's: the UNet (its ``control_residuals`` pass through) or an SDControlNet steering it
+    (made with :meth:`around`; its control image follows ``t``)."""
 
     def __init__(self, unet: nn.Module):
         super().__init__()
@@ -55,27 +56,41 @@ class CrossAttentionOnly(nn.Module):
     def size_multiple(self) -> int:
         return self.unet.size_multiple
 
-    def forward(self, x, t, context=None, context_mask=None, pooled=None):
-        return self.unet(x, t, context=context)
+    @property
+    def hint_stride(self) -> int:
+        """The wrapped SDControlNet's."""
+        return self.unet.hint_stride
 
 
-class SizeConditioned(nn.Module):
+class CrossAttentionOnly(SDKeywords):
+    """SD 1.x/2.x UNets read the prompt's token states only: every position, no mask, no pooled
+    vector. Adapts the conditioner's keywords to the network's."""
+
+    def around(self, network: nn.Module) -> "CrossAttentionOnly":
+        """This adaptation for another network of the same UNet (an SDControlNet)."""
+        return CrossAttentionOnly(network)
+
+    def forward(self, x, t, *control, context=None, context_mask=None, pooled=None, **residuals):
+        return self.unet(x, t, *control, context=context, **residuals)
+
+
+class SizeConditioned(SDKeywords):
     """SDXL's UNet with its micro-conditioning (Podell et al. 2023, Sec. 2.2): pooled text plus the
     original size, crop offset and target size, here the output's own size with no crop (diffusers'
     defaults), ``[H, W, 0, 0, H, W]`` in pixels."""
 
     def __init__(self, unet: nn.Module, downsampling: int):
-        super().__init__()
-        self.unet, self.downsampling = unet, downsampling
+        super().__init__(unet)
+        self.downsampling = downsampling
 
-    @property
-    def size_multiple(self) -> int:
-        return self.unet.size_multiple
+    def around(self, network: nn.Module) -> "SizeConditioned":
+        """This adaptation for another network of the same UNet (an SDControlNet)."""
+        return SizeConditioned(network, self.downsampling)
 
-    def forward(self, x, t, context=None, context_mask=None, pooled=None):
+    def forward(self, x, t, *control, context=None, context_mask=None, pooled=None, **residuals):
         height, width = (side * self.downsampling for side in x.shape[-2:])
         time_ids = x.new_tensor([height, width, 0, 0, height, width]).expand(x.shape[0], 6)       # [B, 6]
-        return self.unet(x, t, context=context, pooled=pooled, time_ids=time_ids)
+        return self.unet(x, t, *control, context=context, pooled=pooled, time_ids=time_ids, **residuals)
 
 
 def load_diffusers(folder) -> dict:

@@ -44,6 +44,11 @@ def to_tensor(images, channels: int = 3) -> torch.Tensor:
     return from_uint8(to_uint8(images, channels))
 
 
+def to_unit_tensor(images, channels: int = 3) -> torch.Tensor:
+    """PIL images (or one) -> float tensor (N, channels, H, W) in [0, 1]: a ControlNet's control images."""
+    return to_uint8(images, channels).float() / 255
+
+
 def to_images(x: torch.Tensor) -> list[Image.Image]:
     """Float tensor (N, C, H, W) in [-1, 1] (C = 1 or 3) -> PIL images; values outside are clipped.
 

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from difflab.data.procedural import ProceduralSplit
 from difflab.data.shapes_captions import paraphrase
-from difflab.data.shapes_grammar import (BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, ObjectSpec,
+from difflab.data.shapes_grammar import (BACKGROUNDS, COLOURS, PALETTE, POSITIONS, SHAPES, SIZES, ObjectSpec,
                                          Prompt, format_prompt, parse_prompt)
 
 # Object extent (bounding-box side) as a fraction of the image side; a grid cell is 1/3.
@@ -136,7 +136,7 @@ def render_scene(scene: Scene, resolution: int = 32) -> Image.Image:
     for obj in scene.objects:
         cx, cy = obj.centre
         for polygon in shape_polygons(obj.shape, cx * big, cy * big, EXTENT[obj.size] * big):
-            draw.polygon(polygon, fill=COLOURS[obj.colour])
+            draw.polygon(polygon, fill=PALETTE[obj.colour])
     return canvas.resize((resolution, resolution), Image.Resampling.BOX)
 
 

@@ -10,7 +10,8 @@ Grammar (lower case; a trailing full stop is ignored)::
     object   := ("a" | "an") [size] [colour] shape
 
 The vocabulary is fixed: four shapes, six colours, two sizes, the nine cells of a 3x3 grid, two
-counts, four relations and three backgrounds. Everything here is pure data, shared by the renderer
+counts, four relations and three backgrounds; ``NOVEL_COLOURS`` are drawn and parsed but never sampled
+by a dataset (a LoRA teaches them). Everything here is pure data, shared by the renderer
 (``difflab.data.shapes``) and the oracle (``difflab.metrics.adherence``).
 """
 
@@ -29,6 +30,11 @@ COLOURS = {  # sRGB, chosen far apart in hue: red 0, orange ~26, yellow ~54, gre
     "blue": (37, 80, 225),
     "purple": (140, 50, 200),
 }
+# Colours the renderer draws and the oracle can be taught, but that no dataset ever samples: the
+# concepts a LoRA teaches a trained model (hue ~183, between green and blue; the six-colour oracle
+# calls it blue).
+NOVEL_COLOURS = {"cyan": (20, 190, 200)}
+PALETTE = {**COLOURS, **NOVEL_COLOURS}
 SIZES = ("small", "large")
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
 POSITIONS = {  # phrase -> (row, col) of the 3x3 grid, row 0 at the top
@@ -96,7 +102,7 @@ def _grammar_error(prompt: str, problem: str) -> ValueError:
     return ValueError(
         f"prompt {prompt!r} is outside the shapes grammar: {problem}. Allowed: '[a|an] [size] [colour] shape "
         f"[position]', 'X and Y', 'two|three [size] [colour] shapes', 'X <relation> Y', each with an optional "
-        f"'on a <background> background'; shapes {', '.join(SHAPES)}; colours {', '.join(COLOURS)}; sizes "
+        f"'on a <background> background'; shapes {', '.join(SHAPES)}; colours {', '.join(PALETTE)}; sizes "
         f"{', '.join(SIZES)}; positions {', '.join(POSITIONS)}; relations {', '.join(RELATIONS)}; "
         f"backgrounds {', '.join(BACKGROUNDS)}")
 
@@ -110,7 +116,7 @@ def _parse_words(words: list[str], nouns: dict[str, str], prompt: str, phrase: s
     for word in words[:-1]:
         if word in SIZES and size is None and colour is None:
             size = word
-        elif word in COLOURS and colour is None:
+        elif word in PALETTE and colour is None:
             colour = word
         else:
             raise _grammar_error(prompt, f"unexpected word {word!r} in {phrase!r}")

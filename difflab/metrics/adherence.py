@@ -17,7 +17,7 @@ from __future__ import annotations
 from itertools import permutations
 
 from difflab.data.shapes_grammar import CELL_NAMES, BACKGROUNDS, ObjectSpec, Prompt, format_object, parse_prompt
-from difflab.metrics.detect import Detection, Scan, scan
+from difflab.metrics.detect import TRAINED, Detection, Scan, scan
 
 RELATION_MARGIN = 0.1  # centroids must differ by a tenth of the image side along the relation's axis
 
@@ -164,7 +164,16 @@ def scene_validity(found: Scan) -> dict:
     return {"valid": False, "reason": f"not a scene: {reason}", **stats}
 
 
-def check(image, prompt: str, strict_single: bool = True) -> dict:
+def oracle_colours(parsed: Prompt, colours=None) -> tuple[str, ...]:
+    """The colour names the oracle tells apart: ``colours`` if given, else the six trained colours
+    plus any novel colour (``NOVEL_COLOURS``) the prompt names, so "a cyan circle" can be judged."""
+    if colours is not None:
+        return tuple(colours)
+    named = [o.colour for o in parsed.objects if o.colour and o.colour not in TRAINED]
+    return TRAINED + tuple(dict.fromkeys(named))
+
+
+def check(image, prompt: str, strict_single: bool = True, colours=None) -> dict:
     """Score one image against one prompt.
 
     Returns ``{"ok": bool, "prompt": str, "requirements": [{"requirement", "ok", "reason"}, ...],
@@ -172,10 +181,12 @@ def check(image, prompt: str, strict_single: bool = True) -> dict:
     An image that is not a scene (noise, clutter, blank; see ``scene_validity``) fails whatever the
     prompt, with the single requirement "a scene". ``strict_single=False`` lets a single-object prompt
     pass beside other objects (to check one object of a busier image, as an inpainting test does).
+    ``colours`` are the colour names the oracle tells apart (:func:`oracle_colours`); teach it every
+    colour with ``colours=PALETTE`` to judge old prompts strictly after a new colour was taught.
     Raises ``ValueError`` for a prompt outside the shapes grammar (see ``difflab.data.shapes_grammar``).
     """
     parsed = parse_prompt(prompt)
-    found = scan(image)
+    found = scan(image, oracle_colours(parsed, colours))
     validity = scene_validity(found)
     if not validity["valid"]:
         requirements = [_requirement("a scene", False, validity["reason"])]

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import colorsys
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,14 +25,14 @@ from PIL import Image
 from scipy import ndimage
 
 from difflab.data.shapes import CROSS_ARM, EXTENT, TRIANGLE_CENTROID_DROP
-from difflab.data.shapes_grammar import COLOURS, SHAPES
+from difflab.data.shapes_grammar import COLOURS, PALETTE, SHAPES
 
 SEED_DISTANCE = 0.2  # RGB distance (channels in [0, 1]) that marks a pixel as surely foreground
 MIN_AREA = 0.25 * 0.5 * EXTENT["small"] ** 2  # a quarter of the smallest object (small triangle), in image areas
 MIN_SATURATION = 0.25  # below this an object's core is achromatic and has no colour name
 SIZE_THRESHOLD = (EXTENT["small"] * EXTENT["large"]) ** 0.5  # geometric mean of the two extents
 AREA_FRACTION = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5, "cross": 1 - 4 * ((1 - CROSS_ARM) / 2) ** 2}
-HUES = {name: colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] * 360 for name, rgb in COLOURS.items()}
+TRAINED = tuple(COLOURS)  # the colour names the oracle tells apart unless taught more (``PALETTE``)
 TEMPLATE_SUPERSAMPLE = 6
 BLUR_WIDTHS = (0.0, 0.4, 0.8, 1.2)  # template blur (Gaussian sigma) in pixels of a 32 x 32 image
 PALETTE_RESIDUAL = 0.08  # how far (RGB distance) a core may sit off the background-palette line
@@ -71,13 +72,23 @@ def background_colour(rgb: np.ndarray) -> np.ndarray:
     return np.median(border, axis=0)
 
 
-def hue_name(rgb: np.ndarray) -> tuple[str | None, float]:
-    """The colour name whose hue is nearest (circular distance), or None for an achromatic colour."""
+@functools.lru_cache(maxsize=32)
+def palette_hues(colours: tuple[str, ...] = TRAINED) -> dict[str, float]:
+    """Hue in degrees of each named colour; a name outside ``PALETTE`` is an error."""
+    unknown = [c for c in colours if c not in PALETTE]
+    if unknown or not colours:
+        raise ValueError(f"oracle colours must be names from {', '.join(PALETTE)}, got {list(colours)!r}")
+    return {name: colorsys.rgb_to_hsv(*(c / 255 for c in PALETTE[name]))[0] * 360 for name in colours}
+
+
+def hue_name(rgb: np.ndarray, colours: tuple[str, ...] = TRAINED) -> tuple[str | None, float]:
+    """The name among ``colours`` whose hue is nearest (circular distance), or None for an achromatic colour."""
     h, s, v = colorsys.rgb_to_hsv(*np.clip(rgb, 0, 1))
     hue = h * 360
     if s < MIN_SATURATION or v < 0.2:
         return None, hue
-    nearest = min(HUES, key=lambda name: min(abs(hue - HUES[name]), 360 - abs(hue - HUES[name])))
+    hues = palette_hues(colours)
+    nearest = min(hues, key=lambda name: min(abs(hue - hues[name]), 360 - abs(hue - hues[name])))
     return nearest, hue
 
 
@@ -126,7 +137,8 @@ def _fit_shape(alpha: np.ndarray, area: float, cx: float, cy: float) -> tuple[st
     return best
 
 
-def object_colour(rgb: np.ndarray, bg: np.ndarray, core_mask: np.ndarray) -> np.ndarray:
+def object_colour(rgb: np.ndarray, bg: np.ndarray, core_mask: np.ndarray,
+                  colours: tuple[str, ...] = TRAINED) -> np.ndarray:
     """The object's own colour: its palette colour when the core is a mix of it with the background.
 
     A blurred small object never reaches its full colour; if the core lies on the line from the
@@ -135,16 +147,16 @@ def object_colour(rgb: np.ndarray, bg: np.ndarray, core_mask: np.ndarray) -> np.
     """
     distance = np.linalg.norm(rgb[core_mask] - bg, axis=1)
     core = rgb[core_mask][distance >= 0.8 * distance.max()].mean(axis=0)
-    name, _ = hue_name(core)
+    name, _ = hue_name(core, colours)
     if name is None:
         return core
-    pure = np.array(COLOURS[name]) / 255 - bg
+    pure = np.array(PALETTE[name]) / 255 - bg
     mix = (core - bg) @ pure / (pure @ pure)
     residual = np.linalg.norm(core - bg - mix * pure)
     return bg + pure if 0.5 <= mix <= 1.1 and residual < PALETTE_RESIDUAL else core
 
 
-def _measure(rgb: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> Detection | None:
+def _measure(rgb: np.ndarray, colour: np.ndarray, alpha: np.ndarray, colours: tuple[str, ...]) -> Detection | None:
     """Centroid, shape and size of one object from its coverage map ``alpha``."""
     area = alpha.sum()
     side = rgb.shape[0] * rgb.shape[1]
@@ -153,7 +165,7 @@ def _measure(rgb: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> Detectio
     ys, xs = np.indices(alpha.shape)
     cy, cx = (alpha * (ys + 0.5)).sum() / area, (alpha * (xs + 0.5)).sum() / area
     shape, error, extent = _fit_shape(alpha, area, cx, cy)
-    name, hue = hue_name(colour)
+    name, hue = hue_name(colour, colours)
     size = "large" if extent / rgb.shape[1] >= SIZE_THRESHOLD else "small"
     return Detection(name, shape, size, cx / rgb.shape[1], cy / rgb.shape[0], area / side, hue, error)
 
@@ -190,13 +202,16 @@ class Scan:
     roughness: float
 
 
-def scan(image) -> Scan:
+def scan(image, colours: tuple[str, ...] = TRAINED) -> Scan:
     """All objects of an image, its background colour (RGB in [0, 1]) and how well they explain it.
 
-    Components of far-from-background pixels are unmixed into coverage, then split again where their
+    Objects are named by the nearest hue among ``colours`` (the six trained colours unless the
+    oracle is taught more, e.g. ``tuple(PALETTE)``). Components of far-from-background pixels are unmixed into coverage, then split again where their
     coverage falls below one half, which separates neighbours that blur has joined.
     """
     rgb = to_array(image)
+    colours = tuple(colours)
+    palette_hues(colours)  # a bad name fails here, before any work
     bg = background_colour(rgb)
     reach = 2.5 * rgb.shape[1] / 32
     off_background = np.linalg.norm(rgb - bg, axis=2)
@@ -205,13 +220,13 @@ def scan(image) -> Scan:
     explained = off_background <= EXPLAINED_DISTANCE
     for k in range(1, n + 1):
         seeds = (first == k) & (off_background > SEED_DISTANCE)
-        colour = object_colour(rgb, bg, seeds)
+        colour = object_colour(rgb, bg, seeds, colours)
         coverage = _coverage(rgb, bg, colour)
         alpha = coverage * (first == k)
         parts, m = _owners(alpha > 0.5, reach)
         residual = np.linalg.norm(rgb - bg - coverage[..., None] * (colour - bg), axis=2)  # off the mixing line
         for j in range(1, m + 1):
-            found = _measure(rgb, colour, alpha * (parts == j))
+            found = _measure(rgb, colour, alpha * (parts == j), colours)
             if found is not None:
                 detections.append(found)
                 explained |= (parts == j) & (residual <= EXPLAINED_DISTANCE)
@@ -220,7 +235,7 @@ def scan(image) -> Scan:
     return Scan(detections, bg, ~explained, float(roughness))
 
 
-def detect(image) -> tuple[list[Detection], np.ndarray]:
+def detect(image, colours: tuple[str, ...] = TRAINED) -> tuple[list[Detection], np.ndarray]:
     """All objects of an image, and its background colour (RGB in [0, 1]); see ``scan``."""
-    found = scan(image)
+    found = scan(image, colours)
     return found.detections, found.background

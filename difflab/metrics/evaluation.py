@@ -19,6 +19,7 @@ from pathlib import Path
 from difflab.outputs import check_output_file, check_output_folder, free_names, write_text
 
 REPORTS = Path("outputs") / "eval"
+ORACLE_COLOURS = ("trained", "all")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class EvalConfig:
     device: str = "cpu"                 # where the pipeline runs (the oracle and FID run on the CPU)
     guidance_method: str = "cfg"        # cfg | apg | cfg_zero_star (difflab.guidance)
     deep_cache: int | None = None       # difflab UNet: recompute deep features every N-th evaluation
+    loras: tuple = ()                   # ((path, scale), ...) loaded onto the model before generating
+    oracle_colours: str = "trained"     # trained: six colours (+ novel ones a prompt names) | all: PALETTE
 
     def validate(self) -> None:
         """Every argument checked before any model is loaded; errors say what is allowed."""
@@ -45,6 +48,11 @@ class EvalConfig:
             raise ValueError(f"MODEL must be a model package folder (config.json + model.safetensors) or a bundled "
                              f"model ({', '.join(BUNDLED_MODELS)}); {self.model!r} is not a folder")
         validate_deep_cache(self.deep_cache, "--deep-cache")
+        if self.oracle_colours not in ORACLE_COLOURS:
+            raise ValueError(f"--oracle-colours must be {' or '.join(ORACLE_COLOURS)}, got {self.oracle_colours!r}")
+        for path, scale in self.loras:
+            if not Path(path).exists():
+                raise ValueError(f"--lora {path}: no such file")
         validate_guidance_method(self.guidance_method, "--guidance-method")
         if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"unknown sampler {self.sampler!r}; available: {', '.join(SAMPLER_NAMES)}")
@@ -69,7 +77,9 @@ class EvalConfig:
             return Path(self.out)
         settings = json.dumps([self.sampler, self.steps, self.guidance_scale, self.fid]
                               + ([self.guidance_method] if self.guidance_method != "cfg" else [])
-                              + ([self.deep_cache] if self.deep_cache not in (None, 1) else [])).encode()
+                              + ([self.deep_cache] if self.deep_cache not in (None, 1) else [])
+                              + ([[list(x) for x in self.loras]] if self.loras else [])
+                              + ([self.oracle_colours] if self.oracle_colours != "trained" else [])).encode()
         limit = f"limit{self.limit}" if self.limit else "all"
         return REPORTS / (f"eval-{Path(self.model).name}-{Path(self.prompts).stem}-{limit}-"
                           f"{hashlib.sha256(settings).hexdigest()[:8]}.json")
@@ -108,6 +118,7 @@ def _distances(images: list, entries: list[dict], resolution: int) -> dict:
 
 def evaluate(config: EvalConfig, progress: bool = True) -> dict:
     """Run the benchmark; returns the report and writes it as JSON to ``report["out"]``."""
+    from difflab.data.shapes_grammar import PALETTE
     from difflab.metrics.adherence import check
     from difflab.metrics.bench import balanced, load_prompts, report
     from difflab.pipelines import Pipeline
@@ -115,6 +126,8 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict:
     config.validate()
     entries = balanced(load_prompts(config.prompts), config.limit)
     pipe = Pipeline.from_pretrained(config.model)
+    for path, scale in config.loras:
+        pipe.load_lora(path, scale)
     if config.device != "cpu":
         pipe.to(config.device)
     if pipe.codec.media != "image":
@@ -124,7 +137,8 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict:
         raise ValueError(f"{config.prompts} needs an RGB text-to-image model; {config.model} makes "
                          f"{pipe.channels}-channel images")
     images, settings = _generate(pipe, entries, config, progress)
-    verdicts = [check(image, e["prompt"]) for image, e in zip(images, entries)]
+    colours = tuple(PALETTE) if config.oracle_colours == "all" else None
+    verdicts = [check(image, e["prompt"], colours=colours) for image, e in zip(images, entries)]
     results = [{**e, "ok": v["ok"], "failed": [r["reason"] for r in v["requirements"] if not r["ok"]],
                 "objects": v["objects"]} for e, v in zip(entries, verdicts)]
     path = config.report_path()

@@ -291,6 +291,15 @@ class SDUpsample(Upsample):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))   # [B, C, 2H, 2W]
 
 
+def _res_block(cfg: SDUNetConfig, c_in: int, c_out: int) -> SDResBlock:
+    return SDResBlock(c_in, c_out, 4 * cfg.channels[0], cfg.norm_groups, cfg.norm_eps)
+
+
+def _transformer(cfg: SDUNetConfig, i: int) -> SpatialTransformer:
+    return SpatialTransformer(cfg.channels[i], cfg.heads[i], cfg.transformer_depth[i], cfg.context_dim,
+                              cfg.linear_projection, cfg.norm_groups)
+
+
 class Level(nn.Module):
     """One resolution of the encoder or decoder: ResNet blocks, each followed by a spatial
     transformer when the level has attention, then an optional resampler."""
@@ -311,28 +320,33 @@ class SDUNet(ModelMixin):
     config_class = SDUNetConfig
 
     def build(self, cfg: SDUNetConfig) -> None:
-        ch, n, L, E = cfg.channels, len(cfg.channels), cfg.layers_per_block, 4 * cfg.channels[0]
-        res = lambda c_in, c_out: SDResBlock(c_in, c_out, E, cfg.norm_groups, cfg.norm_eps)
-        attn = lambda i: SpatialTransformer(ch[i], cfg.heads[i], cfg.transformer_depth[i], cfg.context_dim,
-                                            cfg.linear_projection, cfg.norm_groups)
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
-        self.time_mlp = mlp(ch[0], E)
-        self.add_mlp = mlp(cfg.add_embed_dim, E) if cfg.add_embed_dim else None
-        self.down, skip_widths = nn.ModuleList(), [ch[0]]
-        for i, c in enumerate(ch):
-            self.down.append(Level([res(ch[max(i - 1, 0)] if j == 0 else c, c) for j in range(L)],
-                                   [attn(i) for _ in range(L)] if cfg.down_attention[i] else [],
-                                   Downsample(c) if i < n - 1 else None))
-            skip_widths += [c] * (L + (i < n - 1))
-        self.mid_res1, self.mid_attn, self.mid_res2 = res(ch[-1], ch[-1]), attn(n - 1), res(ch[-1], ch[-1])
+        ch, n, L = cfg.channels, len(cfg.channels), cfg.layers_per_block
+        skip_widths = self.build_encoder(cfg)
         self.up = nn.ModuleList()                                              # deepest level first
         for i in reversed(range(n)):
             c_first = ch[min(i + 1, n - 1)]
-            self.up.append(Level([res((c_first if j == 0 else ch[i]) + skip_widths.pop(), ch[i]) for j in range(L + 1)],
-                                 [attn(i) for _ in range(L + 1)] if cfg.up_attention[i] else [],
+            self.up.append(Level([_res_block(cfg, (c_first if j == 0 else ch[i]) + skip_widths.pop(), ch[i])
+                                  for j in range(L + 1)],
+                                 [_transformer(cfg, i) for _ in range(L + 1)] if cfg.up_attention[i] else [],
                                  SDUpsample(ch[i]) if i > 0 else None))
         self.norm_out = nn.GroupNorm(cfg.norm_groups, ch[0], eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
+
+    def build_encoder(self, cfg: SDUNetConfig) -> list[int]:
+        """conv_in, embeddings, down levels and middle (what a ControlNet copies) -> the skips' widths."""
+        ch, n, L = cfg.channels, len(cfg.channels), cfg.layers_per_block
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.time_mlp = mlp(ch[0], 4 * ch[0])
+        self.add_mlp = mlp(cfg.add_embed_dim, 4 * ch[0]) if cfg.add_embed_dim else None
+        self.down, skip_widths = nn.ModuleList(), [ch[0]]
+        for i, c in enumerate(ch):
+            self.down.append(Level([_res_block(cfg, ch[max(i - 1, 0)] if j == 0 else c, c) for j in range(L)],
+                                   [_transformer(cfg, i) for _ in range(L)] if cfg.down_attention[i] else [],
+                                   Downsample(c) if i < n - 1 else None))
+            skip_widths += [c] * (L + (i < n - 1))
+        self.mid_res1, self.mid_attn = _res_block(cfg, ch[-1], ch[-1]), _transformer(cfg, n - 1)
+        self.mid_res2 = _res_block(cfg, ch[-1], ch[-1])
+        return skip_widths
 
     @property
     def size_multiple(self) -> int:
@@ -361,14 +375,30 @@ class SDUNet(ModelMixin):
                     f"= {cfg.add_embed_dim}, got {None if pooled is None else list(pooled.shape)} and "
                     f"{None if time_ids is None else list(time_ids.shape)}")
 
-    def forward(self, x, t, context=None, pooled=None, time_ids=None):
+    def forward(self, x, t, context=None, pooled=None, time_ids=None, control_residuals=None):
         """x [B, C_in, H, W], t [B] or scalar, context [B, L, D] -> [B, C_out, H, W].
 
         SDXL-style UNets also take pooled [B, P] (the pooled text embedding) and time_ids [B, K]
-        (original height, width, crop top, left, target height, width for SDXL base).
-        """
-        cfg, B = self.config, x.shape[0]
+        (original height, width, crop top, left, target height, width for SDXL base). ``control_residuals``
+        (skips, mid) of an :class:`~difflab.models.sd_controlnet.SDControlNet` are added to the skips (diffusers'
+        order) and the middle's output, as diffusers' ``down_block_additional_residuals`` and
+        ``mid_block_additional_residual`` (Zhang et al. 2023, eq. 2: locked block + zero-convolved copy)."""
         self.check_input(x, context, pooled, time_ids)
+        emb = self.embed(x, t, pooled, time_ids)                               # [B, E]
+        h, skips = self.encode(self.conv_in(x), emb, context)                  # [B, c_-1, H/m, W/m], skips
+        if control_residuals is not None:
+            extra, mid = control_residuals
+            skips, h = [s + r for s, r in zip(skips, extra, strict=True)], h + mid
+        for level in self.up:
+            for j in range(len(level.res)):
+                h = level.block(j, torch.cat([h, skips.pop()], dim=1), emb, context)  # [B, c_i, H/2^i, W/2^i]
+            if level.resample is not None:
+                h = level.resample(h)                                          # [B, c_i, H/2^(i-1), W/2^(i-1)]
+        return self.conv_out(F.silu(self.norm_out(h)))                         # [B, C_out, H, W]
+
+    def embed(self, x, t, pooled=None, time_ids=None) -> torch.Tensor:
+        """silu(time embedding [+ SDXL's micro-conditioning]) [B, E], which every ResNet block projects."""
+        cfg, B = self.config, x.shape[0]
         t = broadcast_time(t, B, x.device)                                     # [B]
         features = time_features(t, cfg.channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)  # [B, ch0]
         emb = self.time_mlp(features.to(x.dtype))                              # [B, E]
@@ -376,8 +406,10 @@ class SDUNet(ModelMixin):
             ids = time_features(time_ids.reshape(-1), cfg.time_ids_dim, cfg.flip_sin_to_cos, cfg.freq_shift)  # [B*K, D]
             extra = torch.cat([pooled, ids.reshape(B, -1).to(pooled.dtype)], dim=1)  # [B, P + K*D]
             emb = emb + self.add_mlp(extra.to(emb.dtype))                      # [B, E]
-        emb = F.silu(emb)                                                      # every ResNet block projects silu(emb)
-        h = self.conv_in(x)                                                    # [B, ch0, H, W]
+        return F.silu(emb)
+
+    def encode(self, h, emb, context) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """conv_in's output [B, ch0, H, W] -> (the middle's output, skips: it, every block's, every downsampler's)."""
         skips = [h]
         for level in self.down:
             for j in range(len(level.res)):
@@ -386,10 +418,4 @@ class SDUNet(ModelMixin):
             if level.resample is not None:
                 h = level.resample(h)                                          # [B, c_i, H/2^(i+1), W/2^(i+1)]
                 skips.append(h)
-        h = self.mid_res2(self.mid_attn(self.mid_res1(h, emb), context), emb)  # [B, c_-1, H/m, W/m]
-        for level in self.up:
-            for j in range(len(level.res)):
-                h = level.block(j, torch.cat([h, skips.pop()], dim=1), emb, context)  # [B, c_i, H/2^i, W/2^i]
-            if level.resample is not None:
-                h = level.resample(h)                                          # [B, c_i, H/2^(i-1), W/2^(i-1)]
-        return self.conv_out(F.silu(self.norm_out(h)))                         # [B, C_out, H, W]
+        return self.mid_res2(self.mid_attn(self.mid_res1(h, emb), context), emb), skips  # [B, c_-1, H/m, W/m]

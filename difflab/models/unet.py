@@ -147,9 +147,11 @@ class UNet(ConditionEmbedding, ModelMixin):
         return name.startswith("guidance_embed.")
 
     def forward(self, x, t, context=None, context_mask=None, class_labels=None, pooled=None, deep_cache=None,
-                guidance=None):
+                guidance=None, control_residuals=None):
         """x [B, C_in, H, W], t [B] or scalar -> [B, C_out, H, W]. ``context=None`` skips cross-attention;
-        ``guidance`` [B] or scalar: the CFG scale, for a network with ``guidance_embedding``.
+        ``guidance`` [B] or scalar: the CFG scale, for a network with ``guidance_embedding``;
+        ``control_residuals`` ``(skips, mid)`` from a :class:`~difflab.models.controlnet.ControlNet`: added
+        to every skip connection and to the middle block's output (Zhang et al. 2023, eq. 4).
 
         ``deep_cache`` (a :class:`DeepCacheState`; DeepCache, Ma et al. 2024, Sec. 3.2): on a full
         call the input of the shallowest up level is stored; on a cached call only the shallowest
@@ -161,8 +163,24 @@ class UNet(ConditionEmbedding, ModelMixin):
         scale_shift = iter(self.scale_shift(F.silu(emb)).split([2 * b.out_channels for b in self.res_blocks], 1))
         h = self.conv_in(x.contiguous(memory_format=torch.channels_last))    # [B, ch0, H, W]
         skips = [h]
+        if deep_cache is not None and control_residuals is not None:
+            raise ValueError("deep_cache and a ControlNet do not combine: the cached deep feature ignores the control")
         if deep_cache is not None and deep_cache.reuse(h.shape):
             return self._shallow(h, skips, scale_shift, context, context_mask, deep_cache.feature)
+        h = self._encode(h, skips, scale_shift, context, context_mask)
+        if control_residuals is not None:
+            extra, mid = control_residuals
+            skips = [s + r for s, r in zip(skips, extra, strict=True)]
+            h = h + mid
+        for i, (blocks, up) in enumerate(zip(self.up, self.upsample)):
+            if deep_cache is not None and i == len(self.up) - 1:
+                deep_cache.store(h)                                           # the input of the shallowest up level
+            h = self._up_level(blocks, up, h, skips, scale_shift, context, context_mask)
+        h = self.conv_out(group_norm(h, self.norm_out, act=True))           # [B, C_out, H, W]
+        return h.contiguous()
+
+    def _encode(self, h, skips, scale_shift, context, context_mask):
+        """The down levels (each output appended to ``skips``) and the middle blocks, from conv_in's output."""
         for blocks, down in zip(self.down, self.downsample):
             for res, attn in blocks:
                 h = self._block(res, attn, h, next(scale_shift), context, context_mask)
@@ -171,13 +189,7 @@ class UNet(ConditionEmbedding, ModelMixin):
                 h = down(h)                                                   # [B, c, H/2, W/2]
                 skips.append(h)
         h = self._block(self.mid_block1, self.mid_attn, h, next(scale_shift), context, context_mask)
-        h = self._block(self.mid_block2, None, h, next(scale_shift), context, context_mask)
-        for i, (blocks, up) in enumerate(zip(self.up, self.upsample)):
-            if deep_cache is not None and i == len(self.up) - 1:
-                deep_cache.store(h)                                           # the input of the shallowest up level
-            h = self._up_level(blocks, up, h, skips, scale_shift, context, context_mask)
-        h = self.conv_out(group_norm(h, self.norm_out, act=True))           # [B, C_out, H, W]
-        return h.contiguous()
+        return self._block(self.mid_block2, None, h, next(scale_shift), context, context_mask)
 
     def _block(self, res, attn, h, scale_shift, context, context_mask):
         """One ResNet block and its level's attention, if it has one (a video UNet adds temporal layers here)."""

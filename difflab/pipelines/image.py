@@ -30,6 +30,7 @@ from difflab.data import shapes_grammar as shapes
 from difflab.settings import BUNDLED_MODELS, package_folder, validate_deep_cache, validate_text
 from difflab.pipelines import edit
 from difflab.pipelines.arguments import as_list, check_count, check_latents, from_diffusers_names, image_seeds
+from difflab.pipelines.control import ControlMethods
 from difflab.pipelines.lora import LoraMethods
 from difflab.pipelines.packaging import (DEFAULTS, check_pipeline_sections, codec_from_header, sampling_defaults,
                                         save_pipeline)
@@ -47,7 +48,7 @@ SHAPES_WORDS = frozenset(" ".join([*shapes.SHAPES, *shapes.PLURALS.values(), *sh
 
 
 @dataclass
-class Pipeline(LoraMethods):
+class Pipeline(LoraMethods, ControlMethods):
     """A model package made callable: text (or class labels) in, PIL images out.
 
     Build one with :meth:`from_pretrained`, or directly from its parts: ``Pipeline(model, schedule,
@@ -67,6 +68,7 @@ class Pipeline(LoraMethods):
     folder: Path | None = None
     dataset: str | None = None           # the package's data.dataset: "shapes" enables the vocabulary warning
     dtype: torch.dtype = torch.float32   # the sampling dtype; set with .to(dtype=...)
+    controlnets: list = field(default_factory=list)   # [(name, ControlNet, weights hash)]: load_controlnet
 
     def __post_init__(self):
         if not isinstance(self.conditioner, Conditioner):
@@ -75,9 +77,17 @@ class Pipeline(LoraMethods):
             self.codec = PixelCodec(3)
 
     @classmethod
-    def from_pretrained(cls, folder=None, prediction_type: str | None = None) -> "Pipeline":
+    def from_pretrained(cls, folder=None, prediction_type: str | None = None, controlnet=None) -> "Pipeline":
         """The pipeline of a model package folder (default: the bundled shapes model). Its sections,
-        sampling defaults and network size are checked before the network is built."""
+        sampling defaults and network size are checked before the network is built. ``controlnet``:
+        a ControlNet package (or a list of them) to load (:meth:`load_controlnet`)."""
+        pipe = cls._from_folder(folder, prediction_type)
+        for path in [] if controlnet is None else controlnet if isinstance(controlnet, (list, tuple)) else [controlnet]:
+            pipe.load_controlnet(path)
+        return pipe
+
+    @classmethod
+    def _from_folder(cls, folder, prediction_type) -> "Pipeline":
         from difflab.models.package import load_package, read_config
         from difflab.models.text import text_encoder_from_spec
         folder = BUNDLED_MODEL if folder is None else package_folder(folder)
@@ -119,7 +129,7 @@ class Pipeline(LoraMethods):
         are cast). Returns the pipeline."""
         device = validate_device(device) if device is not None else None
         dtype = validate_dtype(dtype) if dtype is not None else None
-        for module in (self.model, self.vae):
+        for module in (self.model, self.vae, *(net for _, net, _ in self.controlnets)):
             if module is not None:
                 module.to(device=device, dtype=dtype)
         if device is not None:
@@ -187,7 +197,9 @@ class Pipeline(LoraMethods):
                  deep_cache: int | None = None, callback=None,
                  progress: bool = False, image=None, strength: float | None = None, mask=None,
                  outpaint=None, mask_blur: float = 0.0, width: int | None = None,
-                 height: int | None = None, latents: torch.Tensor | None = None, **diffusers_names) -> Result:
+                 height: int | None = None, latents: torch.Tensor | None = None, control_image=None,
+                 control_scale=1.0, control_start: float = 0.0, control_end: float = 1.0,
+                 **diffusers_names) -> Result:
         """Text-to-image (``width`` x ``height``, default the model's resolution; sides are multiples
         of :attr:`size_multiple`); ``latents`` (unit Gaussian, the model-space shape; diffusers'
         ``latents=``) replaces the seeds' noise; with ``image``: image-to-image (``strength``), inpainting (``mask``, white =
@@ -195,6 +207,8 @@ class Pipeline(LoraMethods):
         (left, right, top, bottom) pixels added and filled); see ``difflab.edit``. ``guidance_method``:
         ``cfg``, ``apg`` or ``cfg_zero_star`` (:mod:`difflab.guidance`). ``deep_cache=N`` (difflab's
         UNet): the deep features are recomputed every N-th evaluation only (DeepCache; off by default).
+        ``control_image`` (one per loaded ControlNet), ``control_scale``, ``control_start`` and
+        ``control_end``: ControlNet steering (:mod:`difflab.pipelines.control`).
 
         Everything is checked before any compute: ``ValueError`` (``difflab.limits.LimitError`` above
         a limit) names the argument. A prompt outside a shapes model's vocabulary is only warned about.
@@ -219,6 +233,8 @@ class Pipeline(LoraMethods):
         shape = self.codec.model_shape(len(prompts), size[0], size[1])
         limits.check_sample_shape(shape, "output")
         noise = check_latents(latents, shape)
+        controls = self._controls(control_image, control_scale, control_start, control_end, size, deep_cache,
+                                  len(prompts))
         self._warn_outside_vocabulary(prompts)
         cond, uncond = self._encode(prompts), self._encode(negatives)
         if cache is not None:
@@ -230,7 +246,8 @@ class Pipeline(LoraMethods):
                                  "guidance_method and guidance_rescale do not apply")
             cond["guidance"] = torch.full((len(prompts),), float(settings["guidance_scale"]), device=self.device)
             guided = False
-        x = sample(_network_in(self.model, self.dtype), self.schedule, self.prediction_type, settings["sampler"], settings["steps"],
+        network = self._controlled(self.model, controls) if controls else self.model
+        x = sample(_network_in(network, self.dtype), self.schedule, self.prediction_type, settings["sampler"], settings["steps"],
                    shape=None if noise is not None else shape, seeds=None if noise is not None else seeds, noise=noise,
                    spacing=settings["spacing"], cond=cond, uncond=uncond if guided else None,
                    guidance_scale=settings["guidance_scale"] if guided else 1.0, guidance_rescale=guidance_rescale,
@@ -242,11 +259,11 @@ class Pipeline(LoraMethods):
         method |= {"deep_cache": deep_cache} if cache is not None else {}
         method |= self._lora_recipe()
         recipes = [self._recipe(p, n, s, settings, guidance_rescale, size) | (edits.recipe() if edits else {}) | given
-                   | method
-                   for p, n, s in zip(prompts, negatives, seeds)]
+                   | method | self._control_recipe(controls, control_image, i)
+                   for i, (p, n, s) in enumerate(zip(prompts, negatives, seeds))]
         return Result(recipes=recipes, **outputs)
 
-    def replay(self, recipe: dict, image=None, mask=None) -> Result:
+    def replay(self, recipe: dict, image=None, mask=None, control_image=None) -> Result:
         """Regenerate the image a recipe describes (same pixels on the same machine and weights).
         An edit's recipe needs its input image (and mask) again; their hashes are checked. The recipe
         is checked by :func:`~difflab.pipelines.recipes.validate_recipe`, then as the arguments are."""
@@ -257,7 +274,9 @@ class Pipeline(LoraMethods):
             raise ValueError("this recipe's image was made from given latents (latents=), which a recipe does not hold")
         edit.check_replay_inputs(recipe, image, mask)
         self._check_recipe_loras(recipe)
-        return self(recipe["prompt"], negative_prompt=recipe.get("negative_prompt"), seed=recipe["seed"],
+        controls = self._replay_controls(recipe, control_image)
+        return self(**controls,
+                    prompt=recipe["prompt"], negative_prompt=recipe.get("negative_prompt"), seed=recipe["seed"],
                     steps=recipe["steps"], sampler=recipe["sampler"], guidance_scale=recipe["guidance_scale"],
                     spacing=recipe["spacing"], guidance_rescale=recipe.get("guidance_rescale", 0.0),
                     guidance_method=recipe.get("guidance_method", "cfg"), deep_cache=recipe.get("deep_cache"),
@@ -285,8 +304,11 @@ class Pipeline(LoraMethods):
         return values
 
     def vocabulary_warnings(self, prompts: list) -> list[str]:
-        """One message per prompt that asks a shapes model for words it never saw (else none)."""
+        """One message per prompt that asks a shapes model for words it never saw (else none). With a
+        LoRA loaded there is none: a LoRA may have taught new words (``NOVEL_COLOURS``)."""
         if not (self.dataset == "shapes" or self.folder is not None and Path(self.folder) == BUNDLED_MODEL):
+            return []
+        if self._lora_recipe():
             return []
         messages = []
         for prompt in dict.fromkeys(p for p in prompts if isinstance(p, str)):

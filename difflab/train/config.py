@@ -19,8 +19,10 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 from difflab.data import DATASETS, load_dataset
+from difflab.data.controls import CONTROL_KINDS
 from difflab.parameterization import PARAMETERIZATIONS
 from difflab.settings import TIMESTEP_SAMPLINGS, WEIGHTINGS
+from difflab.train.lineage import package_fields, read_header
 
 LR_SCHEDULES = ("constant", "cosine")
 DISTILL_METHODS = ("lcm", "cd", "reflow")
@@ -78,6 +80,7 @@ class TrainConfig:
     init_from: str | None = None          # a model package (or bundled model name) whose weights start the run (fine-tune / grow)
     lora_rank: int = 0                    # with init_from: train only a LoRA of this rank (peft), the rest frozen; 0: every weight
     lora_alpha: float = 0.0               # the LoRA's alpha (its update is scaled by alpha / rank); 0: the rank
+    controlnet: str = ""                  # with init_from: train a ControlNet on each image's layout map or edges, the model frozen
     distill: str = ""                     # set by difflab distill: lcm | cd | reflow ("": plain training)
     teacher: str | None = None            # distill: the teacher package (or a bundled model's name)
     teacher_guidance: float = 3.0         # distill: the teacher's CFG scale (lcm with a guidance embedding: the top of w's range)
@@ -139,6 +142,12 @@ class TrainConfig:
                "trained denoiser)")
         _check(isinstance(self.lora_alpha, (int, float)) and math.isfinite(self.lora_alpha) and self.lora_alpha >= 0,
                "lora_alpha", self.lora_alpha, "a number >= 0")
+        _check(self.controlnet in ("", *CONTROL_KINDS), "controlnet", self.controlnet, f"'' or one of {CONTROL_KINDS}")
+        _check(not self.controlnet or (self.init_from and not self.lora_rank and not self.distill and not self.vae
+                                       and self.task == "denoise"), "controlnet", self.controlnet,
+               "used with init_from (the pixel-space model it steers), without lora_rank, distill or vae")
+        _check(self.controlnet != "layout" or self.dataset == "shapes", "controlnet", self.controlnet,
+               "layout with dataset=shapes (each image's scene); other datasets take edges")
         _check(self.distill in ("", *DISTILL_METHODS), "distill", self.distill, f"'' or one of {DISTILL_METHODS}")
         _check(not self.distill or self.teacher and self.task == "denoise", "teacher", self.teacher,
                "a model package (or bundled model's name) for distill")
@@ -262,13 +271,17 @@ def load_toml(path: str | Path) -> dict:
 
 
 def build_config(preset_name: str | None, toml_path: str | None, overrides: dict) -> TrainConfig:
-    """Preset, then TOML file, then explicit overrides (flags): later ones win."""
+    """Preset, then TOML file, then explicit overrides (flags): later ones win. A LoRA run (``lora_rank``
+    with ``init_from``) takes the package's network, schedule, prediction type and resolution over the
+    preset's, so ``--dataset folder`` adapts the bundled model as it is."""
     if preset_name and preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
     values = dict(PRESETS[preset_name]) if preset_name else {}
-    if toml_path:
-        values.update(load_toml(toml_path))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    explicit = load_toml(toml_path) if toml_path else {}
+    explicit.update({k: v for k, v in overrides.items() if v is not None})
+    if (explicit.get("lora_rank") or explicit.get("controlnet")) and explicit.get("init_from"):  # the package's network as it is
+        values.update(package_fields(*read_header(explicit["init_from"])))
+    values.update(explicit)
     return TrainConfig(**values)
 
 

@@ -14,11 +14,10 @@ teacher, the method's objective, reflow's couplings and the student's package se
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from difflab.train.config import DISTILL_METHODS, TrainConfig
-from difflab.train.lineage import init_folder
+from difflab.train.lineage import package_fields, read_header
 
 COMMON = dict(cond_dropout=0.0, batch_size=32, max_steps=2000, checkpoint_every=100, lr_warmup=50,
               lr_schedule="constant", sample_every=0, loss_weighting="uniform")
@@ -34,21 +33,12 @@ RECIPES = {
 STUDENT_SAMPLING = {"lcm": {"sampler": "lcm", "steps": 4, "spacing": "trailing"},
                     "cd": {"sampler": "lcm", "steps": 2, "spacing": "trailing", "guidance_scale": 1.0},
                     "reflow": {"sampler": "euler", "steps": 4, "spacing": "linspace", "guidance_scale": 1.0}}
-SHARED_MODEL_FIELDS = ("in_channels", "out_channels", "context_dim", "pooled_dim", "num_classes")  # the trainer sets these
 
 
 def teacher_header(teacher: str) -> tuple[Path, dict]:
     """The teacher's folder and checked config.json; one clear line when it is not a difflab package."""
-    folder = init_folder(teacher)
-    path = folder / "config.json" if folder else None
-    if path is None or not path.is_file():
-        from difflab.settings import BUNDLED_MODELS
-        raise ValueError(f"--teacher: no difflab model package at {teacher} (a folder written by difflab train, "
-                         f"or a bundled model's name: {', '.join(BUNDLED_MODELS)})")
-    try:
-        header = json.loads(path.read_text())
-    except ValueError as error:
-        raise ValueError(f"--teacher: {path} is not valid JSON: {error}") from None
+    folder, header = read_header(teacher, "--teacher")
+    path = folder / "config.json"
     for section in ("diffusion", "data", "conditioning", "config"):
         if not isinstance(header.get(section), dict):
             raise ValueError(f"--teacher: {path} has no '{section}' section; is it a denoiser made by difflab train?")
@@ -75,9 +65,7 @@ def distill_config(method: str, teacher: str, overrides: dict) -> TrainConfig:
     if latent and method == "reflow":
         raise ValueError(f"--method reflow makes its couplings in pixel space; {folder} is a latent model "
                          "(use --method lcm or cd)")
-    model = {"class_name": header.get("class_name", "UNet"),
-             **{k: tuple(v) if isinstance(v, list) else v for k, v in header["config"].items()
-                if k not in SHARED_MODEL_FIELDS}}
+    model = dict(package_fields(folder, header)["model"])
     lora = bool(overrides.get("lora_rank"))
     if method == "lcm" and not lora:
         if model["class_name"] != "UNet":

@@ -15,6 +15,44 @@ def init_folder(name: str | None) -> Path | None:
     return BUNDLED_MODELS[name] if name in BUNDLED_MODELS and not Path(name).exists() else Path(name)
 
 
+SHARED_MODEL_FIELDS = ("in_channels", "out_channels", "context_dim", "pooled_dim", "num_classes")  # the trainer sets these
+
+
+def package_fields(folder: Path, header: dict) -> dict:
+    """The training fields that rebuild a package's network as it is (from its config.json, no torch):
+    the network table, schedule, prediction type, resolution and, for a latent model, its VAE. A LoRA
+    (and a distilled student) starts from these, since it adapts that very network."""
+    diffusion, schedule = header.get("diffusion", {}), header.get("diffusion", {}).get("schedule", {})
+    values = {"model": {"class_name": header.get("class_name", "UNet"),
+                        **{k: tuple(v) if isinstance(v, list) else v for k, v in header.get("config", {}).items()
+                           if k not in SHARED_MODEL_FIELDS}}}
+    if isinstance(diffusion.get("prediction_type"), str):
+        values["prediction_type"] = diffusion["prediction_type"]
+    if schedule.get("kind"):
+        values.update(schedule=schedule["kind"], rescale_zero_terminal_snr=bool(schedule.get("rescale_zero_terminal_snr")))
+        if schedule["kind"] == "flow":
+            values["flow_shift"] = float(schedule.get("shift", 1.0))
+    if isinstance(header.get("data", {}).get("resolution"), int):
+        values["resolution"] = header["data"]["resolution"]
+    if isinstance(header.get("codec"), dict) and header["codec"].get("type") == "vae":
+        values["vae"] = str(folder)
+    return values
+
+
+def read_header(name: str, flag: str = "init_from") -> tuple[Path, dict]:
+    """A package's folder and config.json; one clear line when there is none."""
+    folder = init_folder(name)
+    path = folder / "config.json" if folder else None
+    if path is None or not path.is_file():
+        from difflab.settings import BUNDLED_MODELS
+        raise ValueError(f"{flag}: no difflab model package at {name} (a folder written by difflab train, "
+                         f"or a bundled model's name: {', '.join(BUNDLED_MODELS)})")
+    try:
+        return folder, json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{flag}: {path} is not valid JSON: {error}") from None
+
+
 def warm_start(model, folder) -> tuple[str, dict | None]:
     """Copy the weights of the package in ``folder`` into ``model``.
 
