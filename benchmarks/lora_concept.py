@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="shapes-bench prompts (balanced); default all 540")
     parser.add_argument("--cyan-limit", type=int, default=150, help="bench prompts made cyan (balanced); 0: none")
     parser.add_argument("--results", type=Path, help="write every number as JSON here")
+    parser.add_argument("--base-from", type=Path, help="take the base model's rows from this earlier --results file")
     args = parser.parse_args(argv)
 
     import torch
@@ -140,7 +141,11 @@ def main(argv=None) -> int:
                   for e in balanced(bench_prompts(), args.cyan_limit)] if args.cyan_limit else []
     taught = tuple(PALETTE)
     results = {"adapter": str(adapter), "size": size, "captions": captions, "args": {k: str(v) for k, v in vars(args).items()}}
+    if args.base_from:
+        results["base"] = json.loads(args.base_from.read_text())["base"]
     for label, lora in (("base", None), ("lora", adapter)):
+        if label in results:
+            continue
         pipe = Pipeline.from_pretrained("shapes")
         if lora is not None:
             pipe.load_lora(str(lora), 1.0)

@@ -54,11 +54,12 @@ def key_map(cfg: SDControlNetConfig, model_keys) -> dict[str, str]:
     return table_key_map(table, 0, model_keys, "SDControlNet")
 
 
-def load_diffusers_controlnet(folder, dtype: torch.dtype = torch.float32) -> SDControlNet:
+def load_diffusers_controlnet(folder, dtype: torch.dtype = torch.float32, steering=None) -> SDControlNet:
     """The ControlNet of a diffusers ``ControlNetModel`` folder as an SDControlNet.
 
     Reads ``config.json`` (refusing settings SDControlNet lacks) and the safetensors weights lazily:
-    names and shapes are checked before any tensor is read. Nothing runs from the folder."""
+    names and shapes are checked before any tensor is read. ``steering``: the SDUNet it is for; a
+    ControlNet made for another is refused before any tensor is read. Nothing runs from the folder."""
     folder = Path(folder)
     config = read_json_object(folder / "config.json")
     require(config.get("_class_name") == CLASS_NAME,
@@ -70,6 +71,8 @@ def load_diffusers_controlnet(folder, dtype: torch.dtype = torch.float32) -> SDC
     path = files[0]
     with torch.device("meta"):
         net = SDControlNet(config=cfg).to(dtype)
+    if steering is not None and net.mismatch(steering):
+        raise ValueError(f"the ControlNet in {folder} was made for another network: {net.mismatch(steering)}")
     try:
         with safe_open(str(path), framework="pt") as f:
             load_mapped(net, f, key_map(cfg, net.state_dict()), str(path))

@@ -4,7 +4,7 @@ A trainable copy of the UNet's encoder (``conv_in``, the down levels and the mid
 noisy input, the time and text conditioning and, added to ``conv_in``'s output, a control image through
 a small convolutional *hint encoder* (Sec. 3.2: edges, layouts, ...). Each of the copy's skip
 features and its middle output passes through a zero-initialised 1x1 convolution (the "zero
-convolutions", Sec. 3.1, eq. 2) and is added to the frozen UNet's own (eq. 4)::
+convolutions", Sec. 3.1) and is added to the frozen UNet's own (eq. 2)::
 
     controlnet = ControlNet.from_unet(unet)                  # the copy starts as the UNet's encoder
     skips, mid = controlnet(x_t, t, control, context=...)    # every residual is 0 at initialisation
@@ -49,7 +49,7 @@ class ControlNetConfig(UNetConfig):
         return UNetConfig(**fields)
 
 
-def _zero_conv(channels: int) -> nn.Conv2d:
+def zero_conv(channels: int) -> nn.Conv2d:
     conv = nn.Conv2d(channels, channels, 1)
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
@@ -77,8 +77,8 @@ class ControlNet(UNet):
         nn.init.zeros_(out.weight)
         nn.init.zeros_(out.bias)
         self.hint = nn.Sequential(*layers, out)
-        self.zero_convs = nn.ModuleList(_zero_conv(w) for w in self.skip_widths())
-        self.zero_mid = _zero_conv(cfg.channels[-1])
+        self.zero_convs = nn.ModuleList(zero_conv(w) for w in self.skip_widths())
+        self.zero_mid = zero_conv(cfg.channels[-1])
         self.to(memory_format=torch.channels_last)
 
     @property

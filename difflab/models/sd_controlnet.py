@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from difflab.models.base import is_int, register_model, require
-from difflab.models.controlnet import _zero_conv
+from difflab.models.controlnet import zero_conv
 from difflab.models.sd_unet import SDUNet, SDUNetConfig
 
 # diffusers ControlNetModel settings of its own (the rest are UNet2DConditionModel's, read by SDUNetConfig).
@@ -121,8 +121,8 @@ class SDControlNet(SDUNet):
     def build(self, cfg: SDControlNetConfig) -> None:
         skip_widths = self.build_encoder(cfg)                                  # the UNet's encoder, same names
         self.hint = HintEncoder(cfg.control_channels, cfg.hint_channels, cfg.channels[0])
-        self.zero_convs = nn.ModuleList(_zero_conv(w) for w in skip_widths)
-        self.zero_mid = _zero_conv(cfg.channels[-1])
+        self.zero_convs = nn.ModuleList(zero_conv(w) for w in skip_widths)
+        self.zero_mid = zero_conv(cfg.channels[-1])
 
     @property
     def hint_stride(self) -> int:

@@ -151,7 +151,7 @@ class UNet(ConditionEmbedding, ModelMixin):
         """x [B, C_in, H, W], t [B] or scalar -> [B, C_out, H, W]. ``context=None`` skips cross-attention;
         ``guidance`` [B] or scalar: the CFG scale, for a network with ``guidance_embedding``;
         ``control_residuals`` ``(skips, mid)`` from a :class:`~difflab.models.controlnet.ControlNet`: added
-        to every skip connection and to the middle block's output (Zhang et al. 2023, eq. 4).
+        to every skip connection and to the middle block's output (Zhang et al. 2023, eq. 2).
 
         ``deep_cache`` (a :class:`DeepCacheState`; DeepCache, Ma et al. 2024, Sec. 3.2): on a full
         call the input of the shallowest up level is stored; on a cached call only the shallowest

@@ -29,6 +29,7 @@ class ControlMethods:
         """Load a ControlNet package trained for this pipeline's network (``difflab train --controlnet``), or
         a diffusers ControlNet folder (``ControlNetModel``, SD 1.x/2.x or SDXL) made for its SD UNet."""
         from difflab.convert.diffusers_controlnet import is_diffusers_controlnet, load_diffusers_controlnet
+        from difflab.convert.diffusers_folder import SDKeywords
         from difflab.convert.keymap import weights_hash as folder_hash
         from difflab.models.controlnet import ControlNet
         from difflab.models.package import load_package
@@ -37,11 +38,10 @@ class ControlMethods:
 
         folder = package_folder(folder)
         if is_diffusers_controlnet(folder):
-            net = load_diffusers_controlnet(folder)
-            unet = getattr(self.model, "unet", self.model)   # inside the SD keyword adapter (convert.diffusers_folder)
-            if net.mismatch(unet) or not hasattr(self.model, "around"):
-                raise ValueError(f"the ControlNet in {folder} was made for another network than this pipeline's: "
-                                 f"{net.mismatch(unet) or 'it needs a Stable Diffusion pipeline (folder or file)'}")
+            if not isinstance(self.model, SDKeywords):     # the SD UNet inside the adapter of its keywords
+                raise ValueError(f"the ControlNet in {folder} steers a Stable Diffusion UNet; this pipeline's "
+                                 f"network is a {type(self.model).__name__}")
+            net = load_diffusers_controlnet(folder, steering=self.model.unet)     # refused before a tensor is read
             net = self.model.around(net).to(self.device, self.dtype)   # called with the same keywords as the UNet
             self.controlnets.append((folder.name, net, folder_hash(folder)))   # the id diffusers UNet folders get
             return self
