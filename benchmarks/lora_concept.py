@@ -7,7 +7,7 @@ samples it, so the bundled model has never seen the word or the hue. This script
    drawn as the dataset draws them, with the first object made cyan, so most images also show old
    colours under their right names;
 2. trains a LoRA on it with the CLI (``difflab train --init-from shapes --lora-rank R --dataset folder``)
-   for ``--minutes`` of training;
+   for ``--steps`` steps (at most ``--minutes`` of training);
 3. generates, with and without the LoRA (scale 1, the package's sampler, steps and guidance):
    - the new-concept prompts: every single-object prompt "a [size] cyan <shape> [on a <bg> background]"
      (48 prompts, ``--seeds`` seeds each), and the same prompts in blue (what the base model does with a
@@ -94,7 +94,7 @@ def train(out: Path, args) -> Path:
                "--dataset", "folder", "--data-dir", str(out / "data"), "--resolution", "32",
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lr-warmup", "20",
                "--lr-schedule", "constant", "--ema-decay", str(args.ema), "--max-minutes", str(args.minutes),
-               "--max-steps", "100000", "--threads", str(args.threads), "--out", str(out / "run")]
+               "--max-steps", str(args.steps), "--threads", str(args.threads), "--out", str(out / "run")]
     print(" ".join(command[1:]), file=sys.stderr)
     started = time.perf_counter()
     subprocess.run(command, check=True)
@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--ema", type=float, default=0.99)
-    parser.add_argument("--minutes", type=float, default=15.0, help="training minutes (the issue's budget: 15)")
+    parser.add_argument("--steps", type=int, default=150, help="training steps (batch 16)")
+    parser.add_argument("--minutes", type=float, default=15.0, help="at most this many training minutes (the issue's budget)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=2, help="seeds per new-concept prompt")
     parser.add_argument("--limit", type=int, default=None, help="shapes-bench prompts (balanced); default all 540")

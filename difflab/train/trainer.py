@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from difflab.outputs import append_text, check_output_folder, write_file
+from difflab.outputs import append_text, check_output_folder
 from difflab.pipelines.packaging import codec_section
 from difflab.schedules import NoiseSchedule
 from difflab.settings import BUNDLED_MODELS
@@ -31,10 +31,11 @@ from difflab.train.config import TrainConfig
 from difflab.train.distill import student_sampling
 from difflab.conditioning import Conditioner
 from difflab.train.latents import (LatentCache, check_vae_fits, latent_statistics, load_vae,
-                                   reconstruction_grid, save_with_vae, with_normalisation)
+                                   save_with_vae, with_normalisation)
 from difflab.train.lineage import init_folder, training_record, warm_start
 from difflab.train.objectives import OBJECTIVES, Batch
 from difflab.train.optim import ema_decay_at, ema_update, lr_at
+from difflab.train.previews import write_sample_grid
 
 
 class TrainingStopped(RuntimeError):
@@ -397,23 +398,15 @@ class Trainer:
         """A :class:`~difflab.Pipeline` over the EMA weights, built through its public constructor."""
         from difflab.pipelines import DEFAULTS, Pipeline
         defaults = {**DEFAULTS, **(student_sampling(self.config) if self.config.distill else {})}
-        return Pipeline(self.ema_model().to(self.accelerator.device), self.schedule, self.prediction_type(),
+        model = self.ema_model().to(self.accelerator.device)
+        pipe = Pipeline(model.unet if self.controls is not None else model, self.schedule, self.prediction_type(),
                         self.conditioner, self.codec(), self.config.resolution, name="training", defaults=defaults)
+        if self.controls is not None:   # the ControlNet in training steers its frozen UNet
+            pipe.controlnets.append(("training", model.controlnet, ""))
+        return pipe
 
     def write_sample_grid(self):
-        if self.config.task == "vae":
-            return self.write_reconstructions()
-        prompts = getattr(self.data.dataset, "preview_prompts", None) or [self.data.item(p)[1] for p in range(4)]
-        result = self.pipeline()(list(prompts), seed=0)
-        grid = result.grid(columns=1 if self.data.media == "video" else None)   # a clip's filmstrip per row
-        write_file(self.out / f"samples-step-{self.step}.png", lambda f: grid.save(f, format="PNG"), overwrite=True)
-
-
-    def write_reconstructions(self):
-        """OUT/samples-step-N.png: eight training images above their reconstructions."""
-        images, _ = self.data.batch(list(range(min(8, len(self.data)))))
-        grid = reconstruction_grid(self.ema_model().to(self.accelerator.device), images)
-        write_file(self.out / f"samples-step-{self.step}.png", lambda f: grid.save(f, format="PNG"), overwrite=True)
+        write_sample_grid(self)
 
 
 def tensorboard_writer(folder: Path):

@@ -1,0 +1,39 @@
+"""Image encoders for image prompts (IP-Adapter, :mod:`difflab.models.ip_adapter`): images -> one feature each.
+
+IP-Adapter (Ye et al. 2023, Sec. 3.2) reads an image prompt through a frozen image encoder's global
+embedding. For the shapes world that encoder is difflab's own shapes feature network (the one FID uses,
+:func:`difflab.metrics.features.load_feature_net`), trained to recognise colours, shapes, cells, sizes,
+counts and backgrounds, so it needs no download. An encoder has ``feature_dim`` and maps images to
+``[B, feature_dim]``; another (a CLIP vision model from a local folder) would follow the same contract.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from difflab.data.images import to_images
+from difflab.metrics.features import as_uint8_batch, load_feature_net
+
+
+class ShapesImageEncoder(nn.Module):
+    """Frozen shapes feature network: PIL images, uint8 pixels or float [B, 3, H, W] in [-1, 1] -> [B, 64],
+    standardised by the shipped reference features' mean and std (unit scale, as FID uses them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, _ = load_feature_net("shapes")                              # eval mode, requires_grad False
+        self.feature_dim = self.net.num_features
+
+    @torch.no_grad()
+    def forward(self, images) -> torch.Tensor:
+        """Images -> [B, feature_dim]. A float tensor is read as pixels ``v / 127.5 - 1`` (difflab's image
+        convention, :mod:`difflab.data.images`) and rounded to them, as saving it would, so a tensor and
+        the PIL images it came from give the same features."""
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            if images.dim() != 4 or images.shape[1] != 3 or not torch.isfinite(images).all():
+                raise ValueError(f"image tensors must be finite floats [B, 3, H, W] in [-1, 1], got "
+                                 f"{images.dtype} {list(images.shape)}")
+            images = to_images(images)                                       # clipped, rounded pixels
+        pixels = as_uint8_batch(images)                                       # [B, 3, H, W] uint8
+        return self.net(pixels.to(self.net.feature_mean.device)).float()    # [B, feature_dim]

@@ -1,0 +1,183 @@
+"""IP-Adapter (Ye et al. 2023, "IP-Adapter: Text Compatible Image Prompt Adapter") for difflab's UNet.
+
+An image prompt enters every cross-attention layer of a frozen UNet through a *decoupled*
+cross-attention (Sec. 3.2): the layer's queries attend to the text tokens with the UNet's own
+key/value projections and, separately, to a few image tokens with new ones, and the two results
+are added (their eq. 5)::
+
+    Z_new = Attention(Q, K, V) + lambda * Attention(Q, K', V'),   K' = c_i W'_k,  V' = c_i W'_v
+
+The image tokens ``c_i`` come from an image feature through the image projection (Sec. 3.2: a
+linear layer to ``num_tokens`` tokens and a LayerNorm). ``W'_k, W'_v`` start as the layer's text
+``W_k, W_v`` (weights only: like IP-Adapter's ``to_k_ip``/``to_v_ip`` they have no bias, so all-zero
+image tokens give keys and values of 0 and add exactly nothing)::
+
+    adapter = IPAdapter.from_unet(unet, feature_dim=encoder.feature_dim)
+    tokens = adapter.image_tokens(encoder(reference_images))            # [B, num_tokens, context_dim]
+    with attached(unet, adapter, tokens, scale=1.0):
+        prediction = unet(x_t, t, context=text_tokens)                    # B or 2B rows (CFG)
+
+``attached`` adds the image branch with forward hooks on each adapted ``AttentionBlock.cross`` and
+removes them on exit, so no UNet code changes and the UNet's weights are never touched. The image
+branch lives inside cross-attention: a call with ``context=None`` (no cross-attention) ignores it.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from difflab.models.base import ModelMixin, is_int, register_model, require
+from difflab.models.layers import Attention, AttentionBlock
+from difflab.models.unet import UNet
+
+
+@dataclass(frozen=True)
+class IPAdapterConfig:
+    """The image feature's width, the UNet's text-token width, the image tokens per prompt, and the
+    UNet layers adapted: ``(module name of a cross-attention AttentionBlock, its channels)`` each,
+    in the UNet's module order."""
+
+    feature_dim: int
+    context_dim: int
+    num_tokens: int = 4
+    layers: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self):
+        for name in ("feature_dim", "context_dim", "num_tokens"):
+            require(is_int(getattr(self, name)), f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        require(isinstance(self.layers, tuple) and len(self.layers) > 0
+                and all(isinstance(layer, tuple) and len(layer) == 2 and isinstance(layer[0], str) and is_int(layer[1])
+                        for layer in self.layers),
+                f"layers must be a non-empty tuple of (module name, channels) pairs, got {self.layers!r}")
+
+
+def cross_attention_layers(model: nn.Module) -> list[tuple[str, AttentionBlock]]:
+    """The cross-attention ``AttentionBlock``s of ``model`` with their module names, in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, AttentionBlock) and hasattr(m, "cross")]
+
+
+class ImageProjection(nn.Module):
+    """Image feature [B, F] -> image tokens [B, T, D]: ``LayerNorm(reshape(W f + b))`` (Ye et al. 2023, Sec. 3.2)."""
+
+    def __init__(self, feature_dim: int, context_dim: int, num_tokens: int):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.proj = nn.Linear(feature_dim, num_tokens * context_dim)
+        self.norm = nn.LayerNorm(context_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        tokens = self.proj(features).reshape(features.shape[0], self.num_tokens, -1)   # [B, T, D]
+        return self.norm(tokens)
+
+
+@register_model
+class IPAdapter(ModelMixin):
+    """IPAdapter(config=IPAdapterConfig(...)); build one for a UNet with :meth:`from_unet`.
+
+    Weights: ``image_proj.{proj,norm}`` and ``to_kv_ip.{i}.weight`` [2 C_i, context_dim], the fused
+    image key/value projection of ``config.layers[i]`` (keys first, as ``Attention.to_kv``).
+    """
+
+    config_class = IPAdapterConfig
+
+    def build(self, cfg: IPAdapterConfig) -> None:
+        self.image_proj = ImageProjection(cfg.feature_dim, cfg.context_dim, cfg.num_tokens)
+        self.to_kv_ip = nn.ModuleList(nn.Linear(cfg.context_dim, 2 * channels, bias=False)
+                                      for _, channels in cfg.layers)
+
+    @classmethod
+    def from_unet(cls, unet: UNet, feature_dim: int, num_tokens: int = 4) -> "IPAdapter":
+        """An adapter for every cross-attention layer of ``unet``, its ``W'_k, W'_v`` copied from the
+        layer's ``W_k, W_v`` (Sec. 3.2); the image projection is freshly initialised."""
+        require(type(unet) is UNet, f"an IP-Adapter is built for difflab's UNet, got a {type(unet).__name__}")
+        blocks = cross_attention_layers(unet)
+        require(len(blocks) > 0, "this UNet has no cross-attention (no context_dim): an IP-Adapter has nothing "
+                                 "to attach to")
+        layers = tuple((name, block.cross.to_out.out_features) for name, block in blocks)
+        adapter = cls(config=IPAdapterConfig(feature_dim, unet.config.context_dim, num_tokens, layers))
+        with torch.no_grad():
+            for kv_ip, (_, block) in zip(adapter.to_kv_ip, blocks):
+                kv_ip.weight.copy_(block.cross.to_kv.weight)
+        return adapter.to(next(unet.parameters()).device)
+
+    def steers(self, model) -> bool:
+        """Whether this adapter was made for ``model``: a UNet with the same cross-attention layers
+        (names, channels) and text-token width."""
+        if type(model) is not UNet:
+            return False
+        blocks = cross_attention_layers(model)
+        return (tuple((n, b.cross.to_out.out_features) for n, b in blocks) == self.config.layers
+                and all(b.cross.to_kv.in_features == self.config.context_dim for _, b in blocks))
+
+    def image_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """Image features [B, feature_dim] (an image encoder's) -> image tokens [B, num_tokens, context_dim]."""
+        dim = self.config.feature_dim
+        if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[1] != dim:
+            shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise ValueError(f"image features must be a tensor [B, {dim}] (the image encoder's feature_dim), got {shape}")
+        return self.image_proj(features.to(self.image_proj.proj.weight.dtype))
+
+    def check_tokens(self, tokens) -> None:
+        """Refuse image tokens that are not [B, num_tokens, context_dim] floats."""
+        cfg = self.config
+        if (not isinstance(tokens, torch.Tensor) or tokens.dim() != 3 or not tokens.is_floating_point()
+                or tuple(tokens.shape[1:]) != (cfg.num_tokens, cfg.context_dim)):
+            shape = list(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"image tokens must be a float tensor [B, {cfg.num_tokens}, {cfg.context_dim}] "
+                             f"(IPAdapter.image_tokens), got {shape}")
+
+
+def decoupled_attention(cross: Attention, kv_ip: nn.Linear, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``W_out Attention(Q, K', V')`` of one layer, without ``W_out``'s bias (the text branch has added it):
+    ``Q = x W_q + b_q`` by the layer's own query projection, ``K', V' = tokens W'_k, tokens W'_v``.
+    ``x`` [B, N, C] (the layer's input), tokens [B, T, D] -> [B, N, C]."""
+    B, N, C = x.shape
+    (q,) = cross.split_heads(cross.to_q(x), 1)                                # [B, h, N, d]
+    k, v = cross.split_heads(kv_ip(tokens.to(kv_ip.weight.dtype)), 2)         # [B, h, T, d]
+    h = F.scaled_dot_product_attention(q, k, v)                               # [B, h, N, d]
+    return F.linear(h.transpose(1, 2).reshape(B, N, C), cross.to_out.weight)  # [B, N, C]
+
+
+def batch_tokens(tokens: torch.Tensor, batch: int) -> torch.Tensor:
+    """Image tokens for a UNet batch of ``batch`` rows: as they are, or repeated when the batch holds
+    copies of the prompts' batch (classifier-free guidance stacks the conditional and unconditional
+    halves, :func:`difflab.guidance.merge_batches`), as a ControlNet's control image is."""
+    if tokens.shape[0] == batch:
+        return tokens
+    if batch % tokens.shape[0]:
+        raise ValueError(f"image tokens for {tokens.shape[0]} images cannot cover a UNet batch of {batch}: "
+                         f"pass one set per image, or per row of the batch")
+    return tokens.repeat(batch // tokens.shape[0], 1, 1)
+
+
+@contextmanager
+def attached(unet: UNet, adapter: IPAdapter, tokens: torch.Tensor, scale: float = 1.0):
+    """Within the block, ``unet``'s adapted cross-attention layers compute ``Z + scale * W_out Attention(Q, K', V')``
+    (eq. 5) for image ``tokens`` [B or batch, num_tokens, context_dim]. Scale 0, or all-zero tokens, leave
+    the UNet's output exactly as without the adapter; on exit the hooks are removed."""
+    if not adapter.steers(unet):
+        raise ValueError(f"this IP-Adapter was made for another network (layers {[n for n, _ in adapter.config.layers]}, "
+                         f"context_dim {adapter.config.context_dim}); build one with IPAdapter.from_unet(unet)")
+    adapter.check_tokens(tokens)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number (lambda of eq. 5; 0 turns the image prompt off), got {scale!r}")
+    def hook(cross, args, output, kv_ip):
+        x = args[0]                                                           # the layer's input [B, N, C]
+        return output + scale * decoupled_attention(cross, kv_ip, x, batch_tokens(tokens, x.shape[0]))
+
+    layers = zip(cross_attention_layers(unet), adapter.to_kv_ip) if scale != 0 else ()
+    handles = []
+    try:
+        for (_, block), kv_ip in layers:
+            handles.append(block.cross.register_forward_hook(partial(hook, kv_ip=kv_ip)))
+        yield unet
+    finally:
+        for handle in handles:
+            handle.remove()
