@@ -37,3 +37,13 @@ class ShapesImageEncoder(nn.Module):
             images = to_images(images)                                       # clipped, rounded pixels
         pixels = as_uint8_batch(images)                                       # [B, 3, H, W] uint8
         return self.net(pixels.to(self.net.feature_mean.device)).float()    # [B, feature_dim]
+
+
+IMAGE_ENCODERS = {"shapes": ShapesImageEncoder}   # name (an IPAdapterConfig's image_encoder) -> class
+
+
+def image_encoder(name: str) -> nn.Module:
+    """The image encoder called ``name`` (an IP-Adapter package's ``config.image_encoder``)."""
+    if name not in IMAGE_ENCODERS:
+        raise ValueError(f"unknown image encoder {name!r}; available: {', '.join(IMAGE_ENCODERS)}")
+    return IMAGE_ENCODERS[name]()

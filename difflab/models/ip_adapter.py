@@ -3,7 +3,7 @@
 An image prompt enters every cross-attention layer of a frozen UNet through a *decoupled*
 cross-attention (Sec. 3.2): the layer's queries attend to the text tokens with the UNet's own
 key/value projections and, separately, to a few image tokens with new ones, and the two results
-are added (their eq. 5)::
+are added (their eq. 5; the image branch weighted by lambda at inference, Sec. 3.3)::
 
     Z_new = Attention(Q, K, V) + lambda * Attention(Q, K', V'),   K' = c_i W'_k,  V' = c_i W'_v
 
@@ -40,14 +40,16 @@ from difflab.models.unet import UNet
 
 @dataclass(frozen=True)
 class IPAdapterConfig:
-    """The image feature's width, the UNet's text-token width, the image tokens per prompt, and the
-    UNet layers adapted: ``(module name of a cross-attention AttentionBlock, its channels)`` each,
-    in the UNet's module order."""
+    """The image feature's width, the UNet's text-token width, the image tokens per prompt, the UNet
+    layers adapted: ``(module name of a cross-attention AttentionBlock, its channels)`` each, in the
+    UNet's module order, and the name of the image encoder whose features it reads
+    (:data:`difflab.models.image_encoders.IMAGE_ENCODERS`)."""
 
     feature_dim: int
     context_dim: int
     num_tokens: int = 4
     layers: tuple[tuple[str, int], ...] = ()
+    image_encoder: str = "shapes"
 
     def __post_init__(self):
         for name in ("feature_dim", "context_dim", "num_tokens"):
@@ -56,6 +58,8 @@ class IPAdapterConfig:
                 and all(isinstance(layer, tuple) and len(layer) == 2 and isinstance(layer[0], str) and is_int(layer[1])
                         for layer in self.layers),
                 f"layers must be a non-empty tuple of (module name, channels) pairs, got {self.layers!r}")
+        require(isinstance(self.image_encoder, str) and self.image_encoder != "",
+                f"image_encoder must be an image encoder's name, got {self.image_encoder!r}")
 
 
 def cross_attention_layers(model: nn.Module) -> list[tuple[str, AttentionBlock]]:
@@ -93,7 +97,7 @@ class IPAdapter(ModelMixin):
                                       for _, channels in cfg.layers)
 
     @classmethod
-    def from_unet(cls, unet: UNet, feature_dim: int, num_tokens: int = 4) -> "IPAdapter":
+    def from_unet(cls, unet: UNet, feature_dim: int, num_tokens: int = 4, image_encoder: str = "shapes") -> "IPAdapter":
         """An adapter for every cross-attention layer of ``unet``, its ``W'_k, W'_v`` copied from the
         layer's ``W_k, W_v`` (Sec. 3.2); the image projection is freshly initialised."""
         require(type(unet) is UNet, f"an IP-Adapter is built for difflab's UNet, got a {type(unet).__name__}")
@@ -101,7 +105,7 @@ class IPAdapter(ModelMixin):
         require(len(blocks) > 0, "this UNet has no cross-attention (no context_dim): an IP-Adapter has nothing "
                                  "to attach to")
         layers = tuple((name, block.cross.to_out.out_features) for name, block in blocks)
-        adapter = cls(config=IPAdapterConfig(feature_dim, unet.config.context_dim, num_tokens, layers))
+        adapter = cls(config=IPAdapterConfig(feature_dim, unet.config.context_dim, num_tokens, layers, image_encoder))
         with torch.no_grad():
             for kv_ip, (_, block) in zip(adapter.to_kv_ip, blocks):
                 kv_ip.weight.copy_(block.cross.to_kv.weight)
@@ -121,7 +125,8 @@ class IPAdapter(ModelMixin):
         dim = self.config.feature_dim
         if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[1] != dim:
             shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-            raise ValueError(f"image features must be a tensor [B, {dim}] (the image encoder's feature_dim), got {shape}")
+            raise ValueError(f"image features must be a tensor [B, {dim}] (the image encoder's feature_dim), "
+                             f"got {shape}")
         return self.image_proj(features.to(self.image_proj.proj.weight.dtype))
 
     def check_tokens(self, tokens) -> None:
@@ -134,7 +139,7 @@ class IPAdapter(ModelMixin):
                              f"(IPAdapter.image_tokens), got {shape}")
 
 
-def decoupled_attention(cross: Attention, kv_ip: nn.Linear, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def decoupled_attention(cross: Attention, kv_ip: nn.Linear, x: torch.Tensor, tokens: torch.Tensor):
     """``W_out Attention(Q, K', V')`` of one layer, without ``W_out``'s bias (the text branch has added it):
     ``Q = x W_q + b_q`` by the layer's own query projection, ``K', V' = tokens W'_k, tokens W'_v``.
     ``x`` [B, N, C] (the layer's input), tokens [B, T, D] -> [B, N, C]."""
@@ -159,15 +164,19 @@ def batch_tokens(tokens: torch.Tensor, batch: int) -> torch.Tensor:
 
 @contextmanager
 def attached(unet: UNet, adapter: IPAdapter, tokens: torch.Tensor, scale: float = 1.0):
-    """Within the block, ``unet``'s adapted cross-attention layers compute ``Z + scale * W_out Attention(Q, K', V')``
-    (eq. 5) for image ``tokens`` [B or batch, num_tokens, context_dim]. Scale 0, or all-zero tokens, leave
-    the UNet's output exactly as without the adapter; on exit the hooks are removed."""
+    """Within the block, ``unet``'s adapted cross-attention layers output ``Z + scale * W_out Attention(Q, K', V')``
+    (eq. 5, lambda = ``scale``) for image ``tokens`` [B or batch, num_tokens, context_dim], ``Z`` being the
+    layer's own output. Scale 0, or all-zero tokens, leave the UNet's output exactly as it is without the
+    adapter; on exit the hooks are removed. The image branch is added whatever the text mask: a row whose
+    text has no valid token (its text branch is 0) still sees the image prompt."""
     if not adapter.steers(unet):
-        raise ValueError(f"this IP-Adapter was made for another network (layers {[n for n, _ in adapter.config.layers]}, "
-                         f"context_dim {adapter.config.context_dim}); build one with IPAdapter.from_unet(unet)")
+        names = [name for name, _ in adapter.config.layers]
+        raise ValueError(f"this IP-Adapter was made for another network (layers {names}, context_dim "
+                         f"{adapter.config.context_dim}); build one for this UNet with IPAdapter.from_unet(unet)")
     adapter.check_tokens(tokens)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number (lambda of eq. 5; 0 turns the image prompt off), got {scale!r}")
+        raise ValueError(f"scale must be a finite number (lambda; 0 turns the image prompt off), got {scale!r}")
+
     def hook(cross, args, output, kv_ip):
         x = args[0]                                                           # the layer's input [B, N, C]
         return output + scale * decoupled_attention(cross, kv_ip, x, batch_tokens(tokens, x.shape[0]))

@@ -18,7 +18,7 @@ from torch import nn
 BUILTIN_MODELS = {"UNet": "difflab.models.unet", "DiT": "difflab.models.dit",
                   "AutoencoderKL": "difflab.models.vae", "SDUNet": "difflab.models.sd_unet", "MMDiT": "difflab.models.mmdit",
                   "VideoUNet": "difflab.models.video_unet", "ControlNet": "difflab.models.controlnet",
-                  "SDControlNet": "difflab.models.sd_controlnet"}
+                  "SDControlNet": "difflab.models.sd_controlnet", "IPAdapter": "difflab.models.ip_adapter"}
 MODEL_CLASSES: dict[str, type] = {}
 
 
