@@ -21,7 +21,7 @@ import typer
 import typer.core
 
 from difflab.cli_checks import (check_edit_flags, check_outpaint_canvas, check_settings, one_line, open_image,
-                                parse_loras, read_prompts, check_control_flags)
+                                parse_loras, read_prompts, check_control_flags, check_ip_flags)
 from difflab.outputs import COUNTER, check_output_folder, write_file
 from difflab.settings import validate_deep_cache, validate_guidance_method
 from difflab.train.flags import parse_field_flags, training_fields_help
@@ -207,12 +207,15 @@ def generate(
     control_scale: list[float] = typer.Option(None, help="one scale for all ControlNets, or one each [default: 1]"),
     control_start: float = typer.Option(0.0, help="ControlNets act from this fraction of the way to clean (0..1)"),
     control_end: float = typer.Option(1.0, help="... up to this fraction (0..1)"),
+    ip_adapter: str = typer.Option(None, help="an IP-Adapter package (difflab train --ip-adapter); with --ip-image"),
+    ip_image: str = typer.Option(None, help="the image prompt (the text may then be empty: \"\")"),
+    ip_scale: float = typer.Option(1.0, help="the image prompt's weight (0..5)"),
 ):
     """Generate images (a video model: MP4 or GIF clips; an audio model: WAV); each file carries the recipe that replays it."""
     from difflab.pipelines.recipes import read_recipe  # torch is imported only once every flag is checked
     from difflab.settings import package_folder
 
-    if recipe is None and not prompt and prompts is None:
+    if recipe is None and prompt is None and prompts is None:
         fail("give a PROMPT, --prompts FILE or --recipe IMAGE.png")
     if prompts is not None and (prompt or recipe or image or grid):
         raise ValueError("--prompts FILE generates from the file alone: drop PROMPT, --recipe, --image and --grid")
@@ -229,6 +232,7 @@ def generate(
                          "checkpoint given as --model FILE.safetensors; folders and packages say it themselves")
     loras = parse_loras(lora)
     controls = check_control_flags(controlnet, control_image, control_scale, control_start, control_end)
+    controls |= check_ip_flags(ip_adapter, ip_image, ip_scale)
     jobs = read_prompts(prompts, n, seed) if prompts is not None else None
     margins = check_edit_flags(image, strength, mask, outpaint, mask_blur)
     edits = {"image": open_image(image, "--image"), "mask": open_image(mask, "--mask")}
@@ -243,7 +247,8 @@ def generate(
     check_output_folder(out)
     _quiet_loading()
     from difflab.pipelines import Pipeline
-    pipe = Pipeline.from_pretrained(model, prediction_type=prediction_type, controlnet=controlnet or None)
+    pipe = Pipeline.from_pretrained(model, prediction_type=prediction_type, controlnet=controlnet or None,
+                                    ip_adapter=ip_adapter)
     for path, scale in loras:
         pipe.load_lora(path, scale)
     pipe.to(device, dtype)
@@ -259,13 +264,14 @@ def generate(
             typer.echo(str(path))
         return
     if replay is not None:
-        result = pipe.replay(replay, **edits, control_image=controls.get("control_image"))
+        result = pipe.replay(replay, **edits, control_image=controls.get("control_image"),
+                             ip_image=controls.get("ip_image"))
     else:
         result = pipe(prompt, negative_prompt=negative, num_images=n, seed=seed, steps=steps, sampler=sampler,
                       guidance_scale=guidance, spacing=spacing, progress=True, strength=strength,
                       guidance_method=guidance_method, deep_cache=deep_cache,
                       outpaint=margins, mask_blur=mask_blur, **edits, **controls)
-    inputs = [p for p in (image, mask, recipe, *(control_image or [])) if p is not None]
+    inputs = [p for p in (image, mask, recipe, ip_image, *(control_image or [])) if p is not None]
     paths = result.save(out, overwrite=overwrite, inputs=inputs, video_format=video_format)
     if grid:
         canvas = result.grid()

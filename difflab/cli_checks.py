@@ -158,3 +158,18 @@ def check_control_flags(controlnets: list[str] | None, images: list[str] | None,
     scales = scales * len(controlnets) if len(scales) == 1 else scales or [1.0] * len(controlnets)
     return {"control_image": [open_image(p, "--control-image") for p in images], "control_scale": scales,
             "control_start": start, "control_end": end}
+
+
+def check_ip_flags(adapter: str | None, image: str | None, scale: float) -> dict:
+    """``--ip-adapter``/``--ip-image``/``--ip-scale`` -> the pipeline's image-prompt arguments."""
+    if adapter is None:
+        if image is not None:
+            raise ValueError("--ip-image needs an --ip-adapter")
+        return {}
+    if image is None:
+        raise ValueError("--ip-adapter needs an --ip-image (the image prompt)")
+    if not Path(adapter).expanduser().is_dir():
+        raise ValueError(f"--ip-adapter {adapter}: not a folder (an IP-Adapter package)")
+    if not 0 <= scale <= 5:
+        raise ValueError(f"--ip-scale must be in [0, 5], got {scale}")
+    return {"ip_image": open_image(image, "--ip-image"), "ip_scale": scale}

@@ -190,3 +190,23 @@ def attached(unet: UNet, adapter: IPAdapter, tokens: torch.Tensor, scale: float 
     finally:
         for handle in handles:
             handle.remove()
+
+
+class IPAdaptedUNet(nn.Module):
+    """The network an IP-Adapter trains in: a frozen UNet and a trainable adapter, whose image
+    features for the current batch (``[B, feature_dim]``) the trainer sets in ``control`` before each call."""
+
+    def __init__(self, unet: UNet, adapter: IPAdapter):
+        super().__init__()
+        self.unet, self.adapter, self.control = unet.requires_grad_(False), adapter, None
+
+    @property
+    def num_parameters(self) -> int:
+        """The trained parameters (the adapter's)."""
+        return sum(p.numel() for p in self.adapter.parameters())
+
+    def forward(self, x, t, **cond):
+        if self.control is None:
+            raise ValueError("IPAdaptedUNet: set .control (the batch's image features) before calling it")
+        with attached(self.unet, self.adapter, self.adapter.image_tokens(self.control)):
+            return self.unet(x, t, **cond)

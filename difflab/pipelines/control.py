@@ -94,7 +94,7 @@ class ControlMethods:
             if len(batch) not in (1, n_images):
                 raise ValueError(f"control_image for {name}: give one image, or one per output image ({n_images}), "
                                  f"got {len(batch)}")
-            pixels = to_unit_tensor([_fit(_open(im), side, name) for im in batch])
+            pixels = to_unit_tensor([_fit(open_image(im), side, name) for im in batch])
             controls.append(Control(net, pixels.to(self.device, self.dtype), float(scale), float(control_start),
                                     float(control_end)))
         return controls
@@ -116,7 +116,7 @@ class ControlMethods:
         images = [im[index if len(im) > 1 else 0] if isinstance(im, (list, tuple)) else im
                   for im in _images_per_net(control_image, len(controls))]
         return {"controlnets": [{"name": name, "weights": weights, "scale": c.scale, "start": c.start, "end": c.end,
-                                 "image": image_hash(_open(image))}
+                                 "image": image_hash(open_image(image))}
                                 for (name, _, weights), c, image in zip(self.controlnets, controls, images)]}
 
     def _replay_controls(self, recipe: dict, control_image) -> dict:
@@ -131,7 +131,7 @@ class ControlMethods:
         if control_image is None:
             raise ValueError("this recipe was made with control images: pass them again (control_image=)")
         images = _per_net(control_image, len(wanted), "control_image")
-        if [image_hash(_open(im)) for im in images] != [w.get("image") for w in wanted]:
+        if [image_hash(open_image(im)) for im in images] != [w.get("image") for w in wanted]:
             raise ValueError("control_image differs from the one the recipe was made with")
         return {"control_image": control_image, "control_scale": [w["scale"] for w in wanted],
                 "control_start": wanted[0]["start"], "control_end": wanted[0]["end"]}
@@ -151,15 +151,16 @@ def _per_net(value, n: int, name: str) -> list:
     return values
 
 
-def _open(image) -> Image.Image:
+def open_image(image, name: str = "control_image") -> Image.Image:
+    """A PIL image, or an image file's path, as RGB; ``name`` (the argument) in every error."""
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
-            raise ValueError(f"control_image {image}: no such file")
+            raise ValueError(f"{name} {image}: no such file")
         with Image.open(path) as opened:
             return opened.convert("RGB")
     if not isinstance(image, Image.Image):
-        raise ValueError(f"control_image must be a PIL image or an image file's path, got {type(image).__name__}")
+        raise ValueError(f"{name} must be a PIL image or an image file's path, got {type(image).__name__}")
     return image.convert("RGB")
 
 

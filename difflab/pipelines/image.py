@@ -31,6 +31,7 @@ from difflab.settings import BUNDLED_MODELS, package_folder, validate_deep_cache
 from difflab.pipelines import edit
 from difflab.pipelines.arguments import as_list, check_count, check_latents, from_diffusers_names, image_seeds
 from difflab.pipelines.control import ControlMethods
+from difflab.pipelines.image_prompt import ImagePromptMethods
 from difflab.pipelines.lora import LoraMethods
 from difflab.pipelines.packaging import (DEFAULTS, check_pipeline_sections, codec_from_header, sampling_defaults,
                                         save_pipeline)
@@ -48,7 +49,7 @@ SHAPES_WORDS = frozenset(" ".join([*shapes.SHAPES, *shapes.PLURALS.values(), *sh
 
 
 @dataclass
-class Pipeline(LoraMethods, ControlMethods):
+class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
     """A model package made callable: text (or class labels) in, PIL images out.
 
     Build one with :meth:`from_pretrained`, or directly from its parts: ``Pipeline(model, schedule,
@@ -69,6 +70,7 @@ class Pipeline(LoraMethods, ControlMethods):
     dataset: str | None = None           # the package's data.dataset: "shapes" enables the vocabulary warning
     dtype: torch.dtype = torch.float32   # the sampling dtype; set with .to(dtype=...)
     controlnets: list = field(default_factory=list)   # [(name, ControlNet, weights hash)]: load_controlnet
+    ip_adapter: tuple | None = None      # (name, IPAdapter, image encoder, weights hash): load_ip_adapter
 
     def __post_init__(self):
         if not isinstance(self.conditioner, Conditioner):
@@ -77,14 +79,16 @@ class Pipeline(LoraMethods, ControlMethods):
             self.codec = PixelCodec(3)
 
     @classmethod
-    def from_pretrained(cls, folder=None, prediction_type: str | None = None, controlnet=None) -> "Pipeline":
+    def from_pretrained(cls, folder=None, prediction_type: str | None = None, controlnet=None,
+                        ip_adapter=None) -> "Pipeline":
         """The pipeline of a model package folder (default: the bundled shapes model). Its sections,
         sampling defaults and network size are checked before the network is built. ``controlnet``:
-        a ControlNet package (or a list of them) to load (:meth:`load_controlnet`)."""
+        a ControlNet package (or a list of them) to load (:meth:`load_controlnet`); ``ip_adapter``: an
+        IP-Adapter package (:meth:`load_ip_adapter`)."""
         pipe = cls._from_folder(folder, prediction_type)
         for path in [] if controlnet is None else controlnet if isinstance(controlnet, (list, tuple)) else [controlnet]:
             pipe.load_controlnet(path)
-        return pipe
+        return pipe.load_ip_adapter(ip_adapter) if ip_adapter is not None else pipe
 
     @classmethod
     def _from_folder(cls, folder, prediction_type) -> "Pipeline":
@@ -198,8 +202,8 @@ class Pipeline(LoraMethods, ControlMethods):
                  progress: bool = False, image=None, strength: float | None = None, mask=None,
                  outpaint=None, mask_blur: float = 0.0, width: int | None = None,
                  height: int | None = None, latents: torch.Tensor | None = None, control_image=None,
-                 control_scale=1.0, control_start: float = 0.0, control_end: float = 1.0,
-                 **diffusers_names) -> Result:
+                 control_scale=1.0, control_start: float = 0.0, control_end: float = 1.0, ip_image=None,
+                 ip_scale: float = 1.0, **diffusers_names) -> Result:
         """Text-to-image (``width`` x ``height``, default the model's resolution; sides are multiples
         of :attr:`size_multiple`); ``latents`` (unit Gaussian, the model-space shape; diffusers'
         ``latents=``) replaces the seeds' noise; with ``image``: image-to-image (``strength``), inpainting (``mask``, white =
@@ -208,7 +212,8 @@ class Pipeline(LoraMethods, ControlMethods):
         ``cfg``, ``apg`` or ``cfg_zero_star`` (:mod:`difflab.guidance`). ``deep_cache=N`` (difflab's
         UNet): the deep features are recomputed every N-th evaluation only (DeepCache; off by default).
         ``control_image`` (one per loaded ControlNet), ``control_scale``, ``control_start`` and
-        ``control_end``: ControlNet steering (:mod:`difflab.pipelines.control`).
+        ``control_end``: ControlNet steering (:mod:`difflab.pipelines.control`); ``ip_image`` (one, or
+        one per output image) and ``ip_scale``: an image prompt (:mod:`difflab.pipelines.image_prompt`).
 
         Everything is checked before any compute: ``ValueError`` (``difflab.limits.LimitError`` above
         a limit) names the argument. A prompt outside a shapes model's vocabulary is only warned about.
@@ -247,23 +252,25 @@ class Pipeline(LoraMethods, ControlMethods):
             cond["guidance"] = torch.full((len(prompts),), float(settings["guidance_scale"]), device=self.device)
             guided = False
         network = self._controlled(self.model, controls) if controls else self.model
-        x = sample(_network_in(network, self.dtype), self.schedule, self.prediction_type, settings["sampler"], settings["steps"],
-                   shape=None if noise is not None else shape, seeds=None if noise is not None else seeds, noise=noise,
-                   spacing=settings["spacing"], cond=cond, uncond=uncond if guided else None,
-                   guidance_scale=settings["guidance_scale"] if guided else 1.0, guidance_rescale=guidance_rescale,
-                   guidance_method=guidance_method, callback=callback, progress=progress, device=self.device,
-                   **(edits.sample_args(self.codec) if edits else {}))
+        tokens = self._ip_tokens(ip_image, ip_scale, len(prompts), guided)
+        with self._ip_attached(tokens, ip_scale):
+            x = sample(_network_in(network, self.dtype), self.schedule, self.prediction_type, settings["sampler"],
+                       settings["steps"], shape=None if noise is not None else shape,
+                       seeds=None if noise is not None else seeds, noise=noise, spacing=settings["spacing"], cond=cond,
+                       uncond=uncond if guided else None, guidance_scale=settings["guidance_scale"] if guided else 1.0,
+                       guidance_rescale=guidance_rescale, guidance_method=guidance_method, callback=callback,
+                       progress=progress, device=self.device, **(edits.sample_args(self.codec) if edits else {}))
         outputs = self.codec.outputs(edits.result(self.codec, x) if edits else self.codec.decode(x))
         given = {"latents": "given"} if noise is not None else {}  # not replayable from the recipe alone
         method = {"guidance_method": guidance_method} if guidance_method != "cfg" else {}
         method |= {"deep_cache": deep_cache} if cache is not None else {}
         method |= self._lora_recipe()
         recipes = [self._recipe(p, n, s, settings, guidance_rescale, size) | (edits.recipe() if edits else {}) | given
-                   | method | self._control_recipe(controls, control_image, i)
+                   | method | self._control_recipe(controls, control_image, i) | self._ip_recipe(tokens, ip_image, ip_scale, i)
                    for i, (p, n, s) in enumerate(zip(prompts, negatives, seeds))]
         return Result(recipes=recipes, **outputs)
 
-    def replay(self, recipe: dict, image=None, mask=None, control_image=None) -> Result:
+    def replay(self, recipe: dict, image=None, mask=None, control_image=None, ip_image=None) -> Result:
         """Regenerate the image a recipe describes (same pixels on the same machine and weights).
         An edit's recipe needs its input image (and mask) again; their hashes are checked. The recipe
         is checked by :func:`~difflab.pipelines.recipes.validate_recipe`, then as the arguments are."""
@@ -274,7 +281,7 @@ class Pipeline(LoraMethods, ControlMethods):
             raise ValueError("this recipe's image was made from given latents (latents=), which a recipe does not hold")
         edit.check_replay_inputs(recipe, image, mask)
         self._check_recipe_loras(recipe)
-        controls = self._replay_controls(recipe, control_image)
+        controls = self._replay_controls(recipe, control_image) | self._replay_ip(recipe, ip_image)
         return self(**controls,
                     prompt=recipe["prompt"], negative_prompt=recipe.get("negative_prompt"), seed=recipe["seed"],
                     steps=recipe["steps"], sampler=recipe["sampler"], guidance_scale=recipe["guidance_scale"],

@@ -81,6 +81,7 @@ class TrainConfig:
     lora_rank: int = 0                    # with init_from: train only a LoRA of this rank (peft), the rest frozen; 0: every weight
     lora_alpha: float = 0.0               # the LoRA's alpha (its update is scaled by alpha / rank); 0: the rank
     controlnet: str = ""                  # with init_from: train a ControlNet on each image's layout map or edges, the model frozen
+    ip_adapter: bool = False              # with init_from: train an IP-Adapter on reference renders of each shapes item, the model frozen
     distill: str = ""                     # set by difflab distill: lcm | cd | reflow ("": plain training)
     teacher: str | None = None            # distill: the teacher package (or a bundled model's name)
     teacher_guidance: float = 3.0         # distill: the teacher's CFG scale (lcm with a guidance embedding: the top of w's range)
@@ -146,6 +147,9 @@ class TrainConfig:
         _check(not self.controlnet or (self.init_from and not self.lora_rank and not self.distill and not self.vae
                                        and self.task == "denoise"), "controlnet", self.controlnet,
                "used with init_from (the pixel-space model it steers), without lora_rank, distill or vae")
+        _check(not self.ip_adapter or (self.init_from and self.dataset == "shapes" and not self.controlnet
+                                       and not self.lora_rank and not self.distill and not self.vae), "ip_adapter",
+               self.ip_adapter, "used with init_from and dataset=shapes, without controlnet, lora_rank, distill or vae")
         _check(self.controlnet != "layout" or self.dataset == "shapes", "controlnet", self.controlnet,
                "layout with dataset=shapes (each image's scene); other datasets take edges")
         _check(self.distill in ("", *DISTILL_METHODS), "distill", self.distill, f"'' or one of {DISTILL_METHODS}")
@@ -279,7 +283,7 @@ def build_config(preset_name: str | None, toml_path: str | None, overrides: dict
     values = dict(PRESETS[preset_name]) if preset_name else {}
     explicit = load_toml(toml_path) if toml_path else {}
     explicit.update({k: v for k, v in overrides.items() if v is not None})
-    if (explicit.get("lora_rank") or explicit.get("controlnet")) and explicit.get("init_from"):  # the package's network as it is
+    if (explicit.get("lora_rank") or explicit.get("controlnet") or explicit.get("ip_adapter")) and explicit.get("init_from"):  # the package's network as it is
         values.update(package_fields(*read_header(explicit["init_from"])))
     values.update(explicit)
     return TrainConfig(**values)

@@ -16,6 +16,16 @@ from difflab.data.controls import control_image
 from difflab.data.images import to_uint8
 
 
+def side_network(model, config, data):
+    """``--controlnet`` / ``--ip-adapter``: the model wrapped with the side network that trains, and
+    the per-position side input the trainer sets on it (control images, image-prompt features)."""
+    if config.ip_adapter:
+        from difflab.train.image_prompt import ReferenceFeatures, adapted
+        wrapped, encoder = adapted(model, config)
+        return wrapped, ReferenceFeatures(config, data, encoder)
+    return controlled(model, config), ControlImages(config, data)
+
+
 def controlled(model, config):
     """The package's network (already warm-started) wrapped with a fresh ControlNet of it."""
     from difflab.models.controlnet import ControlledUNet, ControlNet

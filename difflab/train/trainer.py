@@ -141,9 +141,9 @@ class Trainer:
         elif config.init_from:  # resumed: the weights come from the checkpoint, the lineage from the package
             self.parent_training = training_record(init_from)
         self.controls = None
-        if config.controlnet:   # a ControlNet of the package's UNet; only it trains (train/control.py)
-            from difflab.train.control import ControlImages, controlled
-            model, self.controls = controlled(model, config), ControlImages(config, self.data)
+        if config.controlnet or config.ip_adapter:   # a side network on the frozen UNet; only it trains
+            from difflab.train.control import side_network
+            model, self.controls = side_network(model, config, self.data)
         if config.lora_rank:    # peft LoRA layers; only they train
             from difflab.adapters.lora_train import add_lora
             self.log(f"training a rank-{config.lora_rank} LoRA on {len(add_lora(model, config.lora_rank, config.lora_alpha or None))} modules")
@@ -235,7 +235,7 @@ class Trainer:
         else:
             images, conditions = self.data.batch(positions)
             x0 = images.to(device)
-        if self.controls is not None:                   # ControlNet: this batch's control images
+        if self.controls is not None:                   # this batch's control images / image-prompt features
             self.unwrapped.control = self.controls.batch(positions).to(device)
         return self.objective.loss(self.model, Batch(x0, conditions, positions))
 
@@ -351,6 +351,7 @@ class Trainer:
             "diffusion": {"schedule": self.schedule.to_config(), "prediction_type": self.prediction_type()},
             **({"sampling": student_sampling(config)} if config.distill else {}),
             **({"controlnet": {"kind": config.controlnet, "base": str(config.init_from)}} if config.controlnet else {}),
+            **({"ip_adapter": {"base": str(config.init_from)}} if config.ip_adapter else {}),
             "conditioning": {"encoder": self.conditioner.spec, "null": self.conditioner.null},
             "data": data,
             "training": training,
@@ -364,8 +365,8 @@ class Trainer:
         if self.config.lora_rank:  # OUT/lora/adapter.safetensors alone, and the package with it merged
             from difflab.adapters.lora_train import export_adapter
             model = export_adapter(model, self.out / "lora", {"base": str(self.config.init_from)})
-        if self.config.controlnet:  # the ControlNet alone is the package
-            model = model.controlnet
+        if self.controls is not None:  # the ControlNet or IP-Adapter alone is the package
+            model = model.controlnet if self.config.controlnet else model.adapter
         if self.config.task == "vae":
             images, _ = self.data.batch(list(range(min(1024, len(self.data)))))
             model = with_normalisation(model, *latent_statistics(model.to(self.accelerator.device), images))

@@ -1,0 +1,104 @@
+"""The pipeline's IP-Adapter methods (Ye et al. 2023; the network: :mod:`difflab.models.ip_adapter`).
+
+    pipe = Pipeline.from_pretrained("shapes", ip_adapter="runs/ip/model")
+    pipe("", ip_image="reference.png")                          # the image alone as the prompt
+    pipe("a small circle in the top left", ip_image=ref, ip_scale=0.8)   # text and image together
+
+The image prompt is encoded by the adapter's image encoder (the shapes feature network for difflab's
+own models) into ``num_tokens`` context tokens that every adapted cross-attention layer attends to
+beside the text (decoupled cross-attention). Under classifier-free guidance the unconditional half
+gets the tokens of a zero image feature, as the adapter was trained to read a dropped image. The
+recipe records the adapter's weights, the scale and the image's hash; a replay needs the image again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+IP_SCALE_RANGE = (0.0, 5.0)
+
+
+class ImagePromptMethods:
+    """Mixed into :class:`~difflab.Pipeline`; it keeps its adapter in ``self.ip_adapter``
+    (``(name, IPAdapter, image encoder, weights hash)`` or None)."""
+
+    def load_ip_adapter(self, folder) -> "ImagePromptMethods":
+        """Load an IP-Adapter package trained for this pipeline's network (``difflab train --ip-adapter``)."""
+        from difflab.models.image_encoders import image_encoder
+        from difflab.models.ip_adapter import IPAdapter
+        from difflab.models.package import load_package
+        from difflab.pipelines.recipes import weights_hash
+        from difflab.settings import package_folder
+
+        folder = package_folder(folder)
+        adapter = load_package(folder).model
+        if not isinstance(adapter, IPAdapter):
+            raise ValueError(f"{folder} holds a {type(adapter).__name__}, not an IP-Adapter (a package made by "
+                             "difflab train --ip-adapter)")
+        if not adapter.steers(self.model):
+            raise ValueError(f"the IP-Adapter in {folder} was trained for another network than this pipeline's")
+        encoder = image_encoder(adapter.config.image_encoder)
+        self.ip_adapter = (folder.name, adapter.to(self.device), encoder.to(self.device), weights_hash(folder))
+        return self
+
+    def unload_ip_adapter(self) -> "ImagePromptMethods":
+        self.ip_adapter = None
+        return self
+
+    def _ip_tokens(self, ip_image, ip_scale, n_images: int, guided: bool):
+        """The image tokens of one call (``[B]``, or ``[2B]`` = conditional then unconditional under
+        guidance), or None without an image prompt; every argument checked first."""
+        if ip_image is None:
+            return None
+        if self.ip_adapter is None:
+            raise ValueError("ip_image needs an IP-Adapter: Pipeline.from_pretrained(..., ip_adapter=PATH) "
+                             "or pipe.load_ip_adapter(PATH)")
+        if isinstance(ip_scale, bool) or not isinstance(ip_scale, (int, float)) or \
+                not IP_SCALE_RANGE[0] <= ip_scale <= IP_SCALE_RANGE[1]:
+            raise ValueError(f"ip_scale must be a number in {list(IP_SCALE_RANGE)}, got {ip_scale!r}")
+        images = list(ip_image) if isinstance(ip_image, (list, tuple)) else [ip_image]
+        if len(images) not in (1, n_images):
+            raise ValueError(f"ip_image: give one image, or one per output image ({n_images}), got {len(images)}")
+        from difflab.pipelines.control import open_image
+        _, adapter, encoder, _ = self.ip_adapter
+        with torch.no_grad():
+            features = encoder([open_image(im, "ip_image") for im in images]).to(self.device)
+            features = features.expand(n_images, -1) if len(images) == 1 else features
+            if guided:
+                features = torch.cat([features, torch.zeros_like(features)])
+            return adapter.image_tokens(features).to(self.dtype)
+
+    def _ip_attached(self, tokens, ip_scale):
+        """A context in which the network reads ``tokens`` (nothing without them)."""
+        if tokens is None:
+            return contextlib.nullcontext()
+        from difflab.models.ip_adapter import attached
+        return attached(self.model, self.ip_adapter[1], tokens, float(ip_scale))
+
+    def _ip_recipe(self, tokens, ip_image, ip_scale, index: int) -> dict:
+        if tokens is None:
+            return {}
+        from difflab.pipelines.control import open_image
+        from difflab.pipelines.edit import image_hash
+        images = list(ip_image) if isinstance(ip_image, (list, tuple)) else [ip_image]
+        image = images[index if len(images) > 1 else 0]
+        name, _, _, weights = self.ip_adapter
+        return {"ip_adapter": {"name": name, "weights": weights, "scale": float(ip_scale),
+                               "image": image_hash(open_image(image, "ip_image"))}}
+
+    def _replay_ip(self, recipe: dict, ip_image) -> dict:
+        """The image-prompt arguments of a recipe's replay; the same adapter and image are required."""
+        from difflab.pipelines.control import open_image
+        from difflab.pipelines.edit import image_hash
+        wanted = recipe.get("ip_adapter")
+        if not wanted:
+            return {}
+        if self.ip_adapter is None or self.ip_adapter[3] != wanted.get("weights"):
+            raise ValueError(f"this recipe was made with the IP-Adapter {wanted.get('name')!r}: load the same one")
+        if ip_image is None:
+            raise ValueError("this recipe was made with an image prompt: pass it again (ip_image=)")
+        if image_hash(open_image(ip_image, "ip_image")) != wanted.get("image"):
+            raise ValueError("ip_image differs from the one the recipe was made with")
+        return {"ip_image": ip_image, "ip_scale": wanted["scale"]}

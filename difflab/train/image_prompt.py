@@ -1,0 +1,55 @@
+"""Training an IP-Adapter (Ye et al. 2023) on a frozen model: ``difflab train --ip-adapter --init-from MODEL``.
+
+The network the trainer optimises is an :class:`~difflab.models.ip_adapter.IPAdaptedUNet`: the
+package's UNet, frozen, and an adapter whose image key/value projections start as the text ones.
+Each item's image prompt is another render of the same objects (:mod:`difflab.train.ip_pairs`),
+encoded once by the shapes feature network. As in the paper (Sec. 3.3) the image condition is
+dropped for a fraction of the samples (its features set to zero, what the unconditional half of
+classifier-free guidance then uses), beside the text dropout of ``cond_dropout``.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from difflab.train.ip_pairs import reference_image
+
+IMAGE_DROPOUT = 0.1   # samples trained without their image prompt (zero features)
+
+
+def adapted(model, config):
+    """The package's UNet (already warm-started) wrapped with a fresh IP-Adapter of it, and its encoder."""
+    from difflab.models.image_encoders import image_encoder
+    from difflab.models.ip_adapter import IPAdaptedUNet, IPAdapter
+    from difflab.models.unet import UNet
+    if type(model) is not UNet:
+        raise ValueError(f"--ip-adapter adapts difflab's UNet; {config.init_from} holds a {type(model).__name__}")
+    encoder = image_encoder("shapes")
+    return IPAdaptedUNet(model, IPAdapter.from_unet(model, encoder.feature_dim)), encoder
+
+
+class ReferenceFeatures:
+    """The image-prompt features of each training position ``[D]`` (zero where the image is dropped)."""
+
+    def __init__(self, config, data, encoder):
+        self.data, self.encoder, self.config = data, encoder, config
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def item(self, position: int) -> torch.Tensor:
+        index = self.data.item_index(position)
+        if index not in self._cache:
+            image = reference_image(self.data.dataset[index], self.config.resolution, self.config.seed, index)
+            self._cache[index] = self.encoder(image)[0]
+        if random.Random(f"difflab-ip-drop-{self.config.seed}-{position}").random() < IMAGE_DROPOUT:
+            return torch.zeros_like(self._cache[index])
+        return self._cache[index]
+
+    def batch(self, positions: list[int]) -> torch.Tensor:
+        return torch.stack([self.item(p) for p in positions])
+
+    def images(self, positions: list[int]) -> list:
+        """The reference images themselves (for preview grids)."""
+        return [reference_image(self.data.dataset[self.data.item_index(p)], self.config.resolution,
+                                self.config.seed, self.data.item_index(p)) for p in positions]

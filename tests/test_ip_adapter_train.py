@@ -1,0 +1,86 @@
+"""IP-Adapter training and sampling on difflab's UNet: only the adapter trains and exports alone; a run
+resumes exactly; the pipeline reads an image prompt (scale 0 is the plain model), replays its recipe and
+refuses bad input before any compute."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import difflab
+from difflab.data.shapes import render
+from difflab.models.package import load_package
+from difflab.train import Trainer, preset
+from test_train import assert_resume_is_exact
+
+TINY = preset("tiny").replace(threads=1)
+quiet = lambda *a: None
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return Trainer(TINY.replace(max_steps=4, checkpoint_every=0), tmp_path_factory.mktemp("base") / "run",
+                   log=quiet).fit()
+
+
+@pytest.fixture(scope="module")
+def adapter(base, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ip") / "run"
+    return Trainer(TINY.replace(max_steps=3, checkpoint_every=0, init_from=str(base), ip_adapter=True, lr=1e-2,
+                                lr_warmup=0, ema_decay=0.0, ema_warmup=False), out, log=quiet).fit()
+
+
+def test_training_moves_only_the_adapter_and_exports_it_alone(base, adapter):
+    from difflab.models.ip_adapter import IPAdapter
+    package = load_package(adapter)
+    assert isinstance(package.model, IPAdapter) and package.metadata["ip_adapter"] == {"base": str(base)}
+    fresh = IPAdapter.from_unet(load_package(base).model, package.model.config.feature_dim).state_dict()
+    moved = [k for k, v in package.model.state_dict().items() if not torch.equal(v, fresh[k])]
+    assert any(k.startswith("image_proj.") for k in moved) and any(k.startswith("to_kv_ip.") for k in moved)
+    weights = load_file(next((adapter.parent / "checkpoints").iterdir()) / "model.safetensors")
+    assert all(torch.equal(weights[f"unet.{k}"], v) for k, v in load_file(base / "model.safetensors").items())
+
+
+def test_an_ip_adapter_run_resumes_exactly(base, tmp_path):
+    assert_resume_is_exact(["train", "--preset", "tiny", "--init-from", str(base), "--ip-adapter", "--max-steps", "6",
+                            "--checkpoint-every", "2", "--threads", "1"], tmp_path)
+
+
+def test_the_pipeline_reads_an_image_prompt_and_replays_it(base, adapter):
+    plain = difflab.Pipeline.from_pretrained(base)
+    pipe = difflab.Pipeline.from_pretrained(base, ip_adapter=adapter)
+    refs = [render("a red circle", 1, 16), render("two blue squares", 2, 16)]
+    prompts = ["", "a small cross"]
+    reference = plain(prompts, seed=5, steps=4).images
+    off = pipe(prompts, seed=5, steps=4, ip_image=refs, ip_scale=0.0).images
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(off, reference))
+    steered = pipe(prompts, seed=5, steps=4, ip_image=refs)
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(steered.images, reference))
+    alone = pipe(prompts[1], seed=6, steps=4, ip_image=refs[1]).images[0]
+    assert np.array_equal(np.asarray(alone), np.asarray(steered.images[1]))
+    again = pipe.replay(steered.recipes[0], ip_image=refs[0]).images[0]
+    assert np.array_equal(np.asarray(again), np.asarray(steered.images[0]))
+    with pytest.raises(ValueError, match="differs from the one the recipe was made with"):
+        pipe.replay(steered.recipes[0], ip_image=refs[1])
+    with pytest.raises(ValueError, match="pass it again"):
+        pipe.replay(steered.recipes[0])
+
+
+def test_bad_image_prompts_are_refused(base, adapter, tmp_path):
+    pipe = difflab.Pipeline.from_pretrained(base, ip_adapter=adapter)
+    ref = render("a red circle", 1, 16)
+    for kwargs, message in [(dict(ip_image=ref, ip_scale=6), "ip_scale must be a number in"),
+                            (dict(ip_image=[ref, ref, ref]), "one per output image"),
+                            (dict(ip_image=str(tmp_path / "none.png")), "no such file")]:
+        with pytest.raises(ValueError, match=message):
+            pipe(["a red circle", "a blue square"], seed=0, steps=2, **kwargs)
+    with pytest.raises(ValueError, match="needs an IP-Adapter"):
+        difflab.Pipeline.from_pretrained(base)("", ip_image=ref)
+    with pytest.raises(ValueError, match="not an IP-Adapter"):
+        difflab.Pipeline.from_pretrained(base, ip_adapter=base)
+    with pytest.raises(ValueError, match="trained for another network"):
+        difflab.Pipeline.from_pretrained("shapes", ip_adapter=adapter)
+    for fields, message in [(dict(ip_adapter=True), "ip_adapter"),
+                            (dict(ip_adapter=True, init_from=str(base), controlnet="layout"), "without controlnet")]:
+        with pytest.raises(ValueError, match=message):
+            TINY.replace(**fields)
