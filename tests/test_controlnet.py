@@ -21,9 +21,8 @@ quiet = lambda *a: None
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return Trainer(TINY.replace(max_steps=4, checkpoint_every=0), tmp_path_factory.mktemp("base") / "run",
-                   log=quiet).fit()
+def base(tiny_base):
+    return tiny_base
 
 
 @pytest.fixture(scope="module")

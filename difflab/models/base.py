@@ -70,3 +70,30 @@ class ModelMixin(nn.Module):
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class SideTraining(nn.Module):
+    """The network a side network (a ControlNet, an IP-Adapter) trains in: a frozen base network and
+    the trainable side network (``side``), whose input for the current batch (control images, image
+    features) the trainer sets in ``control`` before each call."""
+
+    side_name = "side"
+
+    def __init__(self, unet: nn.Module, side: nn.Module):
+        super().__init__()
+        self.unet, self.control = unet.requires_grad_(False), None
+        setattr(self, self.side_name, side)
+
+    @property
+    def side(self) -> nn.Module:
+        return getattr(self, self.side_name)
+
+    @property
+    def num_parameters(self) -> int:
+        """The trained parameters (the side network's)."""
+        return sum(p.numel() for p in self.side.parameters())
+
+    def side_input(self):
+        if self.control is None:
+            raise ValueError(f"{type(self).__name__}: set .control (the batch's {self.side_name} input) before calling it")
+        return self.control

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from difflab.models.base import is_int, register_model, require
+from difflab.models.base import SideTraining, is_int, register_model, require
 from difflab.models.unet import UNet, UNetConfig
 
 HINT_WIDTHS = (16, 32)     # the hint encoder's widths before its zero convolution
@@ -167,21 +167,12 @@ def control_residuals(controls: list[Control], x, t, cond: dict, num_train_times
     return total
 
 
-class ControlledUNet(nn.Module):
-    """The network a ControlNet trains in: a frozen UNet and a trainable ControlNet, whose control
-    images for the current batch the trainer sets in ``control`` before each call."""
+class ControlledUNet(SideTraining):
+    """The network a ControlNet trains in: the frozen UNet and the ControlNet (``controlnet``), fed the
+    batch's control images (``control``)."""
 
-    def __init__(self, unet: UNet, controlnet: ControlNet):
-        super().__init__()
-        self.unet, self.controlnet, self.control = unet.requires_grad_(False), controlnet, None
-
-    @property
-    def num_parameters(self) -> int:
-        """The trained parameters (the ControlNet's)."""
-        return sum(p.numel() for p in self.controlnet.parameters())
+    side_name = "controlnet"
 
     def forward(self, x, t, **cond):
-        if self.control is None:
-            raise ValueError("ControlledUNet: set .control (the batch's control images) before calling it")
-        skips, mid = self.controlnet(x, t, self.control, **{k: v for k, v in cond.items() if k in CONTROL_INPUTS})
+        skips, mid = self.controlnet(x, t, self.side_input(), **{k: v for k, v in cond.items() if k in CONTROL_INPUTS})
         return self.unet(x, t, control_residuals=(skips, mid), **cond)

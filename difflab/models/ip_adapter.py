@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from difflab.models.base import ModelMixin, is_int, register_model, require
+from difflab.models.base import ModelMixin, SideTraining, is_int, register_model, require
 from difflab.models.layers import Attention, AttentionBlock
 from difflab.models.unet import UNet
 
@@ -192,21 +192,12 @@ def attached(unet: UNet, adapter: IPAdapter, tokens: torch.Tensor, scale: float 
             handle.remove()
 
 
-class IPAdaptedUNet(nn.Module):
-    """The network an IP-Adapter trains in: a frozen UNet and a trainable adapter, whose image
-    features for the current batch (``[B, feature_dim]``) the trainer sets in ``control`` before each call."""
+class IPAdaptedUNet(SideTraining):
+    """The network an IP-Adapter trains in: the frozen UNet and the adapter (``adapter``), fed the
+    batch's image features ``[B, feature_dim]`` (``control``)."""
 
-    def __init__(self, unet: UNet, adapter: IPAdapter):
-        super().__init__()
-        self.unet, self.adapter, self.control = unet.requires_grad_(False), adapter, None
-
-    @property
-    def num_parameters(self) -> int:
-        """The trained parameters (the adapter's)."""
-        return sum(p.numel() for p in self.adapter.parameters())
+    side_name = "adapter"
 
     def forward(self, x, t, **cond):
-        if self.control is None:
-            raise ValueError("IPAdaptedUNet: set .control (the batch's image features) before calling it")
-        with attached(self.unet, self.adapter, self.adapter.image_tokens(self.control)):
+        with attached(self.unet, self.adapter, self.adapter.image_tokens(self.side_input())):
             return self.unet(x, t, **cond)

@@ -366,7 +366,7 @@ class Trainer:
             from difflab.adapters.lora_train import export_adapter
             model = export_adapter(model, self.out / "lora", {"base": str(self.config.init_from)})
         if self.controls is not None:  # the ControlNet or IP-Adapter alone is the package
-            model = model.controlnet if self.config.controlnet else model.adapter
+            model = model.side
         if self.config.task == "vae":
             images, _ = self.data.batch(list(range(min(1024, len(self.data)))))
             model = with_normalisation(model, *latent_statistics(model.to(self.accelerator.device), images))
