@@ -90,7 +90,7 @@ def train(out: Path, args) -> Path:
     adapter = out / "run" / "lora" / "adapter.safetensors"
     if adapter.is_file():
         return adapter
-    command = [sys.executable, "-m", "difflab", "train", "--init-from", "shapes", "--lora-rank", str(args.rank),
+    command = [sys.executable, "-m", "difflab", "train", "--init-from", "shapes", "--lora-rank", str(args.rank), "--lora-layers", args.layers,
                "--dataset", "folder", "--data-dir", str(out / "data"), "--resolution", "32",
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lr-warmup", "20",
                "--lr-schedule", "constant", "--ema-decay", str(args.ema), "--max-minutes", str(args.minutes),
@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the images, the run and the reports")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--layers", default="all", help="what the LoRA adapts: all | attention | cross")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--ema", type=float, default=0.99)

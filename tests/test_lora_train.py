@@ -102,3 +102,17 @@ def test_a_lora_on_a_folder_adapts_the_packages_own_network(base, tmp_path):
     pipe = difflab.Pipeline.from_pretrained(base)
     pipe.load_lora(tmp_path / "run" / "lora" / "adapter.safetensors")
     assert pipe.loras and pipe.vocabulary_warnings(["a cyan circle"]) == []
+
+
+def test_lora_layers_choose_what_the_adapter_reaches(base):
+    from difflab.adapters.lora_train import add_lora, lora_targets
+    from difflab.models.package import load_package
+    unet = load_package(base).model
+    every, attention, cross = (lora_targets(unet, layers) for layers in ("all", "attention", "cross"))
+    assert set(cross) < set(attention) < set(every)
+    assert cross and all(".cross." in n for n in cross) and not any(n.endswith(("conv1", "conv2")) for n in attention)
+    assert add_lora(unet, 2, layers="cross") == cross
+    trained = {n.rsplit(".lora_", 1)[0] for n, p in unet.named_parameters() if p.requires_grad}
+    assert trained == set(cross)
+    with pytest.raises(ValueError, match="lora_layers must be one of"):
+        TINY.replace(init_from=str(base), lora_rank=2, lora_layers="everything")

@@ -28,22 +28,28 @@ from difflab.models.base import require
 from difflab.outputs import write_file
 
 ADAPTER = "default"
-# attention projections (self and cross) and the ResNet blocks' 3x3 convolutions of difflab's UNet
-TARGET = re.compile(r"(^|.*\.)(attn\.(to_qkv|to_out)|cross\.(to_q|to_kv|to_out)|conv1|conv2)$")
+# The layers a LoRA may adapt in difflab's UNet, by name: "all" (attention projections, self and
+# cross, and the ResNet blocks' 3x3 convolutions), "attention" (the projections only, as diffusers'
+# LoRA scripts do), "cross" (the text cross-attention only: what a new word needs).
+TARGETS = {"all": re.compile(r"(^|.*\.)(attn\.(to_qkv|to_out)|cross\.(to_q|to_kv|to_out)|conv1|conv2)$"),
+           "attention": re.compile(r"(^|.*\.)(attn\.(to_qkv|to_out)|cross\.(to_q|to_kv|to_out))$"),
+           "cross": re.compile(r"(^|.*\.)cross\.(to_q|to_kv|to_out)$")}
 
 
-def lora_targets(model: nn.Module) -> list[str]:
-    """The module names a LoRA adapts in difflab's UNet (and VideoUNet): its spatial blocks' layers."""
-    return [name for name, module in model.named_modules()
-            if TARGET.match(name) and isinstance(module, (nn.Linear, nn.Conv2d)) and not name.startswith("temporal.")]
+def lora_targets(model: nn.Module, layers: str = "all") -> list[str]:
+    """The module names a LoRA adapts in difflab's UNet (and VideoUNet): its spatial blocks' ``layers``
+    (a key of :data:`TARGETS`)."""
+    require(layers in TARGETS, f"lora layers must be one of {', '.join(TARGETS)}, got {layers!r}")
+    return [name for name, module in model.named_modules() if TARGETS[layers].match(name)
+            and isinstance(module, (nn.Linear, nn.Conv2d)) and not name.startswith("temporal.")]
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float | None = None) -> list[str]:
+def add_lora(model: nn.Module, rank: int, alpha: float | None = None, layers: str = "all") -> list[str]:
     """Inject a trainable LoRA of ``rank`` (scale ``alpha / rank``; alpha defaults to the rank) into
-    :func:`lora_targets` and freeze every other parameter. Returns the adapted module names."""
+    :func:`lora_targets` ``(model, layers)`` and freeze every other parameter. Returns the adapted module names."""
     require(isinstance(rank, int) and not isinstance(rank, bool) and 1 <= rank <= 256,
             f"lora rank must be an integer in [1, 256], got {rank!r}")
-    targets = lora_targets(model)
+    targets = lora_targets(model, layers)
     require(bool(targets), f"a {type(model).__name__} has no module a LoRA adapts here (difflab's UNet has)")
     config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets, init_lora_weights=True)
     inject_adapter_in_model(config, model, adapter_name=ADAPTER)

@@ -26,6 +26,7 @@ from difflab.train.lineage import package_fields, read_header
 
 LR_SCHEDULES = ("constant", "cosine")
 DISTILL_METHODS = ("lcm", "cd", "reflow")
+LORA_LAYERS = ("all", "attention", "cross")  # difflab.adapters.lora_train.TARGETS (torch-free here)
 TEACHER_SOLVERS = ("ddim", "heun")
 DISTANCES = ("l2", "huber")
 TASKS = ("denoise", "vae")
@@ -80,6 +81,7 @@ class TrainConfig:
     init_from: str | None = None          # a model package (or bundled model name) whose weights start the run (fine-tune / grow)
     lora_rank: int = 0                    # with init_from: train only a LoRA of this rank (peft), the rest frozen; 0: every weight
     lora_alpha: float = 0.0               # the LoRA's alpha (its update is scaled by alpha / rank); 0: the rank
+    lora_layers: str = "all"              # what the LoRA adapts: all (attention and convolutions) | attention | cross
     controlnet: str = ""                  # with init_from: train a ControlNet on each image's layout map or edges, the model frozen
     ip_adapter: bool = False              # with init_from: train an IP-Adapter on reference renders of each shapes item, the model frozen
     distill: str = ""                     # set by difflab distill: lcm | cd | reflow ("": plain training)
@@ -143,6 +145,7 @@ class TrainConfig:
                "trained denoiser)")
         _check(isinstance(self.lora_alpha, (int, float)) and math.isfinite(self.lora_alpha) and self.lora_alpha >= 0,
                "lora_alpha", self.lora_alpha, "a number >= 0")
+        _check(self.lora_layers in LORA_LAYERS, "lora_layers", self.lora_layers, f"one of {LORA_LAYERS}")
         _check(self.controlnet in ("", *CONTROL_KINDS), "controlnet", self.controlnet, f"'' or one of {CONTROL_KINDS}")
         _check(not self.controlnet or (self.init_from and not self.lora_rank and not self.distill and not self.vae
                                        and self.task == "denoise"), "controlnet", self.controlnet,

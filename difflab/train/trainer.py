@@ -146,7 +146,8 @@ class Trainer:
             model, self.controls = side_network(model, config, self.data)
         if config.lora_rank:    # peft LoRA layers; only they train
             from difflab.adapters.lora_train import add_lora
-            self.log(f"training a rank-{config.lora_rank} LoRA on {len(add_lora(model, config.lora_rank, config.lora_alpha or None))} modules")
+            adapted = add_lora(model, config.lora_rank, config.lora_alpha or None, config.lora_layers)
+            self.log(f"training a rank-{config.lora_rank} LoRA on {len(adapted)} modules ({config.lora_layers})")
         self.channels_last = not cuda
         self.teacher = self.coupled = None
         if config.distill:   # difflab distill: a frozen teacher (train/distill.py)
