@@ -60,6 +60,22 @@ def write_folder(folder: Path, n: int, seed: int = 0) -> list[str]:
     return [json.loads(line)["text"] for line in lines]
 
 
+def write_prior(folder: Path, n: int, seed: int = 0) -> None:
+    """DreamBooth's prior preservation (Ruiz et al. 2023, eq. 2): ``n`` images the base model itself
+    makes for prompts drawn as the dataset draws them (old colours only), added to the folder with
+    their prompts, so the LoRA also keeps reproducing what the model did before."""
+    from difflab.pipelines import Pipeline
+    rng = random.Random(f"difflab-lora-prior-{seed}")
+    prompts = [format_prompt(sample_prompt(rng)) for _ in range(n)]
+    images = Pipeline.from_pretrained("shapes")(prompts, seed=list(range(20_000, 20_000 + n))).images
+    lines = []
+    for i, (prompt, image) in enumerate(zip(prompts, images)):
+        image.save(folder / f"prior-{i:03d}.png")
+        lines.append(json.dumps({"file_name": f"prior-{i:03d}.png", "text": prompt}))
+    with open(folder / "metadata.jsonl", "a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def concept_prompts(colour: str) -> list[str]:
     """Every single-object prompt in ``colour``: 4 shapes x (no size, small, large) x (no background, 3)."""
     out = []
@@ -117,6 +133,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per new-concept prompt")
     parser.add_argument("--limit", type=int, default=None, help="shapes-bench prompts (balanced); default all 540")
     parser.add_argument("--cyan-limit", type=int, default=150, help="bench prompts made cyan (balanced); 0: none")
+    parser.add_argument("--prior", type=int, default=0, help="also train on N of the base model's own images "
+                                                                 "of old prompts (prior preservation)")
     parser.add_argument("--results", type=Path, help="write every number as JSON here")
     parser.add_argument("--base-from", type=Path, help="take the base model's rows from this earlier --results file")
     args = parser.parse_args(argv)
@@ -129,7 +147,11 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     data = args.out / "data"
-    captions = write_folder(data, args.images) if not data.is_dir() else None
+    captions = None
+    if not data.is_dir():
+        captions = write_folder(data, args.images)
+        if args.prior:
+            write_prior(data, args.prior)
     adapter = train(args.out, args)
     modules, _ = read_lora_file(adapter)
     size = {"file_bytes": adapter.stat().st_size, "parameters": sum(m.down.numel() + m.up.numel() for m in modules),
