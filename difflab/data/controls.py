@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from difflab.data.shapes import EXTENT, shape_polygons, supersample_factor
-from difflab.metrics.detect import SEED_DISTANCE, _owners, background_colour, to_array
+from difflab.metrics.detect import SEED_DISTANCE, owners, background_colour, to_array
 
 CONTROL_KINDS = ("layout", "edges")
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 weights, as PIL's "L" conversion
@@ -117,8 +117,8 @@ def control_masks(control) -> list[np.ndarray]:
     brighter than one half, holding the luminance of the pixels within 1 px of it (anti-aliased edges count
     fractionally)."""
     lum = luminance(to_array(control))
-    owners, n = _owners(lum > 0.5, 1.0)
-    return [np.where(owners == k, lum, 0.0) for k in range(1, n + 1)]
+    labels, n = owners(lum > 0.5, 1.0)
+    return [np.where(labels == k, lum, 0.0) for k in range(1, n + 1)]
 
 
 def output_masks(image) -> list[np.ndarray]:
@@ -132,14 +132,14 @@ def output_masks(image) -> list[np.ndarray]:
     bg = background_colour(rgb)
     distance = np.linalg.norm(rgb - bg, axis=2)
     seeds = distance > SEED_DISTANCE
-    owners, n = _owners(seeds, 1.0)
+    labels, n = owners(seeds, 1.0)
     masks = []
     for k in range(1, n + 1):
-        pixels = rgb[seeds & (owners == k)]
+        pixels = rgb[seeds & (labels == k)]
         furthest_first = np.argsort(np.linalg.norm(pixels - bg, axis=1))[::-1]
         core = pixels[furthest_first[:max(1, int(np.ceil(CORE_FRACTION * len(pixels))))]].mean(axis=0)
         core_distance = np.linalg.norm(core - bg)
-        masks.append(np.where(owners == k, np.clip(distance / core_distance, 0.0, 1.0), 0.0))
+        masks.append(np.where(labels == k, np.clip(distance / core_distance, 0.0, 1.0), 0.0))
     return masks
 
 

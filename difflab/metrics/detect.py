@@ -170,7 +170,7 @@ def _measure(rgb: np.ndarray, colour: np.ndarray, alpha: np.ndarray, colours: tu
     return Detection(name, shape, size, cx / rgb.shape[1], cy / rgb.shape[0], area / side, hue, error)
 
 
-def _owners(seeds: np.ndarray, reach: float) -> tuple[np.ndarray, int]:
+def owners(seeds: np.ndarray, reach: float) -> tuple[np.ndarray, int]:
     """Label seed components and give every pixel within ``reach`` to its nearest component."""
     labels, n = ndimage.label(seeds)
     if n == 0:
@@ -215,7 +215,7 @@ def scan(image, colours: tuple[str, ...] = TRAINED) -> Scan:
     bg = background_colour(rgb)
     reach = 2.5 * rgb.shape[1] / 32
     off_background = np.linalg.norm(rgb - bg, axis=2)
-    first, n = _owners(off_background > SEED_DISTANCE, reach)
+    first, n = owners(off_background > SEED_DISTANCE, reach)
     detections = []
     explained = off_background <= EXPLAINED_DISTANCE
     for k in range(1, n + 1):
@@ -223,7 +223,7 @@ def scan(image, colours: tuple[str, ...] = TRAINED) -> Scan:
         colour = object_colour(rgb, bg, seeds, colours)
         coverage = _coverage(rgb, bg, colour)
         alpha = coverage * (first == k)
-        parts, m = _owners(alpha > 0.5, reach)
+        parts, m = owners(alpha > 0.5, reach)
         residual = np.linalg.norm(rgb - bg - coverage[..., None] * (colour - bg), axis=2)  # off the mixing line
         for j in range(1, m + 1):
             found = _measure(rgb, colour, alpha * (parts == j), colours)
