@@ -150,9 +150,11 @@ def check_control_flags(controlnets: list[str] | None, images: list[str] | None,
         raise ValueError(f"give one --control-image per --controlnet ({len(controlnets)}), got {len(images)}")
     if len(scales) not in (0, 1, len(controlnets)):
         raise ValueError(f"--control-scale: give one value, or one per --controlnet ({len(controlnets)})")
+    from difflab.settings import BUNDLED_MODELS
     for path in controlnets:
-        if not Path(path).expanduser().is_dir():
-            raise ValueError(f"--controlnet {path}: not a folder (a ControlNet package or a diffusers ControlNet)")
+        if not Path(path).expanduser().is_dir() and path not in BUNDLED_MODELS:
+            raise ValueError(f"--controlnet {path}: not a folder (a ControlNet package or a diffusers ControlNet) "
+                             f"nor a bundled one")
     if not 0 <= start < end <= 1:
         raise ValueError(f"--control-start and --control-end must satisfy 0 <= start < end <= 1, got {start}, {end}")
     scales = scales * len(controlnets) if len(scales) == 1 else scales or [1.0] * len(controlnets)

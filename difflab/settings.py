@@ -113,6 +113,7 @@ BUNDLED_MODELS["shapes-v1"] = BUNDLED_MODELS["shapes"]      # the first bundled 
 BUNDLED_MODELS["shapes-video"] = BUNDLED_MODELS["shapes"].parent / "shapes-video"   # moving shapes, 8 x 32 x 32
 BUNDLED_MODELS["sounds"] = BUNDLED_MODELS["shapes"].parent / "sounds"               # 1 s sounds as log-mel
 BUNDLED_MODELS["shapes-fast"] = BUNDLED_MODELS["shapes"].parent / "shapes-fast"     # LCM student of shapes: 4 steps
+BUNDLED_MODELS["shapes-layout"] = BUNDLED_MODELS["shapes"].parent / "shapes-layout"  # layout ControlNet of shapes
 
 
 def package_folder(folder) -> Path:

@@ -105,6 +105,11 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
         if is_diffusers_folder(folder):
             return cls(**load_diffusers(folder))
         header = read_config(folder)
+        for section, flag in (("controlnet", "controlnet"), ("ip_adapter", "ip_adapter")):
+            if section in header:
+                base = header[section].get("base", "its base model") if isinstance(header[section], dict) else ""
+                raise ValueError(f"{folder} is a {header.get('class_name')} for {base}, not a model: load it with "
+                                 f"Pipeline.from_pretrained({base!r}, {flag}=...) (--{flag.replace('_', '-')} on the CLI)")
         schedule, codec = check_pipeline_sections(header, folder)
         defaults = sampling_defaults(header.get("sampling", {}), folder)
         package = load_package(folder)
