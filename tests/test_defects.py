@@ -165,7 +165,7 @@ def test_create_model_by_name():
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), direct.state_dict().values()))
     assert isinstance(create_model("DiT", in_channels=4, hidden_size=32, depth=1, num_heads=2), DiT)
     assert set(BUILTIN_MODELS) <= {model_class(name).__name__ for name in BUILTIN_MODELS}
-    with pytest.raises(ValueError, match=r"unknown model class 'Transformer'; known: \['AutoencoderKL', 'DiT', 'MMDiT', 'SDUNet', 'UNet'"):
+    with pytest.raises(ValueError, match=r"unknown model class 'Transformer'; known: \['AutoencoderKL', 'ControlNet', 'DiT', 'IPAdapter', 'MMDiT', 'SDControlNet', 'SDUNet', 'UNet'"):
         create_model("Transformer")
     with pytest.raises(ValueError, match=r"unknown UNetConfig field\(s\) \['wings'\]"):
         create_model("UNet", wings=2, **fields)
