@@ -245,19 +245,19 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
         noise = check_latents(latents, shape)
         controls = self._controls(control_image, control_scale, control_start, control_end, size, deep_cache,
                                   len(prompts))
+        embedded = getattr(getattr(self.model, "config", None), "guidance_embedding", False)  # LCM: w is an input
+        if embedded and (guidance_method != "cfg" or guidance_rescale):
+            raise ValueError("this network embeds the guidance scale (a guidance-distilled student): "
+                             "guidance_method and guidance_rescale do not apply")
+        guided = settings["guidance_scale"] != 1.0 and not embedded
+        tokens = self._ip_tokens(ip_image, ip_scale, len(prompts), guided)   # checked before the text is encoded
         self._warn_outside_vocabulary(prompts)
         cond, uncond = self._encode(prompts), self._encode(negatives)
         if cache is not None:
             cond["deep_cache"] = uncond["deep_cache"] = cache
-        guided = settings["guidance_scale"] != 1.0
-        if getattr(getattr(self.model, "config", None), "guidance_embedding", False):  # LCM: w is an input
-            if guidance_method != "cfg" or guidance_rescale:
-                raise ValueError("this network embeds the guidance scale (a guidance-distilled student): "
-                                 "guidance_method and guidance_rescale do not apply")
+        if embedded:
             cond["guidance"] = torch.full((len(prompts),), float(settings["guidance_scale"]), device=self.device)
-            guided = False
         network = self._controlled(self.model, controls) if controls else self.model
-        tokens = self._ip_tokens(ip_image, ip_scale, len(prompts), guided)
         with self._ip_attached(tokens, ip_scale):
             x = sample(_network_in(network, self.dtype), self.schedule, self.prediction_type, settings["sampler"],
                        settings["steps"], shape=None if noise is not None else shape,
