@@ -5,7 +5,8 @@ samples it, so the bundled model has never seen the word or the hue. This script
 
 1. writes a kohya-style folder of ``--images`` (32) renders with captions (``metadata.jsonl``): prompts
    drawn as the dataset draws them, with the first object made cyan, so most images also show old
-   colours under their right names;
+   colours under their right names (``--concept scenes``); or single cyan objects (``singles``), or
+   half of each (``mixed``);
 2. trains a LoRA on it with the CLI (``difflab train --init-from shapes --lora-rank R --dataset folder``)
    for ``--steps`` steps (at most ``--minutes`` of training);
 3. generates, with and without the LoRA (scale 1, the package's sampler, steps and guidance):
@@ -47,13 +48,16 @@ def with_colour(prompt: Prompt, colour: str) -> Prompt:
     return replace(prompt, objects=(first, *rest))
 
 
-def write_folder(folder: Path, n: int, seed: int = 0) -> list[str]:
-    """``n`` captioned renders (``000.png`` ..., ``metadata.jsonl``) with a cyan object each."""
+def write_folder(folder: Path, n: int, seed: int = 0, kind: str = "scenes") -> list[str]:
+    """``n`` captioned renders (``000.png`` ..., ``metadata.jsonl``) with a cyan object each: scenes drawn
+    as the dataset draws them (``scenes``), single cyan objects in the new-concept prompts' form
+    (``singles``: the concept shown alone, as DreamBooth's subject images are), or half of each (``mixed``)."""
     rng = random.Random(f"difflab-lora-concept-{seed}")
     folder.mkdir(parents=True)
-    lines = []
+    lines, singles = [], concept_prompts(COLOUR)
     for i in range(n):
-        prompt = format_prompt(with_colour(sample_prompt(rng), COLOUR))
+        alone = kind == "singles" or kind == "mixed" and i % 2 == 0
+        prompt = rng.choice(singles) if alone else format_prompt(with_colour(sample_prompt(rng), COLOUR))
         render(prompt, seed=10_000 + i).save(folder / f"{i:03d}.png")
         lines.append(json.dumps({"file_name": f"{i:03d}.png", "text": prompt}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
@@ -122,6 +126,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the images, the run and the reports")
     parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--concept", choices=("scenes", "singles", "mixed"), default="scenes",
+                        help="what the concept images show (write_folder)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--layers", default="all", help="what the LoRA adapts: all | attention | cross")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -149,7 +155,7 @@ def main(argv=None) -> int:
     data = args.out / "data"
     captions = None
     if not data.is_dir():
-        captions = write_folder(data, args.images)
+        captions = write_folder(data, args.images, kind=args.concept)
         if args.prior:
             write_prior(data, args.prior)
     adapter = train(args.out, args)

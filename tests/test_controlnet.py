@@ -163,3 +163,19 @@ def test_the_bundled_layout_controlnet_places_objects_where_the_map_says():
     assert min(ious) > 0.75 and max(free_ious) < 0.5, (ious, free_ious)
     with pytest.raises(ValueError, match="is a ControlNet for shapes, not a model"):
         difflab.Pipeline.from_pretrained("shapes-layout")
+
+
+def test_a_run_goes_on_from_an_exported_controlnet_and_refuses_another_kind(base, trained, tmp_path):
+    config = TINY.replace(max_steps=1, checkpoint_every=0, init_from=str(base), controlnet="layout",
+                          side_from=str(trained))
+    trainer = Trainer(config, tmp_path / "on", log=quiet)
+    start = trainer.accelerator.unwrap_model(trainer.model).controlnet.state_dict()
+    exported = load_package(trained).model.state_dict()
+    assert all(torch.equal(start[k], v) for k, v in exported.items())   # its weights, not a fresh copy
+    assert any(v.abs().sum() > 0 for k, v in exported.items() if "zero" in k)
+    with pytest.raises(ValueError, match="for 'layout' control images; this run trains one for 'edges'"):
+        Trainer(config.replace(controlnet="edges"), tmp_path / "edges", log=quiet)
+    with pytest.raises(ValueError, match="holds a UNet, not the ControlNet"):
+        Trainer(config.replace(side_from=str(base)), tmp_path / "unet", log=quiet)
+    with pytest.raises(ValueError, match="side_from"):
+        TINY.replace(side_from=str(trained))                          # without controlnet / ip_adapter

@@ -83,3 +83,14 @@ def test_bad_image_prompts_are_refused(base, adapter, tmp_path):
                             (dict(ip_adapter=True, init_from=str(base), controlnet="layout"), "without controlnet")]:
         with pytest.raises(ValueError, match=message):
             TINY.replace(**fields)
+
+
+def test_new_adapters_read_the_object_encoder_and_a_run_goes_on_from_one(base, adapter, tmp_path):
+    config = load_package(adapter).model.config
+    assert (config.image_encoder, config.feature_dim) == ("shapes-objects", 128)
+    trainer = Trainer(TINY.replace(max_steps=1, checkpoint_every=0, init_from=str(base), ip_adapter=True,
+                                   side_from=str(adapter)), tmp_path / "on", log=quiet)
+    start = trainer.accelerator.unwrap_model(trainer.model).adapter.state_dict()
+    assert all(torch.equal(start[k], v) for k, v in load_package(adapter).model.state_dict().items())
+    with pytest.raises(ValueError, match="not the IPAdapter this run trains"):
+        Trainer(TINY.replace(init_from=str(base), ip_adapter=True, side_from=str(base)), tmp_path / "x", log=quiet)

@@ -103,15 +103,20 @@ def _check_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 def load_feature_net(dataset: str) -> tuple[FeatureNet, torch.Tensor]:
     """The shipped feature network of ``dataset`` (eval mode) and its reference features, standardised."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     if dataset not in FEATURE_DATASETS:
         raise ValueError(f"no difflab feature network for dataset {dataset!r}; available: "
                          f"{', '.join(FEATURE_DATASETS)} (or features='inception' with local weights)")
     path = weights_path(dataset)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; run `python -m difflab.metrics.train_features {dataset}`")
+    return load_feature_file(path)
+
+
+def load_feature_file(path: Path) -> tuple[FeatureNet, torch.Tensor]:
+    """A feature network saved by :func:`save_feature_net` (eval mode) and its reference features, standardised."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
     with safe_open(str(path), "pt") as handle:
         config = json.loads(handle.metadata()["config"])
     net = FeatureNet(FeatureConfig(**{**config, "widths": tuple(config["widths"])}))

@@ -1,10 +1,16 @@
 """Image encoders for image prompts (IP-Adapter, :mod:`difflab.models.ip_adapter`): images -> one feature each.
 
 IP-Adapter (Ye et al. 2023, Sec. 3.2) reads an image prompt through a frozen image encoder's global
-embedding. For the shapes world that encoder is difflab's own shapes feature network (the one FID uses,
-:func:`difflab.metrics.features.load_feature_net`), trained to recognise colours, shapes, cells, sizes,
-counts and backgrounds, so it needs no download. An encoder has ``feature_dim`` and maps images to
-``[B, feature_dim]``; another (a CLIP vision model from a local folder) would follow the same contract.
+embedding. For the shapes world difflab ships its own, so nothing is downloaded:
+
+- ``shapes-objects`` (the default for new adapters): a CNN trained to name which colour-shape pairs a
+  scene holds, how many of each, their sizes and the background, wherever they lie
+  (:mod:`difflab.train.image_encoder`);
+- ``shapes``: the FID feature network (:func:`difflab.metrics.features.load_feature_net`), which the
+  first adapters used; it describes layouts well and object identities poorly.
+
+An encoder has ``feature_dim`` and maps images to ``[B, feature_dim]``; another (a CLIP vision model
+from a local folder) would follow the same contract.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import torch
 from torch import nn
 
 from difflab.data.images import to_images
-from difflab.metrics.features import as_uint8_batch, load_feature_net
+from difflab.metrics.features import ASSETS, as_uint8_batch, load_feature_file, load_feature_net
+
+DEFAULT_IMAGE_ENCODER = "shapes-objects"
 
 
 class ShapesImageEncoder(nn.Module):
@@ -22,8 +30,11 @@ class ShapesImageEncoder(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.net, _ = load_feature_net("shapes")                              # eval mode, requires_grad False
+        self.net = self.load()                                                # eval mode, requires_grad False
         self.feature_dim = self.net.num_features
+
+    def load(self):
+        return load_feature_net("shapes")[0]
 
     @torch.no_grad()
     def forward(self, images) -> torch.Tensor:
@@ -39,7 +50,18 @@ class ShapesImageEncoder(nn.Module):
         return self.net(pixels.to(self.net.feature_mean.device)).float()    # [B, feature_dim]
 
 
-IMAGE_ENCODERS = {"shapes": ShapesImageEncoder}   # name (an IPAdapterConfig's image_encoder) -> class
+class ShapesObjectsEncoder(ShapesImageEncoder):
+    """The object encoder (:mod:`difflab.train.image_encoder`): images -> [B, 128], standardised by the
+    features of 2000 test-split renders."""
+
+    def load(self):
+        path = ASSETS / "image_encoder_shapes_objects.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; run `python -m difflab.train.image_encoder`")
+        return load_feature_file(path)[0]
+
+
+IMAGE_ENCODERS = {"shapes": ShapesImageEncoder, "shapes-objects": ShapesObjectsEncoder}   # name (an IPAdapterConfig's image_encoder) -> class
 
 
 def image_encoder(name: str) -> nn.Module:

@@ -4,8 +4,8 @@
     pipe("", ip_image="reference.png")                          # the image alone as the prompt
     pipe("a small circle in the top left", ip_image=ref, ip_scale=0.8)   # text and image together
 
-The image prompt is encoded by the adapter's image encoder (the shapes feature network for difflab's
-own models) into ``num_tokens`` context tokens that every adapted cross-attention layer attends to
+The image prompt is encoded by the adapter's image encoder (for difflab's own models, one of the
+shapes encoders of :mod:`difflab.models.image_encoders`) into ``num_tokens`` context tokens that every adapted cross-attention layer attends to
 beside the text (decoupled cross-attention). Under classifier-free guidance the unconditional half
 gets the tokens of a zero image feature, as the adapter was trained to read a dropped image. The
 recipe records the adapter's weights, the scale and the image's hash; a replay needs the image again.

@@ -84,6 +84,7 @@ class TrainConfig:
     lora_layers: str = "all"              # what the LoRA adapts: all (attention and convolutions) | attention | cross
     controlnet: str = ""                  # with init_from: train a ControlNet on each image's layout map or edges, the model frozen
     ip_adapter: bool = False              # with init_from: train an IP-Adapter on reference renders of each shapes item, the model frozen
+    side_from: str | None = None          # with controlnet / ip_adapter: a package of that network (difflab's export) to go on training, instead of a fresh one
     distill: str = ""                     # set by difflab distill: lcm | cd | reflow ("": plain training)
     teacher: str | None = None            # distill: the teacher package (or a bundled model's name)
     teacher_guidance: float = 3.0         # distill: the teacher's CFG scale (lcm with a guidance embedding: the top of w's range)
@@ -153,6 +154,9 @@ class TrainConfig:
         _check(not self.ip_adapter or (self.init_from and self.dataset == "shapes" and not self.controlnet
                                        and not self.lora_rank and not self.distill and not self.vae), "ip_adapter",
                self.ip_adapter, "used with init_from and dataset=shapes, without controlnet, lora_rank, distill or vae")
+        _check(self.side_from is None or (isinstance(self.side_from, str) and self.side_from
+                                          and (self.controlnet or self.ip_adapter)), "side_from", self.side_from,
+               "None, or a ControlNet / IP-Adapter package folder used with controlnet or ip_adapter")
         _check(self.controlnet != "layout" or self.dataset == "shapes", "controlnet", self.controlnet,
                "layout with dataset=shapes (each image's scene); other datasets take edges")
         _check(self.distill in ("", *DISTILL_METHODS), "distill", self.distill, f"'' or one of {DISTILL_METHODS}")

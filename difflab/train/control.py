@@ -20,8 +20,9 @@ def side_network(model, config, data):
     """``--controlnet`` / ``--ip-adapter``: the model wrapped with the side network that trains, and
     the per-position side input the trainer sets on it (control images, image-prompt features)."""
     if config.ip_adapter:
+        from difflab.models.ip_adapter import IPAdapter
         from difflab.train.image_prompt import ReferenceFeatures, adapted
-        wrapped, encoder = adapted(model, config)
+        wrapped, encoder = adapted(model, config, side_start(config, IPAdapter, model))
         return wrapped, ReferenceFeatures(config, data, encoder)
     return controlled(model, config), ControlImages(config, data)
 
@@ -32,7 +33,29 @@ def controlled(model, config):
     from difflab.models.unet import UNet
     if type(model) is not UNet:
         raise ValueError(f"--controlnet steers difflab's UNet; {config.init_from} holds a {type(model).__name__}")
-    return ControlledUNet(model, ControlNet.from_unet(model))
+    return ControlledUNet(model, side_start(config, ControlNet, model) or ControlNet.from_unet(model))
+
+
+def side_start(config, kind, model):
+    """``side_from``: the ControlNet or IP-Adapter package a run goes on training (its weights; the
+    optimiser starts afresh), refused unless it is a ``kind`` made for ``model`` (and, for a ControlNet,
+    for the run's control kind). None without ``side_from``."""
+    if not config.side_from:
+        return None
+    from difflab.models.package import load_package
+    from difflab.settings import package_folder
+    package = load_package(package_folder(config.side_from))
+    net, what = package.model, kind.__name__
+    if not isinstance(net, kind):
+        raise ValueError(f"--side-from {config.side_from} holds a {type(net).__name__}, not the {what} this run trains")
+    if not net.steers(model):
+        raise ValueError(f"--side-from {config.side_from}: that {what} was made for another network than "
+                         f"{config.init_from}'s")
+    made_for = package.metadata.get("controlnet", {}).get("kind")
+    if config.controlnet and made_for != config.controlnet:
+        raise ValueError(f"--side-from {config.side_from} is a ControlNet for {made_for!r} control images; this run "
+                         f"trains one for {config.controlnet!r}")
+    return net
 
 
 class ControlImages:

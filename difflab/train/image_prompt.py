@@ -3,9 +3,10 @@
 The network the trainer optimises is an :class:`~difflab.models.ip_adapter.IPAdaptedUNet`: the
 package's UNet, frozen, and an adapter whose image key/value projections start as the text ones.
 Each item's image prompt is another render of the same objects (:mod:`difflab.train.ip_pairs`),
-encoded once by the shapes feature network. As in the paper (Sec. 3.3) the image condition is
-dropped for a fraction of the samples (its features set to zero, what the unconditional half of
-classifier-free guidance then uses), beside the text dropout of ``cond_dropout``.
+encoded once by the image encoder (``shapes-objects``, :mod:`difflab.models.image_encoders`). As in
+the paper (Sec. 3.3) the image condition is dropped for a fraction of the samples (its features set
+to zero, what the unconditional half of classifier-free guidance then uses), beside the text dropout
+of ``cond_dropout``.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ from difflab.train.ip_pairs import reference_image
 IMAGE_DROPOUT = 0.1   # samples trained without their image prompt (zero features)
 
 
-def adapted(model, config):
-    """The package's UNet (already warm-started) wrapped with a fresh IP-Adapter of it, and its encoder."""
-    from difflab.models.image_encoders import image_encoder
+def adapted(model, config, start=None):
+    """The package's UNet (already warm-started) wrapped with an IP-Adapter of it (``start``, or a fresh
+    one), and its encoder."""
+    from difflab.models.image_encoders import DEFAULT_IMAGE_ENCODER, image_encoder
     from difflab.models.ip_adapter import IPAdaptedUNet, IPAdapter
     from difflab.models.unet import UNet
     if type(model) is not UNet:
         raise ValueError(f"--ip-adapter adapts difflab's UNet; {config.init_from} holds a {type(model).__name__}")
-    encoder = image_encoder("shapes")
-    return IPAdaptedUNet(model, IPAdapter.from_unet(model, encoder.feature_dim)), encoder
+    encoder = image_encoder(start.config.image_encoder if start else DEFAULT_IMAGE_ENCODER)
+    adapter = start or IPAdapter.from_unet(model, encoder.feature_dim, image_encoder=DEFAULT_IMAGE_ENCODER)
+    return IPAdaptedUNet(model, adapter), encoder
 
 
 class ReferenceFeatures:
