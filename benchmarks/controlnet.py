@@ -6,7 +6,7 @@ edges of its render (``--kind edges``). The model generates the prompt with the 
 the same seeds, without it. Reported:
 
 - mean IoU between the objects of the output and those of the scene's layout map
-  (``difflab.data.controls.layout_iou``: soft masks, each control object matched to one output object,
+  (``difflab.metrics.layout.layout_iou``: soft masks, each control object matched to one output object,
   extra or missing objects count 0), with and without control;
 - shapes-bench adherence (the oracle) per category, with and without control.
 
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from difflab.data.controls import layout_iou
+    from difflab.metrics.layout import layout_iou
     from difflab.metrics.adherence import check
     from difflab.metrics.bench import balanced, bench_prompts, report
     from difflab.pipelines import Pipeline

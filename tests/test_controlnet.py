@@ -150,7 +150,7 @@ def test_bad_control_input_is_refused_before_any_compute(base, trained, tmp_path
 
 
 def test_the_bundled_layout_controlnet_places_objects_where_the_map_says():
-    from difflab.data.controls import layout_iou
+    from difflab.metrics.layout import layout_iou
     from difflab.settings import BUNDLED_MODELS
     assert (BUNDLED_MODELS["shapes-layout"] / "MODEL_CARD.md").is_file()
     pipe = difflab.Pipeline.from_pretrained("shapes", controlnet="shapes-layout")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difflab.data.controls import (CONTROL_KINDS, control_image, control_masks, edge_map, layout_iou, layout_map,
-                                   output_masks)
+from difflab.data.controls import CONTROL_KINDS, control_image, edge_map, layout_map
+from difflab.metrics.layout import control_masks, layout_iou, output_masks
 from difflab.data.shapes import EXTENT, Scene, ShapeObject, render_scene, scene_for
 from difflab.data.shapes_grammar import BACKGROUNDS, PALETTE, SHAPES
 

@@ -1,11 +1,10 @@
 """Control images for ControlNet (Zhang et al., "Adding Conditional Control to Text-to-Image Diffusion
-Models", ICCV 2023), computed from the training images, and a measure of how well an output follows one.
+Models", ICCV 2023), computed from the training images (how well an output follows a layout:
+:func:`difflab.metrics.layout.layout_iou`).
 
 - ``layout``: the shapes world's object silhouettes, white on black, drawn with the renderer's own
   polygons and supersampling, so a silhouette's anti-aliased edge is the render's coverage.
 - ``edges``: Canny edges (Canny, "A Computational Approach to Edge Detection", TPAMI 1986) of any image.
-
-``layout_iou`` compares a generated image with a layout control by soft IoU of its objects' coverage.
 """
 
 from __future__ import annotations
@@ -15,12 +14,11 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from difflab.data.shapes import EXTENT, shape_polygons, supersample_factor
-from difflab.metrics.detect import SEED_DISTANCE, owners, background_colour, to_array
+from difflab.data.images import to_array
 
 CONTROL_KINDS = ("layout", "edges")
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 weights, as PIL's "L" conversion
 FLAT_GRADIENT = 1e-6  # a largest gradient below this (luminance per pixel) means a flat image: no edges
-CORE_FRACTION = 0.2  # an output object's colour is the mean of its pixels this far up in distance from the background
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -110,65 +108,3 @@ def control_image(kind: str, image, scene=None, resolution: int | None = None) -
         image = Image.fromarray(np.round(to_array(image) * 255).astype(np.uint8), "RGB")
         image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
     return edge_map(image)
-
-
-def control_masks(control) -> list[np.ndarray]:
-    """The objects of a layout map as coverage maps in [0, 1]: one per 4-connected component of pixels
-    brighter than one half, holding the luminance of the pixels within 1 px of it (anti-aliased edges count
-    fractionally)."""
-    lum = luminance(to_array(control))
-    labels, n = owners(lum > 0.5, 1.0)
-    return [np.where(labels == k, lum, 0.0) for k in range(1, n + 1)]
-
-
-def output_masks(image) -> list[np.ndarray]:
-    """The objects of a generated image as soft coverage: per pixel, its distance from the background
-    colour over the object's core distance, clipped to [0, 1].
-
-    Objects are 4-connected components of pixels further than ``SEED_DISTANCE`` from the background,
-    extended by 1 px; an object's core is the mean of its ``CORE_FRACTION`` of pixels furthest from it.
-    """
-    rgb = to_array(image)
-    bg = background_colour(rgb)
-    distance = np.linalg.norm(rgb - bg, axis=2)
-    seeds = distance > SEED_DISTANCE
-    labels, n = owners(seeds, 1.0)
-    masks = []
-    for k in range(1, n + 1):
-        pixels = rgb[seeds & (labels == k)]
-        furthest_first = np.argsort(np.linalg.norm(pixels - bg, axis=1))[::-1]
-        core = pixels[furthest_first[:max(1, int(np.ceil(CORE_FRACTION * len(pixels))))]].mean(axis=0)
-        core_distance = np.linalg.norm(core - bg)
-        masks.append(np.where(labels == k, np.clip(distance / core_distance, 0.0, 1.0), 0.0))
-    return masks
-
-
-def soft_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Soft (fuzzy) IoU of two coverage maps: sum min(a, b) / sum max(a, b)."""
-    union = np.maximum(a, b).sum()
-    return float(np.minimum(a, b).sum() / union) if union > 0 else 0.0
-
-
-def layout_iou(output_image, control) -> dict:
-    """How well an output follows a layout control: soft IoU per control object, matched greedily.
-
-    Pairs are matched in order of decreasing IoU, each output object at most once. ``mean_iou`` averages
-    the control objects' IoUs (0 when unmatched) together with a 0 for each unmatched output object
-    (``extra``), so both missing and surplus objects lower it.
-    """
-    output, control = to_array(output_image), to_array(control)
-    if output.shape != control.shape:
-        raise ValueError(f"output and control must have the same size, got {output.shape[:2]} and "
-                         f"{control.shape[:2]}")
-    targets = control_masks(control)
-    if not targets:
-        raise ValueError("the layout control holds no objects: it needs at least one white silhouette")
-    found = output_masks(output)
-    pairs = sorted(((soft_iou(t, f), i, j) for i, t in enumerate(targets) for j, f in enumerate(found)), reverse=True)
-    ious, used = [0.0] * len(targets), set()
-    for iou, i, j in pairs:
-        if iou > 0 and ious[i] == 0.0 and j not in used:
-            ious[i] = iou
-            used.add(j)
-    extra = len(found) - len(used)
-    return {"mean_iou": sum(ious) / (len(targets) + extra), "ious": ious, "extra": extra}

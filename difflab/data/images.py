@@ -61,3 +61,13 @@ def to_images(x: torch.Tensor) -> list[Image.Image]:
     pixels = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (N, C, H, W)
     arrays = pixels.permute(0, 2, 3, 1).numpy()                                            # (N, H, W, C)
     return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]
+
+
+def to_array(image) -> np.ndarray:
+    """PIL image (any mode) or HxWx3 uint8 array -> float HxWx3 in [0, 1]."""
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] < 8 or array.shape[1] < 8:
+        raise ValueError(f"image must be RGB (H x W x 3, at least 8 x 8), got shape {array.shape}")
+    return array.astype(np.float64) / (255.0 if array.dtype == np.uint8 else 1.0)

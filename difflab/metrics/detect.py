@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from difflab.data.images import to_array  # noqa: F401  (read here by the oracle and its users)
 from difflab.data.shapes import CROSS_ARM, EXTENT, TRIANGLE_CENTROID_DROP
 from difflab.data.shapes_grammar import COLOURS, PALETTE, SHAPES
 
@@ -55,16 +56,6 @@ class Detection:
     @property
     def cell(self) -> tuple[int, int]:
         return min(int(self.y * 3), 2), min(int(self.x * 3), 2)
-
-
-def to_array(image) -> np.ndarray:
-    """PIL image (any mode) or HxWx3 uint8 array -> float HxWx3 in [0, 1]."""
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] < 8 or array.shape[1] < 8:
-        raise ValueError(f"image must be RGB (H x W x 3, at least 8 x 8), got shape {array.shape}")
-    return array.astype(np.float64) / (255.0 if array.dtype == np.uint8 else 1.0)
 
 
 def background_colour(rgb: np.ndarray) -> np.ndarray:
