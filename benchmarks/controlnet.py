@@ -37,12 +37,16 @@ def controls_for(entries: list[dict], kind: str, resolution: int) -> tuple[list,
     return controls, layouts
 
 
-def generate(pipe, entries: list[dict], controls: list | None, scale: float, batch: int = 16) -> list:
-    """One image per entry, in batches; with ``controls``, each image with its own control image."""
+def generate(pipe, entries: list[dict], controls: list | None, scale: float, batch: int = 16,
+             guidance: float | None = None) -> list:
+    """One image per entry, in batches; with ``controls``, each image with its own control image;
+    ``guidance``: the CFG scale (None: the package's)."""
     images = []
     for start in range(0, len(entries), batch):
         chunk = entries[start:start + batch]
         extra = {} if controls is None else {"control_image": controls[start:start + batch], "control_scale": scale}
+        if guidance is not None:
+            extra["guidance_scale"] = guidance
         images += pipe([e["prompt"] for e in chunk], seed=[e["seed"] for e in chunk], **extra).images
     return [im.convert("RGB") for im in images]
 
@@ -54,6 +58,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kind", choices=("layout", "edges"), default=None, help="default: the package's kind")
     parser.add_argument("--limit", type=int, default=150, help="balanced shapes-bench prompts")
     parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--guidance", type=float, default=None, help="CFG scale of both runs (default: the package's)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -74,14 +79,15 @@ def main(argv=None) -> int:
     rows = {}
     for label, used in (("with control", controls), ("without", None)):
         started = time.perf_counter()
-        images = generate(pipe, entries, used, args.scale)
+        images = generate(pipe, entries, used, args.scale, guidance=args.guidance)
         ious = [layout_iou(im, layout)["mean_iou"] for im, layout in zip(images, layouts)]
         table = report(entries, [check(im, e["prompt"])["ok"] for im, e in zip(images, entries)])
         rows[label] = {"mean_iou": sum(ious) / len(ious), "iou_at_least_0.9": sum(i >= 0.9 for i in ious) / len(ious),
                        "table": table, "seconds": round(time.perf_counter() - started, 1)}
         print(f"{label}: IoU {rows[label]['mean_iou']:.3f}, overall {table['overall']['accuracy']:.3f}",
               file=sys.stderr, flush=True)
-    print(f"model {args.model}, ControlNet {args.controlnet} ({kind}, scale {args.scale:g}), "
+    print(f"model {args.model}, ControlNet {args.controlnet} ({kind}, scale {args.scale:g}, guidance "
+          f"{args.guidance if args.guidance is not None else 'default'}), "
           f"{len(entries)} prompts of shapes-bench\n")
     print("| | mean IoU | images with IoU >= 0.9 | overall | " + " | ".join(COLUMNS) + " |")
     print("|---|---|---|---|" + "---|" * len(COLUMNS))
@@ -91,7 +97,7 @@ def main(argv=None) -> int:
               + " | ".join(f"{t[c]['accuracy']:.2f}" for c in COLUMNS) + " |")
     if args.out:
         args.out.write_text(json.dumps({"model": args.model, "controlnet": args.controlnet, "kind": kind,
-                                        "scale": args.scale, "limit": args.limit, "rows": rows}, indent=1))
+                                        "scale": args.scale, "guidance": args.guidance, "limit": args.limit, "rows": rows}, indent=1))
     return 0
 
 
