@@ -11,9 +11,13 @@ decoded pixels (channels last), as the network's first convolution wants them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:   # torch is imported where a tensor is made: the CLI's refusals and the oracle run without it
+    import torch
 
 CHANNEL_MODES = {1: "L", 3: "RGB"}
 
@@ -28,6 +32,8 @@ def to_uint8(images, channels: int = 3) -> torch.Tensor:
     sizes = {im.size for im in images}
     if len(sizes) != 1:
         raise ValueError(f"all images must have one size, got {sorted(sizes)}")
+    import torch
+
     mode = CHANNEL_MODES[channels]
     arrays = np.stack([np.asarray(im.convert(mode), dtype=np.uint8).reshape(im.height, im.width, channels)
                        for im in images])                                       # (N, H, W, C)
@@ -54,6 +60,8 @@ def to_images(x: torch.Tensor) -> list[Image.Image]:
 
     A non-finite value is an error (a model that diverged), never a black or white pixel.
     """
+    import torch
+
     if x.ndim != 4 or x.shape[1] not in CHANNEL_MODES:
         raise ValueError(f"expected a tensor of shape (N, 1 or 3, H, W), got {tuple(x.shape)}")
     if not torch.isfinite(x).all():
