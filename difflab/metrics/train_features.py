@@ -110,12 +110,12 @@ def held_out_accuracy(net: FeatureNet, dataset: str) -> float:
     """Exact-match accuracy on fresh data: all attributes right (shapes) or the class (digits test)."""
     if dataset == "shapes":
         images, targets = shapes_data(1000, seed=12345)
-        predicted = (net.head(net(images)) > 0).float()
+        predicted = (net.head(net.features(net.prepare(images))) > 0).float()   # the head reads raw features
         return float((predicted == targets).all(dim=1).float().mean())
     data = DigitsDataset("test", 32)
     images = as_uint8_batch([data[i]["image"] for i in range(len(data))])
     labels = torch.tensor([data[i]["label"] for i in range(len(data))])
-    return float((net.head(net(images)).argmax(1) == labels).float().mean())
+    return float((net.head(net.features(net.prepare(images))).argmax(1) == labels).float().mean())
 
 
 def reference_images(dataset: str, n: int):
