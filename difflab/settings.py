@@ -114,6 +114,7 @@ BUNDLED_MODELS["shapes-video"] = BUNDLED_MODELS["shapes"].parent / "shapes-video
 BUNDLED_MODELS["sounds"] = BUNDLED_MODELS["shapes"].parent / "sounds"               # 1 s sounds as log-mel
 BUNDLED_MODELS["shapes-fast"] = BUNDLED_MODELS["shapes"].parent / "shapes-fast"     # LCM student of shapes: 4 steps
 BUNDLED_MODELS["shapes-layout"] = BUNDLED_MODELS["shapes"].parent / "shapes-layout"  # layout ControlNet of shapes
+BUNDLED_MODELS["shapes-ip"] = BUNDLED_MODELS["shapes"].parent / "shapes-ip"          # IP-Adapter of shapes
 
 
 def package_folder(folder) -> Path:

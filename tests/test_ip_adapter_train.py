@@ -94,3 +94,19 @@ def test_new_adapters_read_the_object_encoder_and_a_run_goes_on_from_one(base, a
     assert all(torch.equal(start[k], v) for k, v in load_package(adapter).model.state_dict().items())
     with pytest.raises(ValueError, match="not the IPAdapter this run trains"):
         Trainer(TINY.replace(init_from=str(base), ip_adapter=True, side_from=str(base)), tmp_path / "x", log=quiet)
+
+
+def test_the_bundled_ip_adapter_carries_the_reference_colour():
+    from difflab.metrics.adherence import check
+    from difflab.settings import BUNDLED_MODELS
+    assert (BUNDLED_MODELS["shapes-ip"] / "MODEL_CARD.md").is_file()
+    seeds = list(range(8))
+    reference = render("a red square", 3)
+    steered = difflab.Pipeline.from_pretrained("shapes", ip_adapter="shapes-ip")(["a circle"] * 8, seed=seeds,
+                                                                                 ip_image=reference).images
+    plain = difflab.Pipeline.from_pretrained("shapes")(["a circle"] * 8, seed=seeds).images
+    red = [sum(any("red" in o for o in check(im.convert("RGB"), "a circle")["objects"]) for im in images)
+           for images in (steered, plain)]
+    assert red[0] >= 6 and red[1] <= 2, red        # the text leaves the colour free; the image says red
+    with pytest.raises(ValueError, match="is an IP-Adapter for shapes, not a model"):
+        difflab.Pipeline.from_pretrained("shapes-ip")

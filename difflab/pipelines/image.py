@@ -105,10 +105,10 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
         if is_diffusers_folder(folder):
             return cls(**load_diffusers(folder))
         header = read_config(folder)
-        for section, flag in (("controlnet", "controlnet"), ("ip_adapter", "ip_adapter")):
+        for section, flag, what in (("controlnet", "controlnet", "a ControlNet"), ("ip_adapter", "ip_adapter", "an IP-Adapter")):
             if section in header:
                 base = header[section].get("base", "its base model") if isinstance(header[section], dict) else ""
-                raise ValueError(f"{folder} is a {header.get('class_name')} for {base}, not a model: load it with "
+                raise ValueError(f"{folder} is {what} for {base}, not a model: load it with "
                                  f"Pipeline.from_pretrained({base!r}, {flag}=...) (--{flag.replace('_', '-')} on the CLI)")
         schedule, codec = check_pipeline_sections(header, folder)
         defaults = sampling_defaults(header.get("sampling", {}), folder)
