@@ -124,9 +124,11 @@ def page_path(driver) -> str:
 
 def new_results(driver, before, count: int = 1, timeout: float = 30.0) -> list:
     """Wait for ``count`` final images other than ``before`` (the results shown earlier)."""
+    shown = [tuple(b) for b in before or []]     # JSON gives lists; a caller may pass (src, width) tuples
+
     def ready(d):
         images = final_images(d)
-        return images if images and len(images) == count and images != before else None
+        return images if images and len(images) == count and [tuple(i) for i in images] != shown else None
     return wait(driver, ready, timeout=timeout, what=f"{count} new result(s)")
 
 
