@@ -22,6 +22,7 @@ from difflab.data.images import to_images
 from difflab.metrics.features import ASSETS, as_uint8_batch, load_feature_file, load_feature_net
 
 DEFAULT_IMAGE_ENCODER = "shapes-objects"
+OBJECTS_WEIGHTS = ASSETS / "image_encoder_shapes_objects.safetensors"   # written by difflab.train.image_encoder
 
 
 class ShapesImageEncoder(nn.Module):
@@ -55,10 +56,9 @@ class ShapesObjectsEncoder(ShapesImageEncoder):
     features of 2000 test-split renders."""
 
     def load(self):
-        path = ASSETS / "image_encoder_shapes_objects.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; run `python -m difflab.train.image_encoder`")
-        return load_feature_file(path)[0]
+        if not OBJECTS_WEIGHTS.is_file():
+            raise FileNotFoundError(f"{OBJECTS_WEIGHTS} is missing; run `python -m difflab.train.image_encoder`")
+        return load_feature_file(OBJECTS_WEIGHTS)[0]
 
 
 IMAGE_ENCODERS = {"shapes": ShapesImageEncoder, "shapes-objects": ShapesObjectsEncoder}   # name (an IPAdapterConfig's image_encoder) -> class

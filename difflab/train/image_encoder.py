@@ -23,12 +23,12 @@ import torch.nn.functional as F
 
 from difflab.data.shapes import ShapesDataset, realize, render_scene, sample_prompt
 from difflab.data.shapes_grammar import BACKGROUNDS, COLOURS, SHAPES, SIZES
-from difflab.metrics.features import ASSETS, FeatureConfig, FeatureNet, as_uint8_batch, extract, save_feature_net
+from difflab.metrics.features import FeatureConfig, FeatureNet, as_uint8_batch, extract, save_feature_net
+from difflab.models.image_encoders import OBJECTS_WEIGHTS as WEIGHTS
 
 PAIRS = [(c, s) for c in COLOURS for s in SHAPES]
 COUNTS = (1, 2, 3)                   # "at least k copies" of each pair
 NUM_TARGETS = len(PAIRS) * len(COUNTS) + len(SIZES) + len(BACKGROUNDS)
-WEIGHTS = ASSETS / "image_encoder_shapes_objects.safetensors"
 
 
 def object_targets(scene) -> np.ndarray:
