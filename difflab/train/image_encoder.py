@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if not 1 <= args.steps <= 1_000_000 or not 1 <= args.threads <= 256:
+        parser.error(f"--steps must be in [1, 1000000] and --threads in [1, 256], got {args.steps}, {args.threads}")
     torch.set_num_threads(args.threads)
     start = time.time()
     net = train(args.steps, log=lambda line: print(line, flush=True))

@@ -104,6 +104,8 @@ class Trainer:
         if init_from and not resume and not init_from.is_dir():
             raise ValueError(f"init_from: no model package at {config.init_from} (a folder written by difflab train, "
                              f"or a bundled model's name: {', '.join(BUNDLED_MODELS)})")
+        if config.side_from and not init_folder(config.side_from).is_dir():
+            raise ValueError(f"side_from: no ControlNet / IP-Adapter package at {config.side_from}")
         if config.threads:
             torch.set_num_threads(config.threads)
         cuda = torch.cuda.is_available()
