@@ -237,6 +237,21 @@ def continue_training(args, data, common, scale, log, summary, save_summary, sta
     """``--continue-from``: fine-tune the VAE's decoder, then train the package's denoiser on (same latents)."""
     from difflab.train import TrainConfig, train
     source = cast_package(args.continue_from, args.work / "source", "float")
+    if args.vae:
+        vae = args.vae.resolve()
+        summary["vae"] = {"package": str(vae), "trained": "before this run"}
+        log(f"VAE: {vae} (given)")
+    else:
+        vae = train_vae(args, data, common, scale, out, work, log, summary)
+    save_summary()
+    run_designs(args, data, common, scale, vae, out, work, log, summary, save_summary, started)
+    return 0 if summary["designs"] else 1
+
+
+def train_vae(args, data, common, scale, out, work, log, summary) -> Path:
+    """Train the VAE for ``--vae-minutes``; its package goes back in ``out``."""
+    from difflab.train import TrainConfig, train
+
     vae_config = TrainConfig(task="vae", decoder_only=True, init_from=str(source / "vae"), batch_size=scale["vae_batch"],
                              lr=2e-4, lr_warmup=50, lr_schedule="constant", ema_decay=0.999, max_steps=10_000_000,
                              max_minutes=args.vae_minutes, checkpoint_every=1000, keep_checkpoints=1, log_every=50,
@@ -289,6 +304,8 @@ def main(argv=None) -> int:
     parser.add_argument("--continue-from", type=Path, help="a --carry-package folder: fine-tune its VAE's decoder, "
                                                             "then train its denoiser on")
     parser.add_argument("--batch", type=int, default=1024, help="--continue-from: the denoiser's batch")
+    parser.add_argument("--vae", type=Path, help="a trained VAE package (e.g. difflab's shapes-vae, trained on a CPU): "
+                                                 "used as it is, so the device's minutes all go to the denoisers")
     args = parser.parse_args(argv)
     if args.make_carry:
         make_carry(args.make_carry, half=args.half)
@@ -303,7 +320,6 @@ def main(argv=None) -> int:
     scale = SCALES[args.scale]
     data = prerender(scale["items"], scale["resolution"])   # forked before CUDA starts
     import torch
-    from difflab.train import TrainConfig, train
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out, work = args.out, args.work
@@ -328,6 +344,21 @@ def main(argv=None) -> int:
     if args.continue_from:
         return continue_training(args, data, common, scale, log, summary, save_summary, started)
 
+    if args.vae:
+        vae = args.vae.resolve()
+        summary["vae"] = {"package": str(vae), "trained": "before this run"}
+        log(f"VAE: {vae} (given)")
+    else:
+        vae = train_vae(args, data, common, scale, out, work, log, summary)
+    save_summary()
+    run_designs(args, data, common, scale, vae, out, work, log, summary, save_summary, started)
+    return 0 if summary["designs"] else 1
+
+
+def train_vae(args, data, common, scale, out, work, log, summary) -> Path:
+    """Train the VAE for ``--vae-minutes``; its package goes back in ``out``."""
+    from difflab.train import TrainConfig, train
+
     vae_config = TrainConfig(task="vae", batch_size=scale["vae_batch"], lr=4e-4, lr_warmup=200, lr_schedule="constant",
                              ema_decay=0.999, max_steps=10_000_000, max_minutes=args.vae_minutes, checkpoint_every=1000,
                              keep_checkpoints=1, log_every=50, **common,
@@ -336,9 +367,15 @@ def main(argv=None) -> int:
     vae = train(vae_config, work / "vae", log=log, dataset=data)
     put_back(out, vae, "vae", split=False)
     summary["vae"] = log_rate(work / "vae")
-    save_summary()
     log(f"VAE: {summary['vae']}")
+    return vae
 
+
+def run_designs(args, data, common, scale, vae, out, work, log, summary, save_summary, started) -> None:
+    """Each design for ``--design-minutes``, scored; the winner trains on until the deadline."""
+    from difflab.train import TrainConfig, train
+
+    device = "cuda" if summary["device"] != "cpu" else "cpu"
     for name in args.designs.split(","):
         design = DESIGNS[name]
         model = design["model"] if args.scale == "full" else shrink(design["model"])
@@ -358,7 +395,7 @@ def main(argv=None) -> int:
 
     if not summary["designs"]:
         log("no design finished")
-        return 1
+        return
     winner = max(summary["designs"], key=lambda n: (summary["designs"][n]["table"]["overall"]["accuracy"],
                                                      -(summary["designs"][n]["fid"] or 1e9)))
     summary["winner"] = winner
@@ -376,7 +413,6 @@ def main(argv=None) -> int:
     save_summary()
     put_back(out, package, "final", split=True)
     log(f"final: {summary['final']}; files in {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from difflab.cli_checks import (check_edit_flags, check_outpaint_canvas, check_s
                                 parse_loras, read_prompts, check_control_flags, check_ip_flags)
 from difflab.outputs import COUNTER, check_output_folder, write_file
 from difflab.settings import validate_deep_cache, validate_guidance_method
+from difflab.train.config import DATASETS, PRESETS
 from difflab.train.flags import parse_field_flags, training_fields_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -123,8 +124,8 @@ class TrainCommand(typer.core.TyperCommand):
 @one_line_errors
 def train(
     ctx: typer.Context,
-    dataset: str = typer.Option(None, help="shapes | digits | folder (with --data-dir)"),
-    preset: str = typer.Option(None, help="tiny | shapes-quick | shapes | digits"),
+    dataset: str = typer.Option(None, help=" | ".join(DATASETS) + " (folder: with --data-dir)"),
+    preset: str = typer.Option(None, help=" | ".join(PRESETS)),
     config: str = typer.Option(None, "--config", help="a TOML file of training fields"),
     out: str = typer.Option(..., help="output folder: checkpoints/, log.csv, model/"),
     resume: bool = typer.Option(False, help="continue from the newest complete checkpoint in --out"),

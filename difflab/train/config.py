@@ -48,6 +48,7 @@ class TrainConfig:
     model: dict = field(default_factory=lambda: dict(DENOISER_MODEL))  # network: [model] in --config
     vae: str | None = None                # denoise: a VAE package (or a package with vae/): train in its latent space
     kl_weight: float = 1e-6               # vae: weight of the KL term (per latent element) against L1 (per pixel)
+    perceptual_weight: float = 0.0        # vae: weight of a feature distance in the shapes-objects encoder (0: off)
     decoder_only: bool = False            # vae: train the decoder alone (the latents, and denoisers trained on them, stay valid)
     text_encoder: str = "minilm"          # shapes / folder: "minilm" or a local CLIP/T5 folder
     prediction_type: str = "v_prediction"  # what the network predicts (the parameterization)
@@ -109,6 +110,9 @@ class TrainConfig:
                "a VAE package folder or None")
         _check(isinstance(self.kl_weight, (int, float)) and math.isfinite(self.kl_weight) and self.kl_weight >= 0,
                "kl_weight", self.kl_weight, "a non-negative number")
+        _check(isinstance(self.perceptual_weight, (int, float)) and math.isfinite(self.perceptual_weight)
+               and self.perceptual_weight >= 0 and (self.perceptual_weight == 0 or self.task == "vae"),
+               "perceptual_weight", self.perceptual_weight, "a non-negative number (non-zero only with task=vae)")
         _check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {tuple(DATASETS)}")
         _check(self.dataset != "folder" or self.data_dir, "data_dir", self.data_dir, "a folder for dataset=folder")
         _check(_int(self.resolution, 8) and self.resolution % 4 == 0, "resolution", self.resolution,

@@ -84,7 +84,8 @@ def make_objective(config: TrainConfig, schedule: NoiseSchedule, conditioner: Co
         from difflab.train.distill import make_distill_objective
         return make_distill_objective(config, teacher, schedule, conditioner, accelerator, channels_last)
     if config.task == "vae":
-        return OBJECTIVES["reconstruction"](config.kl_weight, seed=config.seed, autocast=accelerator.autocast)
+        return OBJECTIVES["reconstruction"](config.kl_weight, seed=config.seed, autocast=accelerator.autocast,
+                                            perceptual_weight=config.perceptual_weight)
     return OBJECTIVES["denoising"](schedule, config.prediction_type, conditioner, weighting=config.loss_weighting,
                                    snr_gamma=config.snr_gamma, timestep_sampling=config.timestep_sampling,
                                    cond_dropout=config.cond_dropout, seed=config.seed, channels_last=channels_last,
@@ -126,6 +127,9 @@ class Trainer:
             self.vae = load_vae(config.vae)
             check_vae_fits(self.vae, self.data.channels, config.resolution)
         if config.task == "vae":
+            if config.perceptual_weight and self.data.channels != 3:
+                raise ValueError(f"perceptual_weight needs RGB images (the shapes-objects encoder's input); the "
+                                 f"{config.dataset} dataset has {self.data.channels} channel(s)")
             torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
             model = make_autoencoder(config, self.data.channels)
         else:
