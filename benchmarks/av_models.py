@@ -29,14 +29,21 @@ import torch
 import difflab
 
 
-def prompt_sets(kind: str, n: int) -> dict[str, list[str]]:
+def prompt_sets(kind: str, n: int, only: str | None = None) -> dict[str, list[str]]:
+    """The held-out prompts and the first ``n`` test-split prompts; with ``only``, just the first ``n``
+    test-split prompts that contain it (e.g. ``" then "``: the audio sequences, whose pitch order is a goal)."""
     if kind == "video":
         from difflab.data.moving_shapes import MovingShapesDataset, held_out_prompts
         test = MovingShapesDataset("test")
     else:
         from difflab.data.sounds import SoundsDataset, held_out_prompts
         test = SoundsDataset("test")
-    return {"held-out": held_out_prompts(n), "test": [test[i]["prompt"] for i in range(n)]}
+    if only is None:
+        return {"held-out": held_out_prompts(n), "test": [test[i]["prompt"] for i in range(n)]}
+    chosen = [p for p in (test[i]["prompt"] for i in range(len(test))) if only in p][:n]
+    if not chosen:
+        raise SystemExit(f"no test-split prompt contains {only!r}")
+    return {f"test, only {only.strip()!r}": chosen}
 
 
 def judge(kind: str, output, prompt: str) -> dict:
@@ -107,6 +114,7 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=48, help="prompts per set")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the package's)")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--only", default=None, help="judge only test-split prompts containing this text")
     parser.add_argument("--gallery", default=None, help="also write the README's gallery (GIF or PNG, and files) here")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(__import__("os").environ.get("THREADS", "2")))
@@ -116,7 +124,8 @@ def main(argv=None) -> None:
     rows, elapsed, made = {}, 0.0, 0
     if args.n < 1:
         return
-    for name, prompts in prompt_sets(args.kind, args.n).items():
+    prompts_of = prompt_sets(args.kind, args.n, args.only)
+    for name, prompts in prompts_of.items():
         verdicts, ceiling = [], []
         for start in range(0, len(prompts), args.batch):
             chunk = prompts[start:start + args.batch]
@@ -129,14 +138,15 @@ def main(argv=None) -> None:
             ceiling += [judge(args.kind, real(args.kind, p, s), p) for p, s in zip(chunk, seeds)]
             print(f"{name}: {len(verdicts)}/{len(prompts)}", file=sys.stderr, flush=True)
         rows[name], rows[f"{name} (real clips)"] = rates(verdicts), rates(ceiling)
+    only_flag = f" --only {args.only!r}" if args.only else ""
     checks = sorted({c for r in rows.values() for c in r} - {"overall"}) + ["overall"]
     print(f"`python benchmarks/av_models.py {args.kind} --model {args.model} --n {args.n}"
-          f"{f' --steps {args.steps}' if args.steps else ''}` — {platform.processor() or platform.machine()}, "
+          f"{f' --steps {args.steps}' if args.steps else ''}{only_flag}` — {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}; {made / elapsed:.2f} clips/s\n")
     print("| prompts | " + " | ".join(checks) + " |")
     print("|---|" + "---|" * len(checks))
     for name, r in rows.items():
-        print(f"| {name} ({args.n}) | " + " | ".join(f"{r[c]:.2f}" if c in r else "-" for c in checks) + " |")
+        print(f"| {name} ({len(prompts_of[name.removesuffix(' (real clips)')])}) | " + " | ".join(f"{r[c]:.2f}" if c in r else "-" for c in checks) + " |")
 
 
 if __name__ == "__main__":

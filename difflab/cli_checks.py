@@ -170,8 +170,11 @@ def check_ip_flags(adapter: str | None, image: str | None, scale: float) -> dict
         return {}
     if image is None:
         raise ValueError("--ip-adapter needs an --ip-image (the image prompt)")
-    if not Path(adapter).expanduser().is_dir():
-        raise ValueError(f"--ip-adapter {adapter}: not a folder (an IP-Adapter package)")
+    from difflab.settings import BUNDLED_MODELS
+    where = Path(adapter).expanduser()
+    if not (where.is_dir() or adapter in BUNDLED_MODELS or where.is_file() and where.suffix == ".safetensors"):
+        raise ValueError(f"--ip-adapter {adapter}: not a folder (an IP-Adapter package), a bundled one, nor an "
+                         f"official IP-Adapter .safetensors file")
     if not 0 <= scale <= 5:
         raise ValueError(f"--ip-scale must be in [0, 5], got {scale}")
     return {"ip_image": open_image(image, "--ip-image"), "ip_scale": scale}

@@ -27,7 +27,7 @@ from difflab.models.base import require
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
 
 
-def _source_view(tensors):
+def source_view(tensors):
     """(keys, shape_of, read) of a dict of tensors or of an open ``safe_open`` file (read lazily)."""
     if hasattr(tensors, "get_slice"):
         return list(tensors.keys()), lambda k: tuple(tensors.get_slice(k).get_shape()), tensors.get_tensor
@@ -50,7 +50,7 @@ def load_mapped(model: nn.Module, tensors, mapping: dict[str, str], source: str 
     themselves (no second copy); otherwise they are copied into its parameters. Tensors are cast to
     the dtype of the parameter they fill.
     """
-    keys, shape_of, read = _source_view(tensors)
+    keys, shape_of, read = source_view(tensors)
     keys = sorted(k[len(prefix):] for k in keys if k.startswith(prefix))
     require(keys, f"{source}: no tensors" + (f" under {prefix!r}" if prefix else ""))
     name, targets = type(model).__name__, model.state_dict()

@@ -9,11 +9,15 @@ embedding. For the shapes world difflab ships its own, so nothing is downloaded:
 - ``shapes``: the FID feature network (:func:`difflab.metrics.features.load_feature_net`), which the
   first adapters used; it describes layouts well and object identities poorly.
 
-An encoder has ``feature_dim`` and maps images to ``[B, feature_dim]``; another (a CLIP vision model
-from a local folder) would follow the same contract.
+For the official Stable Diffusion IP-Adapters, :class:`CLIPVisionEncoder` reads a CLIP vision model
+(Radford et al. 2021) from a local transformers folder (``clip-vision``; nothing is downloaded).
+
+An encoder has ``feature_dim`` and maps images to ``[B, feature_dim]``.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -59,6 +63,50 @@ class ShapesObjectsEncoder(ShapesImageEncoder):
         if not OBJECTS_WEIGHTS.is_file():
             raise FileNotFoundError(f"{OBJECTS_WEIGHTS} is missing; run `python -m difflab.train.image_encoder`")
         return load_feature_file(OBJECTS_WEIGHTS)[0]
+
+
+class CLIPVisionEncoder(nn.Module):
+    """A CLIP image encoder from a local folder (transformers' ``CLIPVisionModelWithProjection``:
+    ``config.json`` and ``model.safetensors``, as h94/IP-Adapter's ``models/image_encoder/``): images ->
+    its projected embedding ``image_embeds`` [B, projection_dim], the global feature the base IP-Adapter
+    reads (Ye et al. 2023, Sec. 3.2; diffusers passes the same to it).
+
+    Images are prepared by the folder's ``CLIPImageProcessor`` (``preprocessor_config.json``: resize,
+    centre crop, CLIP's mean and std); without one, by the processor's defaults at the model's
+    ``image_size``, as diffusers does when its pipeline has no feature extractor. Only safetensors
+    weights are read and nothing is downloaded (``local_files_only``). The model stays float32."""
+
+    def __init__(self, folder):
+        super().__init__()
+        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+        folder = Path(folder).expanduser()
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} is not a CLIP image encoder folder (no config.json); "
+                                    "h94/IP-Adapter ships it as models/image_encoder/")
+        try:
+            self.model = CLIPVisionModelWithProjection.from_pretrained(
+                folder, local_files_only=True, use_safetensors=True, dtype=torch.float32).eval().requires_grad_(False)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{folder}: not a readable CLIPVisionModelWithProjection with safetensors weights "
+                             f"({str(error).splitlines()[0][:200]})") from None
+        size = self.model.config.image_size
+        self.processor = (CLIPImageProcessor.from_pretrained(folder, local_files_only=True)
+                          if (folder / "preprocessor_config.json").is_file()
+                          else CLIPImageProcessor(size=size, crop_size=size))
+        self.feature_dim = self.model.config.projection_dim
+
+    @torch.no_grad()
+    def forward(self, images) -> torch.Tensor:
+        """PIL images (or one), or a float tensor [B, 3, H, W] in [-1, 1] (read as its rounded pixels,
+        :func:`difflab.data.images.to_images`) -> [B, feature_dim] float32."""
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+                raise ValueError(f"image tensors must be floats [B, 3, H, W] in [-1, 1], got "
+                                 f"{images.dtype} {list(images.shape)}")
+            images = to_images(images)
+        pixels = self.processor(images=images, return_tensors="pt").pixel_values   # [B, 3, S, S]
+        parameter = next(self.model.parameters())
+        return self.model(pixel_values=pixels.to(parameter.device, parameter.dtype)).image_embeds.float()
 
 
 IMAGE_ENCODERS = {"shapes": ShapesImageEncoder, "shapes-objects": ShapesObjectsEncoder}   # name (an IPAdapterConfig's image_encoder) -> class

@@ -1,4 +1,4 @@
-"""IP-Adapter (Ye et al. 2023, "IP-Adapter: Text Compatible Image Prompt Adapter") for difflab's UNet.
+"""IP-Adapter (Ye et al. 2023, "IP-Adapter: Text Compatible Image Prompt Adapter") for difflab's UNet and SD UNet.
 
 An image prompt enters every cross-attention layer of a frozen UNet through a *decoupled*
 cross-attention (Sec. 3.2): the layer's queries attend to the text tokens with the UNet's own
@@ -17,9 +17,12 @@ image tokens give keys and values of 0 and add exactly nothing)::
     with attached(unet, adapter, tokens, scale=1.0):
         prediction = unet(x_t, t, context=text_tokens)                    # B or 2B rows (CFG)
 
-``attached`` adds the image branch with forward hooks on each adapted ``AttentionBlock.cross`` and
+``attached`` adds the image branch with forward hooks on each adapted cross-attention (difflab UNet's
+``AttentionBlock.cross``, :class:`~difflab.models.sd_unet.SDUNet`'s ``TransformerBlock.cross_attn``) and
 removes them on exit, so no UNet code changes and the UNet's weights are never touched. The image
 branch lives inside cross-attention: a call with ``context=None`` (no cross-attention) ignores it.
+The official IP-Adapter files for Stable Diffusion load onto an SDUNet through
+:mod:`difflab.convert.ip_adapter_files`.
 """
 
 from __future__ import annotations
@@ -34,16 +37,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from difflab.models.base import ModelMixin, SideTraining, is_int, register_model, require
-from difflab.models.layers import Attention, AttentionBlock
+from difflab.models.layers import AttentionBlock
+from difflab.models.sd_unet import SDUNet
 from difflab.models.unet import UNet
+
+ADAPTABLE = (UNet, SDUNet)
 
 
 @dataclass(frozen=True)
 class IPAdapterConfig:
     """The image feature's width, the UNet's text-token width, the image tokens per prompt, the UNet
-    layers adapted: ``(module name of a cross-attention AttentionBlock, its channels)`` each, in the
-    UNet's module order, and the name of the image encoder whose features it reads
-    (:data:`difflab.models.image_encoders.IMAGE_ENCODERS`)."""
+    layers adapted: ``(module name, its channels)`` each (:func:`adapted_layers`), in the UNet's module
+    order, and the name of the image encoder whose features it reads
+    (:data:`difflab.models.image_encoders.IMAGE_ENCODERS`, or ``clip-vision``)."""
 
     feature_dim: int
     context_dim: int
@@ -65,6 +71,29 @@ class IPAdapterConfig:
 def cross_attention_layers(model: nn.Module) -> list[tuple[str, AttentionBlock]]:
     """The cross-attention ``AttentionBlock``s of ``model`` with their module names, in module order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, AttentionBlock) and hasattr(m, "cross")]
+
+
+def adapted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The cross-attentions an IP-Adapter adapts in ``model``, in module order: ``(name, attention)``, the
+    name being the AttentionBlock's in difflab's UNet and the ``cross_attn`` module's own in an SDUNet.
+    Both attentions have ``heads``, ``to_q`` and ``to_out``."""
+    if type(model) is UNet:
+        return [(name, block.cross) for name, block in cross_attention_layers(model)]
+    if type(model) is SDUNet:
+        return [(name, m) for name, m in model.named_modules() if name.endswith("cross_attn")]
+    return []
+
+
+def layer_spec(model: nn.Module) -> tuple[tuple[str, int], ...]:
+    """``IPAdapterConfig.layers`` of ``model``: (name, channels) of each adapted cross-attention."""
+    return tuple((name, attention.to_out.out_features) for name, attention in adapted_layers(model))
+
+
+def text_kv_weight(attention: nn.Module) -> torch.Tensor:
+    """The layer's text ``[W_k; W_v]`` [2C, context_dim]: fused in difflab's UNet, two Linears in an SDUNet."""
+    if hasattr(attention, "to_kv"):
+        return attention.to_kv.weight
+    return torch.cat([attention.to_k.weight, attention.to_v.weight])
 
 
 class ImageProjection(nn.Module):
@@ -97,28 +126,27 @@ class IPAdapter(ModelMixin):
                                       for _, channels in cfg.layers)
 
     @classmethod
-    def from_unet(cls, unet: UNet, feature_dim: int, num_tokens: int = 4, image_encoder: str = "shapes") -> "IPAdapter":
+    def from_unet(cls, unet: UNet | SDUNet, feature_dim: int, num_tokens: int = 4,
+                  image_encoder: str = "shapes") -> "IPAdapter":
         """An adapter for every cross-attention layer of ``unet``, its ``W'_k, W'_v`` copied from the
         layer's ``W_k, W_v`` (Sec. 3.2); the image projection is freshly initialised."""
-        require(type(unet) is UNet, f"an IP-Adapter is built for difflab's UNet, got a {type(unet).__name__}")
-        blocks = cross_attention_layers(unet)
-        require(len(blocks) > 0, "this UNet has no cross-attention (no context_dim): an IP-Adapter has nothing "
+        require(type(unet) in ADAPTABLE, f"an IP-Adapter is built for difflab's UNet or SDUNet, got a "
+                                         f"{type(unet).__name__}")
+        layers = adapted_layers(unet)
+        require(len(layers) > 0, "this UNet has no cross-attention (no context_dim): an IP-Adapter has nothing "
                                  "to attach to")
-        layers = tuple((name, block.cross.to_out.out_features) for name, block in blocks)
-        adapter = cls(config=IPAdapterConfig(feature_dim, unet.config.context_dim, num_tokens, layers, image_encoder))
+        adapter = cls(config=IPAdapterConfig(feature_dim, unet.config.context_dim, num_tokens, layer_spec(unet),
+                                             image_encoder))
         with torch.no_grad():
-            for kv_ip, (_, block) in zip(adapter.to_kv_ip, blocks):
-                kv_ip.weight.copy_(block.cross.to_kv.weight)
+            for kv_ip, (_, attention) in zip(adapter.to_kv_ip, layers):
+                kv_ip.weight.copy_(text_kv_weight(attention))
         return adapter.to(next(unet.parameters()).device)
 
     def steers(self, model) -> bool:
-        """Whether this adapter was made for ``model``: a UNet with the same cross-attention layers
-        (names, channels) and text-token width."""
-        if type(model) is not UNet:
-            return False
-        blocks = cross_attention_layers(model)
-        return (tuple((n, b.cross.to_out.out_features) for n, b in blocks) == self.config.layers
-                and all(b.cross.to_kv.in_features == self.config.context_dim for _, b in blocks))
+        """Whether this adapter was made for ``model``: a UNet (or SDUNet) with the same cross-attention
+        layers (names, channels) and text-token width."""
+        return (type(model) in ADAPTABLE and layer_spec(model) == self.config.layers
+                and model.config.context_dim == self.config.context_dim)
 
     def image_tokens(self, features: torch.Tensor) -> torch.Tensor:
         """Image features [B, feature_dim] (an image encoder's) -> image tokens [B, num_tokens, context_dim]."""
@@ -139,14 +167,14 @@ class IPAdapter(ModelMixin):
                              f"(IPAdapter.image_tokens), got {shape}")
 
 
-def decoupled_attention(cross: Attention, kv_ip: nn.Linear, x: torch.Tensor, tokens: torch.Tensor):
+def decoupled_attention(cross: nn.Module, kv_ip: nn.Linear, x: torch.Tensor, tokens: torch.Tensor):
     """``W_out Attention(Q, K', V')`` of one layer, without ``W_out``'s bias (the text branch has added it):
-    ``Q = x W_q + b_q`` by the layer's own query projection, ``K', V' = tokens W'_k, tokens W'_v``.
+    ``Q = x W_q (+ b_q)`` by the layer's own query projection, ``K', V' = tokens W'_k, tokens W'_v``.
     ``x`` [B, N, C] (the layer's input), tokens [B, T, D] -> [B, N, C]."""
     B, N, C = x.shape
-    (q,) = cross.split_heads(cross.to_q(x), 1)                                # [B, h, N, d]
-    k, v = cross.split_heads(kv_ip(tokens.to(kv_ip.weight.dtype)), 2)         # [B, h, T, d]
-    h = F.scaled_dot_product_attention(q, k, v)                               # [B, h, N, d]
+    heads = lambda z: z.reshape(B, z.shape[1], cross.heads, C // cross.heads).transpose(1, 2)  # [B, h, L, d]
+    k, v = kv_ip(tokens.to(kv_ip.weight.dtype)).chunk(2, dim=-1)              # [B, T, C] each
+    h = F.scaled_dot_product_attention(heads(cross.to_q(x)), heads(k), heads(v))  # [B, h, N, d]
     return F.linear(h.transpose(1, 2).reshape(B, N, C), cross.to_out.weight)  # [B, N, C]
 
 
@@ -163,7 +191,7 @@ def batch_tokens(tokens: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 @contextmanager
-def attached(unet: UNet, adapter: IPAdapter, tokens: torch.Tensor, scale: float = 1.0):
+def attached(unet: UNet | SDUNet, adapter: IPAdapter, tokens: torch.Tensor, scale: float = 1.0):
     """Within the block, ``unet``'s adapted cross-attention layers output ``Z + scale * W_out Attention(Q, K', V')``
     (eq. 5, lambda = ``scale``) for image ``tokens`` [B or batch, num_tokens, context_dim], ``Z`` being the
     layer's own output. Scale 0, or all-zero tokens, leave the UNet's output exactly as it is without the
@@ -181,11 +209,11 @@ def attached(unet: UNet, adapter: IPAdapter, tokens: torch.Tensor, scale: float 
         x = args[0]                                                           # the layer's input [B, N, C]
         return output + scale * decoupled_attention(cross, kv_ip, x, batch_tokens(tokens, x.shape[0]))
 
-    layers = zip(cross_attention_layers(unet), adapter.to_kv_ip) if scale != 0 else ()
+    layers = zip(adapted_layers(unet), adapter.to_kv_ip) if scale != 0 else ()
     handles = []
     try:
-        for (_, block), kv_ip in layers:
-            handles.append(block.cross.register_forward_hook(partial(hook, kv_ip=kv_ip)))
+        for (_, cross), kv_ip in layers:
+            handles.append(cross.register_forward_hook(partial(hook, kv_ip=kv_ip)))
         yield unet
     finally:
         for handle in handles:

@@ -84,7 +84,8 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
         """The pipeline of a model package folder (default: the bundled shapes model). Its sections,
         sampling defaults and network size are checked before the network is built. ``controlnet``:
         a ControlNet package (or a list of them) to load (:meth:`load_controlnet`); ``ip_adapter``: an
-        IP-Adapter package (:meth:`load_ip_adapter`)."""
+        IP-Adapter package, or an official IP-Adapter file with ``image_encoder/`` beside it
+        (:meth:`load_ip_adapter`)."""
         pipe = cls._from_folder(folder, prediction_type)
         for path in [] if controlnet is None else controlnet if isinstance(controlnet, (list, tuple)) else [controlnet]:
             pipe.load_controlnet(path)
@@ -132,17 +133,20 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
         return save_pipeline(self, folder)
 
     def to(self, device=None, dtype=None) -> "Pipeline":
-        """Move (and cast) the network, the VAE and the text encoder, as diffusers' ``pipe.to``:
-        ``pipe.to("cuda", torch.float16)``. fp16/bf16 are for GPUs; on a CPU they are slower than
-        float32 (AVX2 has no fast half-precision matmul). The text encoder keeps float32 (its states
-        are cast). Returns the pipeline."""
+        """Move (and cast) the network, the VAE, loaded ControlNets and IP-Adapter and the text encoder,
+        as diffusers' ``pipe.to``: ``pipe.to("cuda", torch.float16)``. fp16/bf16 are for GPUs; on a CPU
+        they are slower than float32 (AVX2 has no fast half-precision matmul). The text encoder keeps
+        float32 (its states are cast), as does an IP-Adapter's image encoder. Returns the pipeline."""
         device = validate_device(device) if device is not None else None
         dtype = validate_dtype(dtype) if dtype is not None else None
-        for module in (self.model, self.vae, *(net for _, net, _ in self.controlnets)):
+        adapter, image_encoder = self.ip_adapter[1:3] if self.ip_adapter else (None, None)
+        for module in (self.model, self.vae, *(net for _, net, _ in self.controlnets), adapter):
             if module is not None:
                 module.to(device=device, dtype=dtype)
         if device is not None:
             self.conditioner.encoder.to(device)
+            if image_encoder is not None:
+                image_encoder.to(device)
         if dtype is not None:
             self.dtype = dtype
         return self

@@ -4,16 +4,24 @@
     pipe("", ip_image="reference.png")                          # the image alone as the prompt
     pipe("a small circle in the top left", ip_image=ref, ip_scale=0.8)   # text and image together
 
+    sd = Pipeline.from_pretrained("stable-diffusion-v1-5")      # a diffusers SD 1.x folder
+    sd.load_ip_adapter("IP-Adapter/models/ip-adapter_sd15.safetensors")  # + models/image_encoder/ beside it
+    sd("a dog on the beach", ip_image="style.png", ip_scale=0.6)
+
 The image prompt is encoded by the adapter's image encoder (for difflab's own models, one of the
-shapes encoders of :mod:`difflab.models.image_encoders`) into ``num_tokens`` context tokens that every adapted cross-attention layer attends to
-beside the text (decoupled cross-attention). Under classifier-free guidance the unconditional half
-gets the tokens of a zero image feature, as the adapter was trained to read a dropped image. The
-recipe records the adapter's weights, the scale and the image's hash; a replay needs the image again.
+shapes encoders of :mod:`difflab.models.image_encoders`; for the official Stable Diffusion files, a
+CLIP vision model from a local folder) into ``num_tokens`` context tokens that every adapted
+cross-attention layer attends to beside the text (decoupled cross-attention). Under classifier-free
+guidance the unconditional half gets the tokens of a zero image feature, as the adapter was trained
+to read a dropped image (and as diffusers does). The recipe records the adapter's weights, the scale
+and the image's hash; a replay needs the image again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+from pathlib import Path
 
 import torch
 
@@ -24,24 +32,61 @@ class ImagePromptMethods:
     """Mixed into :class:`~difflab.Pipeline`; it keeps its adapter in ``self.ip_adapter``
     (``(name, IPAdapter, image encoder, weights hash)`` or None)."""
 
-    def load_ip_adapter(self, folder) -> "ImagePromptMethods":
-        """Load an IP-Adapter package trained for this pipeline's network (``difflab train --ip-adapter``)."""
-        from difflab.models.image_encoders import image_encoder
+    def load_ip_adapter(self, folder, image_encoder=None) -> "ImagePromptMethods":
+        """Load an IP-Adapter package trained for this pipeline's network (``difflab train --ip-adapter``),
+        or an official IP-Adapter file (Ye et al. 2023) on a Stable Diffusion pipeline: h94/IP-Adapter's
+        ``models/ip-adapter_sd15.safetensors`` (:mod:`difflab.convert.ip_adapter_files`) with its CLIP image
+        encoder, a local transformers folder: ``image_encoder=FOLDER``, by default the ``image_encoder/``
+        beside the file (h94's layout: ``models/ip-adapter_sd15.safetensors`` + ``models/image_encoder/``)."""
+        from difflab.models.image_encoders import image_encoder as named_encoder
         from difflab.models.ip_adapter import IPAdapter
         from difflab.models.package import load_package
         from difflab.pipelines.recipes import weights_hash
         from difflab.settings import package_folder
 
+        if isinstance(folder, (str, os.PathLike)) and Path(folder).expanduser().is_file():
+            return self._load_ip_adapter_file(Path(folder).expanduser(), image_encoder)
+        if image_encoder is not None:
+            raise ValueError("image_encoder= is for official IP-Adapter files (.safetensors); a difflab IP-Adapter "
+                             "package names its own encoder")
         folder = package_folder(folder)
         adapter = load_package(folder).model
         if not isinstance(adapter, IPAdapter):
             raise ValueError(f"{folder} holds a {type(adapter).__name__}, not an IP-Adapter (a package made by "
                              "difflab train --ip-adapter)")
-        if not adapter.steers(self.model):
+        if not adapter.steers(self._ip_network()):
             raise ValueError(f"the IP-Adapter in {folder} was trained for another network than this pipeline's")
-        encoder = image_encoder(adapter.config.image_encoder)
-        self.ip_adapter = (folder.name, adapter.to(self.device), encoder.to(self.device), weights_hash(folder))
+        encoder = named_encoder(adapter.config.image_encoder)
+        self.ip_adapter = (folder.name, adapter.to(self.device, self.dtype), encoder.to(self.device),
+                           weights_hash(folder))
         return self
+
+    def _load_ip_adapter_file(self, path: Path, image_encoder) -> "ImagePromptMethods":
+        """An official IP-Adapter file and its CLIP image encoder's folder; the file is checked first."""
+        from difflab.convert.ip_adapter_files import load_ip_adapter_file
+        from difflab.convert.keymap import weights_hash
+        from difflab.models.image_encoders import CLIPVisionEncoder
+        from difflab.models.sd_unet import SDUNet
+
+        unet = self._ip_network()
+        if type(unet) is not SDUNet:
+            raise ValueError(f"{path} is an IP-Adapter file for Stable Diffusion; this pipeline's network is a "
+                             f"{type(unet).__name__}")
+        adapter = load_ip_adapter_file(path, unet)
+        encoder_folder = path.parent / "image_encoder" if image_encoder is None else Path(image_encoder).expanduser()
+        encoder = CLIPVisionEncoder(encoder_folder)
+        if encoder.feature_dim != adapter.config.feature_dim:
+            raise ValueError(f"the image encoder in {encoder_folder} gives {encoder.feature_dim}-wide embeddings; "
+                             f"{path.name} reads {adapter.config.feature_dim} (pass the encoder it was trained with)")
+        weights = f"{weights_hash(path)}+{weights_hash(encoder_folder)}"        # the adapter and its encoder
+        self.ip_adapter = (path.stem, adapter.to(self.device, self.dtype), encoder.to(self.device), weights)
+        return self
+
+    def _ip_network(self):
+        """The UNet an IP-Adapter attaches to: a Stable Diffusion pipeline's SDUNet sits inside the
+        adapter of its keywords (:class:`~difflab.convert.diffusers_folder.SDKeywords`)."""
+        from difflab.convert.diffusers_folder import SDKeywords
+        return self.model.unet if isinstance(self.model, SDKeywords) else self.model
 
     def unload_ip_adapter(self) -> "ImagePromptMethods":
         self.ip_adapter = None
@@ -75,7 +120,7 @@ class ImagePromptMethods:
         if tokens is None:
             return contextlib.nullcontext()
         from difflab.models.ip_adapter import attached
-        return attached(self.model, self.ip_adapter[1], tokens, float(ip_scale))
+        return attached(self._ip_network(), self.ip_adapter[1], tokens, float(ip_scale))
 
     def _ip_recipe(self, tokens, ip_image, ip_scale, index: int) -> dict:
         if tokens is None:
