@@ -208,7 +208,8 @@ def generate(
     control_scale: list[float] = typer.Option(None, help="one scale for all ControlNets, or one each [default: 1]"),
     control_start: float = typer.Option(0.0, help="ControlNets act from this fraction of the way to clean (0..1)"),
     control_end: float = typer.Option(1.0, help="... up to this fraction (0..1)"),
-    ip_adapter: str = typer.Option(None, help="an IP-Adapter package (difflab train --ip-adapter), a bundled one, or an official .safetensors file; with --ip-image"),
+    ip_adapter: str = typer.Option(None, help="an IP-Adapter package (difflab train --ip-adapter), a bundled "
+                                              "one, or an official .safetensors file; with --ip-image"),
     ip_image: str = typer.Option(None, help="the image prompt (the text may then be empty: \"\")"),
     ip_scale: float = typer.Option(1.0, help="the image prompt's weight (0..5)"),
 ):
