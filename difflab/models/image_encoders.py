@@ -109,7 +109,8 @@ class CLIPVisionEncoder(nn.Module):
         return self.model(pixel_values=pixels.to(parameter.device, parameter.dtype)).image_embeds.float()
 
 
-IMAGE_ENCODERS = {"shapes": ShapesImageEncoder, "shapes-objects": ShapesObjectsEncoder}   # name (an IPAdapterConfig's image_encoder) -> class
+# name (an IPAdapterConfig's image_encoder) -> class
+IMAGE_ENCODERS = {"shapes": ShapesImageEncoder, "shapes-objects": ShapesObjectsEncoder}
 
 
 def image_encoder(name: str) -> nn.Module:

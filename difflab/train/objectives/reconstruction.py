@@ -65,7 +65,8 @@ class FeatureDistance(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Per-sample distance [B] between image batches ``a`` and ``b``."""
-        return sum((fa - fb).square().sum(1).mean(dim=(1, 2)) for fa, fb in zip(self.activations(a), self.activations(b)))
+        stages = zip(self.activations(a), self.activations(b))
+        return sum((fa - fb).square().sum(1).mean(dim=(1, 2)) for fa, fb in stages)
 
 
 def objects_distance() -> FeatureDistance:
