@@ -19,6 +19,7 @@ the VAE package, the winner's package (its weights split into halves: reassemble
     python benchmarks/latent_designs.py --out /tmp/designs --scale tiny                   # CPU check, ~3 min
     python benchmarks/latent_designs.py --out $OUT --deadline-minutes 8.5                 # the GPU run
     python benchmarks/latent_designs.py --join $OUT --into runs/v2-model                  # back here
+    python benchmarks/latent_designs.py --out $OUT --vae .carry/vae                      # a VAE trained beforehand
 
 On the lent machine nothing can be installed and MiniLM's 91 MB exceed what a run may carry:
 ``--make-carry .carry`` writes (here) ``.carry/minilm`` (MiniLM's files with only the 68 embedding rows that shapes
@@ -237,21 +238,6 @@ def continue_training(args, data, common, scale, log, summary, save_summary, sta
     """``--continue-from``: fine-tune the VAE's decoder, then train the package's denoiser on (same latents)."""
     from difflab.train import TrainConfig, train
     source = cast_package(args.continue_from, args.work / "source", "float")
-    if args.vae:
-        vae = args.vae.resolve()
-        summary["vae"] = {"package": str(vae), "trained": "before this run"}
-        log(f"VAE: {vae} (given)")
-    else:
-        vae = train_vae(args, data, common, scale, out, work, log, summary)
-    save_summary()
-    run_designs(args, data, common, scale, vae, out, work, log, summary, save_summary, started)
-    return 0 if summary["designs"] else 1
-
-
-def train_vae(args, data, common, scale, out, work, log, summary) -> Path:
-    """Train the VAE for ``--vae-minutes``; its package goes back in ``out``."""
-    from difflab.train import TrainConfig, train
-
     vae_config = TrainConfig(task="vae", decoder_only=True, init_from=str(source / "vae"), batch_size=scale["vae_batch"],
                              lr=2e-4, lr_warmup=50, lr_schedule="constant", ema_decay=0.999, max_steps=10_000_000,
                              max_minutes=args.vae_minutes, checkpoint_every=1000, keep_checkpoints=1, log_every=50,
@@ -304,8 +290,8 @@ def main(argv=None) -> int:
     parser.add_argument("--continue-from", type=Path, help="a --carry-package folder: fine-tune its VAE's decoder, "
                                                             "then train its denoiser on")
     parser.add_argument("--batch", type=int, default=1024, help="--continue-from: the denoiser's batch")
-    parser.add_argument("--vae", type=Path, help="a trained VAE package (e.g. difflab's shapes-vae, trained on a CPU): "
-                                                 "used as it is, so the device's minutes all go to the denoisers")
+    parser.add_argument("--vae", type=Path, help="a trained VAE package (e.g. one trained on a CPU): used as it "
+                                                 "is, so the device's minutes all go to the denoisers")
     args = parser.parse_args(argv)
     if args.make_carry:
         make_carry(args.make_carry, half=args.half)
