@@ -150,3 +150,25 @@ def test_the_bundled_video_model_loads_by_name_and_makes_a_clip():
     result = pipe("a red circle moving right", seed=0, steps=2)
     assert result.videos[0].shape == (8, 32, 32, 3) and pipe.codec.frames == 8
     assert (difflab.settings.BUNDLED_MODELS["shapes-video"] / "MODEL_CARD.md").is_file()
+
+
+def test_train_only_temporal_keeps_every_image_weight(tmp_path):
+    config_file = tmp_path / "video.toml"
+    config_file.write_text(TINY_VIDEO)
+    base = Trainer(build_config(None, str(config_file), {"max_steps": 2, "checkpoint_every": 0}), tmp_path / "base",
+                   log=lambda *a: None).fit()                              # a package whose output layer is not zero
+    config = build_config(None, str(config_file), {"max_steps": 3, "checkpoint_every": 0, "train_only": "temporal",
+                                                   "init_from": str(base)})
+    trainer = Trainer(config, tmp_path / "run", log=lambda *a: None)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    for _ in range(3):
+        trainer.train_step()
+    after = trainer.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("temporal.") for k in changed)
+    with pytest.raises(ValueError, match="names no weight"):
+        Trainer(config.replace(train_only="motion"), tmp_path / "run2", log=lambda *a: None)
+    with pytest.raises(ValueError, match="train_only"):
+        config.replace(lora_rank=4)
+    with pytest.raises(ValueError, match="used with init_from"):
+        config.replace(init_from=None)

@@ -84,6 +84,7 @@ class TrainConfig:
     lora_alpha: float = 0.0               # the LoRA's alpha (its update is scaled by alpha / rank); 0: the rank
     lora_layers: str = "all"              # what the LoRA adapts: all (attention and convolutions) | attention | cross
     controlnet: str = ""                  # with init_from: train a ControlNet on each image's layout map or edges, the model frozen
+    train_only: str = ""                  # train only the weights whose names start with this (e.g. temporal: a video UNet's motion blocks); "": all
     ip_adapter: bool = False              # with init_from: train an IP-Adapter on reference renders of each shapes item, the model frozen
     side_from: str | None = None          # with controlnet / ip_adapter: a package of that network (difflab's export) to go on training, instead of a fresh one
     distill: str = ""                     # set by difflab distill: lcm | cd | reflow ("": plain training)
@@ -113,6 +114,12 @@ class TrainConfig:
         _check(isinstance(self.perceptual_weight, (int, float)) and math.isfinite(self.perceptual_weight)
                and self.perceptual_weight >= 0 and (self.perceptual_weight == 0 or self.task == "vae"),
                "perceptual_weight", self.perceptual_weight, "a non-negative number (non-zero only with task=vae)")
+        _check(isinstance(self.train_only, str) and (not self.train_only or self.task == "denoise" and not (
+               self.lora_rank or self.controlnet or self.ip_adapter or self.distill)), "train_only", self.train_only,
+               "a parameter-name prefix of a plain denoiser run (LoRA, ControlNet, IP-Adapter and distillation "
+               "choose their own weights)")
+        _check(not self.train_only or self.init_from, "train_only", self.train_only,
+               "used with init_from (frozen fresh weights learn nothing: a new network's output layer is zero)")
         _check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {tuple(DATASETS)}")
         _check(self.dataset != "folder" or self.data_dir, "data_dir", self.data_dir, "a folder for dataset=folder")
         _check(_int(self.resolution, 8) and self.resolution % 4 == 0, "resolution", self.resolution,

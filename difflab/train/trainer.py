@@ -164,6 +164,14 @@ class Trainer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        if config.train_only:  # e.g. AnimateDiff's recipe: the image layers frozen, the motion blocks trained
+            chosen = [p for name, p in model.named_parameters() if name.startswith(config.train_only)]
+            if not chosen:
+                raise ValueError(f"train_only={config.train_only!r} names no weight of this {type(model).__name__}; "
+                                 f"its top-level parts: {sorted({n.split('.')[0] for n, _ in model.named_parameters()})}")
+            model.requires_grad_(False)
+            for p in chosen:
+                p.requires_grad_(True)
         if config.decoder_only:  # the encoder (and so every latent) stays as init_from made it
             for part in (model.encoder, model.quant_conv):
                 if part is not None:
