@@ -278,6 +278,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/latent-designs"))
     parser.add_argument("--scale", choices=SCALES, default="full")
     parser.add_argument("--vae-minutes", type=float, default=1.5)
+    parser.add_argument("--vae-perceptual", type=float, default=1.0,
+                        help="the VAE's perceptual_weight (it helped at equal budget on the CPU; BENCHMARKS.md)")
     parser.add_argument("--design-minutes", type=float, default=0.8)
     parser.add_argument("--deadline-minutes", type=float, default=9.0, help="end of the winner's training")
     parser.add_argument("--designs", default=",".join(DESIGNS))
@@ -347,7 +349,7 @@ def train_vae(args, data, common, scale, out, work, log, summary) -> Path:
 
     vae_config = TrainConfig(task="vae", batch_size=scale["vae_batch"], lr=4e-4, lr_warmup=200, lr_schedule="constant",
                              ema_decay=0.999, max_steps=10_000_000, max_minutes=args.vae_minutes, checkpoint_every=1000,
-                             keep_checkpoints=1, log_every=50, **common,
+                             keep_checkpoints=1, log_every=50, perceptual_weight=args.vae_perceptual, **common,
                              **({"model": dict(class_name="AutoencoderKL", channels=(16, 32, 32), norm_groups=8)}
                                 if args.scale == "tiny" else {}))
     vae = train(vae_config, work / "vae", log=log, dataset=data)
