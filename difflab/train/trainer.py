@@ -34,7 +34,7 @@ from difflab.train.latents import (LatentCache, check_vae_fits, latent_statistic
                                    save_with_vae, with_normalisation)
 from difflab.train.lineage import init_folder, training_record, warm_start
 from difflab.train.objectives import OBJECTIVES, Batch
-from difflab.train.optim import ema_decay_at, ema_update, lr_at
+from difflab.train.optim import ema_decay_at, ema_update, lr_at, trained_weights
 from difflab.train.previews import write_sample_grid
 
 
@@ -164,20 +164,7 @@ class Trainer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-        if config.train_only:  # e.g. AnimateDiff's recipe: the image layers frozen, the motion blocks trained
-            chosen = [p for name, p in model.named_parameters() if name.startswith(config.train_only)]
-            if not chosen:
-                raise ValueError(f"train_only={config.train_only!r} names no weight of this {type(model).__name__}; "
-                                 f"its top-level parts: {sorted({n.split('.')[0] for n, _ in model.named_parameters()})}")
-            model.requires_grad_(False)
-            for p in chosen:
-                p.requires_grad_(True)
-        if config.decoder_only:  # the encoder (and so every latent) stays as init_from made it
-            for part in (model.encoder, model.quant_conv):
-                if part is not None:
-                    part.requires_grad_(False)
-        trained = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay,
+        optimizer = torch.optim.AdamW(trained_weights(model, config), lr=config.lr, weight_decay=config.weight_decay,
                                       foreach=True)  # the per-parameter loop is slow on CPU
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.ema = {k: v.to(self.accelerator.device) for k, v in self.ema.items()}  # beside the weights
