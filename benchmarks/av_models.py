@@ -114,6 +114,9 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=48, help="prompts per set")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the package's)")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the package's)")
+    parser.add_argument("--sampler", default=None, help="sampler (default: the package's)")
+    parser.add_argument("--sets", default=None, help="judge only these prompt sets, comma-separated (held-out,test)")
     parser.add_argument("--only", default=None, help="judge only test-split prompts containing this text")
     parser.add_argument("--gallery", default=None, help="also write the README's gallery (GIF or PNG, and files) here")
     args = parser.parse_args(argv)
@@ -125,13 +128,15 @@ def main(argv=None) -> None:
     if args.n < 1:
         return
     prompts_of = prompt_sets(args.kind, args.n, args.only)
+    if args.sets:
+        prompts_of = {name: p for name, p in prompts_of.items() if name in args.sets.split(",")}
     for name, prompts in prompts_of.items():
         verdicts, ceiling = [], []
         for start in range(0, len(prompts), args.batch):
             chunk = prompts[start:start + args.batch]
             seeds = list(range(start, start + len(chunk)))
             began = time.perf_counter()
-            result = pipe(chunk, seed=seeds, steps=args.steps)
+            result = pipe(chunk, seed=seeds, steps=args.steps, guidance_scale=args.guidance, sampler=args.sampler)
             elapsed, made = elapsed + time.perf_counter() - began, made + len(chunk)
             outputs = result.videos if args.kind == "video" else result.audio
             verdicts += [judge(args.kind, o, p) for o, p in zip(outputs, chunk)]
@@ -141,7 +146,9 @@ def main(argv=None) -> None:
     only_flag = f" --only {args.only!r}" if args.only else ""
     checks = sorted({c for r in rows.values() for c in r} - {"overall"}) + ["overall"]
     print(f"`python benchmarks/av_models.py {args.kind} --model {args.model} --n {args.n}"
-          f"{f' --steps {args.steps}' if args.steps else ''}{only_flag}` — {platform.processor() or platform.machine()}, "
+          f"{f' --steps {args.steps}' if args.steps else ''}{only_flag}"
+          f"{f' --guidance {args.guidance:g}' if args.guidance is not None else ''}"
+          f"{f' --sampler {args.sampler}' if args.sampler else ''}{f' --sets {args.sets}' if args.sets else ''}` — {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}; {made / elapsed:.2f} clips/s\n")
     print("| prompts | " + " | ".join(checks) + " |")
     print("|---|" + "---|" * len(checks))

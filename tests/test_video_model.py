@@ -47,9 +47,10 @@ def randomised(model):
     return model
 
 
-def test_a_new_video_unet_is_its_image_unet_on_every_frame():
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_a_new_video_unet_is_its_image_unet_on_every_frame(conditioned):
     image = randomised(create_model("UNet", **SPATIAL)).eval()
-    video = create_model("VideoUNet", **SPATIAL).eval()
+    video = create_model("VideoUNet", **SPATIAL, temporal_conditioning=conditioned).eval()
     missing = video.load_state_dict(image.state_dict(), strict=False).missing_keys
     assert missing and all(video.identity_at_init(k) for k in missing)
     x, t = torch.randn(2, 3, 5, 16, 16), torch.tensor([3.0, 700.0])
@@ -71,6 +72,23 @@ def test_trained_temporal_layers_carry_one_frame_into_the_others():
     assert (a[:, :, 3:] - b[:, :, 3:]).abs().max() > 1e-4                # later frames see it
     with pytest.raises(ValueError, match=r"\[B, 3, T, H, W\]"):
         video(x[:, :, 0], t)
+
+
+def test_conditioned_temporal_blocks_see_the_prompt_and_the_frame_index():
+    from difflab.models.video_unet import TemporalBlock
+    plain, seeing = randomised(TemporalBlock(32, 16, 8, True)), TemporalBlock(32, 16, 8, True, emb_dim=24)
+    assert seeing.load_state_dict(plain.state_dict(), strict=False).missing_keys == [
+        "motion.0.weight", "motion.0.bias", "motion.2.weight", "motion.2.bias"]
+    h = torch.randn(1, 32, 4, 4).repeat(6, 1, 1, 1)                      # one clip of 6 identical frames
+    emb_a, emb_b = torch.randn(1, 24).repeat(6, 1), torch.randn(1, 24).repeat(6, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(seeing(h, 6, emb_a), plain(h, 6))     # motion output at zero: the plain block
+        torch.nn.init.normal_(seeing.motion[2].weight, std=0.5)
+        a, b = seeing(h, 6, emb_a), seeing(h, 6, emb_b)
+    assert (a - b).abs().max() > 1e-3                                     # the prompt's embedding steers the motion
+    assert ((a - b)[2] - (a - b)[3]).abs().max() > 1e-3                   # and its effect differs from frame to frame
+    with pytest.raises(ValueError, match="conditioning embedding"):
+        seeing(h, 6)
 
 
 def test_video_training_learns_and_the_package_generates_clips_with_recipes(tmp_path):
@@ -168,6 +186,19 @@ def test_train_only_temporal_keeps_every_image_weight(tmp_path):
     assert changed and all(k.startswith("temporal.") for k in changed)
     with pytest.raises(ValueError, match="names no weight"):
         Trainer(config.replace(train_only="motion"), tmp_path / "run2", log=lambda *a: None)
+
+    # grown with conditioned temporal blocks from the plain video package: the new layers train too
+    grown = build_config(None, str(config_file), {"max_steps": 3, "checkpoint_every": 0, "train_only": "temporal",
+                                                  "init_from": str(base)})
+    grown = grown.replace(model={**grown.model, "temporal_conditioning": True})
+    trainer = Trainer(grown, tmp_path / "grown", log=lambda *a: None)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    package = trainer.fit()
+    after = trainer.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(".motion." in k for k in changed) and all(k.startswith("temporal.") for k in changed)
+    pipe = difflab.Pipeline.from_pretrained(package)                      # strict load of the grown network
+    assert pipe.model.config.temporal_conditioning and pipe("a red circle moving left", steps=2).videos[0].shape[0] == 8
     with pytest.raises(ValueError, match="train_only"):
         config.replace(lora_rank=4)
     with pytest.raises(ValueError, match="used with init_from"):

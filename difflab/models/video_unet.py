@@ -33,6 +33,7 @@ class VideoUNetConfig(UNetConfig):
 
     temporal_attention_levels: tuple[int, ...] | None = None   # levels with temporal attention (None: all)
     temporal_head_dim: int = 32
+    temporal_conditioning: bool = False   # temporal blocks also see the clip's time + text embedding
 
     def __post_init__(self):
         super().__post_init__()
@@ -41,15 +42,30 @@ class VideoUNetConfig(UNetConfig):
                 and all(is_int(i, 0) and i < len(self.channels) for i in levels),
                 f"temporal_attention_levels must be None or level indices in 0..{len(self.channels) - 1}, got {levels!r}")
         require(is_int(self.temporal_head_dim), f"temporal_head_dim must be a positive integer, got {self.temporal_head_dim!r}")
+        require(isinstance(self.temporal_conditioning, bool),
+                f"temporal_conditioning must be true or false, got {self.temporal_conditioning!r}")
 
 
 class TemporalBlock(nn.Module):
-    """Residual mixing along time for frames ``[B*T, C, H, W]``: ``h += conv_t(SiLU(GN(h)))``, then
-    ``h += attn_t(GN(h) + PE(frame))`` over the T frames of each pixel. Both output layers start at
-    zero: at initialisation the block is the identity."""
+    """Residual mixing along time for frames ``[B*T, C, H, W]``: ``h += conv_t(SiLU(GN(h) + m))``, then
+    ``h += attn_t(GN(h) + PE(frame) + m)`` over the T frames of each pixel. Both output layers start at
+    zero: at initialisation the block is the identity.
 
-    def __init__(self, channels: int, head_dim: int, groups: int, attention: bool):
+    ``m`` is zero unless the block is built with ``emb_dim``: then ``m = MLP([emb, PE(frame)])``, a
+    per-frame, per-clip vector from the clip's time + pooled-text embedding and the frame index (its
+    last layer starts at zero). Without it the temporal layers never see the prompt: motion can only
+    follow the text through the spatial layers' features, and a model learns the axis of "moving left"
+    but not its sign (measured: BENCHMARKS.md, "Temporal layers that see the prompt"). Temporal layers
+    that take the conditioning embedding are those of Stable Video Diffusion's temporal ResBlocks
+    (Blattmann et al. 2023, "Align your Latents", Sec. 3.1); the frame-index input is ours."""
+
+    def __init__(self, channels: int, head_dim: int, groups: int, attention: bool, emb_dim: int | None = None):
         super().__init__()
+        self.motion = None
+        if emb_dim is not None:
+            self.motion = nn.Sequential(nn.Linear(emb_dim + channels, channels), nn.SiLU(), nn.Linear(channels, channels))
+            nn.init.zeros_(self.motion[2].weight)
+            nn.init.zeros_(self.motion[2].bias)
         self.norm_conv = nn.GroupNorm(groups_for(channels, groups), channels)
         self.conv = nn.Conv2d(channels, channels, (3, 1), padding=(1, 0))          # over [B, C, T, H*W]
         nn.init.zeros_(self.conv.weight)
@@ -61,16 +77,24 @@ class TemporalBlock(nn.Module):
             nn.init.zeros_(self.attn.to_out.weight)
             nn.init.zeros_(self.attn.to_out.bias)
 
-    def forward(self, h: torch.Tensor, frames: int) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, frames: int, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """h [B*T, C, H, W]; ``emb`` [B*T, E], the per-frame copies of each clip's conditioning embedding."""
         BT, C, H, W = h.shape
-        video = h.view(BT // frames, frames, C, H, W).transpose(1, 2)                # [B, C, T, H, W]
-        mixed = self.conv(torch.nn.functional.silu(self.norm_conv(video)).reshape(BT // frames, C, frames, H * W))
-        video = video + mixed.view(BT // frames, C, frames, H, W)
+        B = BT // frames
+        video = h.view(B, frames, C, H, W).transpose(1, 2)                           # [B, C, T, H, W]
+        position = timestep_embedding(torch.arange(frames, device=h.device, dtype=torch.float32), C).to(h.dtype)
+        m = 0.0
+        if self.motion is not None:
+            if emb is None:
+                raise ValueError("this temporal block is conditioned: pass the conditioning embedding")
+            m = self.motion(torch.cat([emb, position.repeat(B, 1)], 1)).view(B, frames, C)   # [B, T, C]
+            m = m.transpose(1, 2)[..., None, None]                                   # [B, C, T, 1, 1]
+        normed = self.norm_conv(video) + m
+        mixed = self.conv(torch.nn.functional.silu(normed).reshape(B, C, frames, H * W))
+        video = video + mixed.view(B, C, frames, H, W)
         if self.attn is not None:
-            tokens = self.norm_attn(video).permute(0, 3, 4, 2, 1).reshape(-1, frames, C)  # [B*H*W, T, C]
-            position = timestep_embedding(torch.arange(frames, device=h.device, dtype=torch.float32), C)
-            tokens = self.attn(tokens + position.to(tokens.dtype))                    # [B*H*W, T, C]
-            B = BT // frames
+            tokens = (self.norm_attn(video) + m).permute(0, 3, 4, 2, 1).reshape(-1, frames, C)  # [B*H*W, T, C]
+            tokens = self.attn(tokens + position)                                     # [B*H*W, T, C]
             video = video + tokens.view(B, H, W, frames, C).permute(0, 4, 3, 1, 2)
         return video.transpose(1, 2).reshape(BT, C, H, W).contiguous(memory_format=torch.channels_last)
 
@@ -89,12 +113,13 @@ class VideoUNet(UNet):
         depth = len(cfg.channels) - 1
         block_levels = ([i for i in range(len(cfg.channels)) for _ in range(cfg.layers_per_block)] + [depth, depth]
                         + [i for i in reversed(range(len(cfg.channels))) for _ in range(cfg.layers_per_block + 1)])
+        emb_dim = self.scale_shift.in_features if cfg.temporal_conditioning else None
         self.temporal = nn.ModuleList(
-            TemporalBlock(block.out_channels, cfg.temporal_head_dim, cfg.norm_groups, level in levels)
+            TemporalBlock(block.out_channels, cfg.temporal_head_dim, cfg.norm_groups, level in levels, emb_dim)
             for block, level in zip(self.res_blocks, block_levels))
         for i, block in enumerate(self.res_blocks):
             block.temporal_index = i          # a plain attribute: it survives copy.deepcopy (an EMA copy)
-        self._frames = None
+        self._frames = self._emb = None
         self.to(memory_format=torch.channels_last)
 
     def identity_at_init(self, name: str) -> bool:
@@ -104,7 +129,12 @@ class VideoUNet(UNet):
 
     def _block(self, res, attn, h, scale_shift, context, context_mask):
         h = super()._block(res, attn, h, scale_shift, context, context_mask)
-        return self.temporal[res.temporal_index](h, self._frames)
+        return self.temporal[res.temporal_index](h, self._frames, self._emb)
+
+    def condition(self, *args, **kwargs):
+        emb = super().condition(*args, **kwargs)            # [B*T, E]: each frame carries its clip's
+        self._emb = emb if self.config.temporal_conditioning else None
+        return emb
 
     def forward(self, x, t, context=None, context_mask=None, class_labels=None, pooled=None, deep_cache=None):
         """x [B, C_in, T, H, W], t [B] or scalar -> [B, C_out, T, H, W]; the conditioning is per clip."""
@@ -129,5 +159,5 @@ class VideoUNet(UNet):
             out = super().forward(frames, t, per_frame(context), per_frame(context_mask), per_frame(class_labels),
                                   per_frame(pooled))
         finally:
-            self._frames = None
+            self._frames = self._emb = None
         return out.view(B, T, cfg.out_channels, H, W).transpose(1, 2).contiguous()
