@@ -48,8 +48,9 @@ def prompt_sets(kind: str, n: int, only: str | None = None) -> dict[str, list[st
 
 def judge(kind: str, output, prompt: str) -> dict:
     if kind == "video":
-        from difflab.metrics.motion import judge_clip
-        return judge_clip(output, prompt)
+        from difflab.metrics.motion import axis_right, judge_clip
+        verdict = judge_clip(output, prompt)
+        return {**verdict, "checks": {**verdict["checks"], "axis": axis_right(verdict, prompt)}}
     from difflab.metrics.pitch import judge_sound
     verdict = judge_sound(output, prompt)          # its "checks" are measurements; its requirements name a kind
     kinds = {}

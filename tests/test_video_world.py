@@ -10,7 +10,7 @@ from difflab.data import moving_shapes as world
 from difflab.data.moving_shapes_grammar import MotionPrompt, format_motion, parse_motion
 from difflab.data.shapes import EXTENT
 from difflab.data.shapes_grammar import ObjectSpec
-from difflab.metrics.motion import judge, judge_clip, judge_clips, observe
+from difflab.metrics.motion import axis_right, judge, judge_clip, judge_clips, observe
 
 KIND_PROMPTS = ["a red circle moving right", "an orange square moving left slowly", "a blue cross moving up quickly",
                 "a purple triangle falling", "a green triangle bouncing", "a yellow square bouncing quickly",
@@ -158,6 +158,13 @@ def test_judge_rejects_reversed_frozen_and_identity_changing_clips():
     video = world.render(prompt, seed=0)
     assert not judge_clip(video[::-1], prompt)["checks"]["direction"]
     assert not judge_clip(np.repeat(video[:1], 8, axis=0), prompt)["checks"]["direction"]
+    reversed_verdict = judge_clip(video[::-1], prompt)                   # the axis diagnostic ignores the sign only
+    assert axis_right(reversed_verdict, prompt) and axis_right(judge_clip(video, prompt), prompt)
+    assert not axis_right(judge_clip(np.repeat(video[:1], 8, axis=0), prompt), prompt)
+    sideways = world.render("a purple cross moving left", seed=0)
+    assert not axis_right(judge_clip(sideways, prompt), prompt)
+    assert axis_right(judge_clip(world.render(passing := "a red circle and a blue square passing each other", 0),
+                                 passing), passing) is None
     blue = world.render("a blue cross moving down", seed=0)  # the same geometry, another colour
     swapped = judge_clip(np.concatenate([video[:4], blue[4:]]), prompt)
     assert not swapped["ok"] and not swapped["checks"]["identity"] and swapped["checks"]["direction"]

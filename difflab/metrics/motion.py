@@ -161,7 +161,8 @@ def _direction(p: MotionPrompt, tracks: list[Track]) -> dict:
         d = xy[-1] - xy[0]
         along, across = d @ u, abs(d @ u[::-1])
         ok = along >= MIN_TRAVEL and across <= MAX_ACROSS * along and not turns(xy @ u)
-        return _requirement(name, ok, _moved(d) + (", turning back" if turns(xy @ u) else ""))
+        return {**_requirement(name, ok, _moved(d) + (", turning back" if turns(xy @ u) else "")),
+                "net": (float(d[0]), float(d[1]))}       # for diagnostics: e.g. the axis right, the sign wrong
     if p.kind == "bounce":
         xy = tracks[0].xy
         height, width = np.ptp(xy[:, 1]), np.abs(np.diff(xy[:, 0])).sum()
@@ -299,3 +300,19 @@ def judge_clips(clips, prompts) -> dict:
         rates[name] = float(np.mean(values)) if values else None
     return {"n": len(verdicts), "ok": float(np.mean([v["ok"] for v in verdicts])), "checks": rates,
             "verdicts": verdicts}
+
+
+def axis_right(verdict: dict, prompt: str) -> bool | None:
+    """A diagnostic beside the direction check: for a single object ``moving``, did it travel along the
+    asked axis whichever way (horizontal for left/right, vertical for up/down; the same travel and
+    straightness thresholds, sign ignored)? None for other prompts or unmeasurable clips.
+
+    A model whose direction fails while its axis holds has learnt "horizontal" from "moving left" but
+    not the sign: the text reaches its layout but not the order of its frames."""
+    p = parse_motion(prompt)
+    net = next((r["net"] for r in verdict["requirements"] if "net" in r), None)
+    if p.kind != "move" or net is None:
+        return None
+    u = np.array(DIRECTION_VECTORS[p.direction])
+    along, across = abs(np.asarray(net) @ u), abs(np.asarray(net) @ u[::-1])
+    return bool(along >= MIN_TRAVEL and across <= MAX_ACROSS * along)
