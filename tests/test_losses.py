@@ -67,3 +67,22 @@ def test_weighted_loss_is_the_same_x0_loss_in_every_parameterisation(weighting):
         torch.testing.assert_close(loss, losses[0], rtol=1e-4, atol=1e-6)
     exact = FixedGuess(schedule, "v_prediction", x0)
     assert diffusion_loss(exact, x0, {}, t, noise, schedule, "v_prediction", weighting).item() < 1e-10
+
+
+def test_logit_normal_timesteps_follow_sd3_with_their_mean():
+    """u = sigmoid(m + n): the drawn fraction t / T has median sigmoid(m) and its logit is N(m, 1)."""
+    from difflab.train import build_config
+    from difflab.train.objectives.denoising import draw_per_sample
+    schedule = NoiseSchedule.cosine()
+    for m in (0.0, 1.0):
+        t, _, _ = draw_per_sample(0, list(range(4000)), (1,), schedule, "logit_normal", m)
+        u = (t + 0.5) / schedule.num_train_timesteps
+        logit = torch.log(u / (1 - u))
+        assert abs(t.median().item() / 1000 - torch.sigmoid(torch.tensor(m)).item()) < 0.02
+        assert abs(logit.mean().item() - m) < 0.06 and abs(logit.std().item() - 1) < 0.06
+    uniform, _, _ = draw_per_sample(0, list(range(4000)), (1,), schedule, "uniform")
+    assert abs(uniform.mean().item() - 499.5) < 15
+    with pytest.raises(ValueError, match="logit_mean"):
+        build_config("tiny", None, {"logit_mean": 1.0})                   # only with logit_normal
+    with pytest.raises(ValueError, match="logit_mean"):
+        build_config("tiny", None, {"timestep_sampling": "logit_normal", "logit_mean": 9.0})

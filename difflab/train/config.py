@@ -58,6 +58,7 @@ class TrainConfig:
     loss_weighting: str = "min_snr"       # how timesteps are weighted in the loss
     snr_gamma: float = 5.0                # min-SNR-gamma's gamma
     timestep_sampling: str = "uniform"    # how training timesteps are drawn
+    logit_mean: float = 0.0               # logit_normal's m (SD3 eq. 19): > 0 draws noisier timesteps
     cond_dropout: float = 0.1             # fraction of samples trained with the empty prompt / null class
     batch_size: int = 64                  # global batch per optimiser step (all processes, all micro-batches)
     grad_accum: int = 1                   # gradient-accumulation micro-batches per step
@@ -134,6 +135,10 @@ class TrainConfig:
         _check(self.loss_weighting in WEIGHTINGS, "loss_weighting", self.loss_weighting, f"one of {WEIGHTINGS}")
         _check(self.timestep_sampling in TIMESTEP_SAMPLINGS, "timestep_sampling", self.timestep_sampling,
                f"one of {TIMESTEP_SAMPLINGS}")
+        _check(isinstance(self.logit_mean, (int, float)) and abs(self.logit_mean) <= 4, "logit_mean", self.logit_mean,
+               "a number in [-4, 4] (SD3's m; beyond it almost every timestep sits at one end)")
+        _check(self.logit_mean == 0 or self.timestep_sampling == "logit_normal", "logit_mean", self.logit_mean,
+               "0 unless timestep_sampling is logit_normal")
         _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, f"one of {LR_SCHEDULES}")
         _check(self.mixed_precision in MIXED_PRECISIONS, "mixed_precision", self.mixed_precision,
                f"one of {MIXED_PRECISIONS}")

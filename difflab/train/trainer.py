@@ -88,7 +88,7 @@ def make_objective(config: TrainConfig, schedule: NoiseSchedule, conditioner: Co
                                             perceptual_weight=config.perceptual_weight)
     return OBJECTIVES["denoising"](schedule, config.prediction_type, conditioner, weighting=config.loss_weighting,
                                    snr_gamma=config.snr_gamma, timestep_sampling=config.timestep_sampling,
-                                   cond_dropout=config.cond_dropout, seed=config.seed, channels_last=channels_last,
+                                   logit_mean=config.logit_mean, cond_dropout=config.cond_dropout, seed=config.seed, channels_last=channels_last,
                                    autocast=accelerator.autocast)
 
 

@@ -20,15 +20,17 @@ from difflab.train.objectives.base import Batch, Objective
 
 
 def draw_per_sample(seed: int, indices: list[int], shape: tuple[int, ...], schedule: NoiseSchedule,
-                    timestep_sampling: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(t [B] model times, noise [B, *shape], u [B] uniforms for conditioning dropout)."""
+                    timestep_sampling: str, logit_mean: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(t [B] model times, noise [B, *shape], u [B] uniforms for conditioning dropout). ``logit_normal``
+    draws u = sigmoid(m + n), n ~ N(0, 1): SD3 (Esser et al. 2024), eq. 19 with s = 1 and m = ``logit_mean``
+    (m > 0: more of the noisy timesteps, where a sample's layout and motion are decided)."""
     generator = torch.Generator()
     ts, noises, uniforms = [], [], []
     for index in indices:
         generator.manual_seed(stream_seed(seed, index, 7))
         uniforms.append(torch.rand((), generator=generator, dtype=torch.float64))
-        if timestep_sampling == "logit_normal":  # SD3 (Esser et al. 2024), eq. 19 with m = 0, s = 1
-            u = torch.sigmoid(torch.randn((), generator=generator, dtype=torch.float64))
+        if timestep_sampling == "logit_normal":
+            u = torch.sigmoid(logit_mean + torch.randn((), generator=generator, dtype=torch.float64))
         else:
             u = torch.rand((), generator=generator, dtype=torch.float64)
         ts.append(_model_time(u, schedule))
@@ -95,7 +97,7 @@ class DenoisingObjective(Objective):
 
     def __init__(self, schedule: NoiseSchedule, prediction_type, conditioner, *, weighting: str = "uniform",
                  snr_gamma: float = 5.0, timestep_sampling: str = "uniform", cond_dropout: float = 0.1,
-                 seed: int = 0, channels_last: bool = False, autocast=contextlib.nullcontext):
+                 seed: int = 0, channels_last: bool = False, autocast=contextlib.nullcontext, logit_mean: float = 0.0):
         if timestep_sampling not in TIMESTEP_SAMPLINGS:
             raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLINGS}, got {timestep_sampling!r}")
         if weighting not in WEIGHTINGS:
@@ -103,12 +105,12 @@ class DenoisingObjective(Objective):
         self.schedule, self.parameterization = schedule, get_parameterization(prediction_type)
         self.conditioner, self.weighting, self.snr_gamma = conditioner, weighting, snr_gamma
         self.timestep_sampling, self.cond_dropout, self.seed = timestep_sampling, cond_dropout, seed
-        self.channels_last, self.autocast = channels_last, autocast
+        self.channels_last, self.autocast, self.logit_mean = channels_last, autocast, logit_mean
 
     def loss(self, model, batch: Batch) -> torch.Tensor:
         x0 = batch.x0
         t, noise, u = draw_per_sample(self.seed, batch.positions, tuple(x0.shape[1:]), self.schedule,
-                                      self.timestep_sampling)
+                                      self.timestep_sampling, self.logit_mean)
         if batch.noise is not None:   # a coupled pair (reflow): its own noise, not a fresh draw
             noise = batch.noise.to(device="cpu", dtype=noise.dtype)
         if self.channels_last and x0.ndim == 4:
