@@ -129,6 +129,8 @@ def main(argv=None) -> None:
     if args.n < 1:
         return
     prompts_of = prompt_sets(args.kind, args.n, args.only)
+    if args.sets and not set(args.sets.split(",")) <= set(prompts_of):
+        raise SystemExit(f"--sets takes names from {', '.join(prompts_of)}, got {args.sets!r}")
     if args.sets:
         prompts_of = {name: p for name, p in prompts_of.items() if name in args.sets.split(",")}
     for name, prompts in prompts_of.items():

@@ -44,6 +44,8 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--t", default="950,800,600,400", help="model timesteps, comma-separated")
     args = parser.parse_args(argv)
+    if args.n < 1:
+        raise SystemExit(f"--n must be at least 1, got {args.n}")
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     pipe = difflab.Pipeline.from_pretrained(args.model)
     model, schedule = pipe.model.eval(), pipe.schedule
