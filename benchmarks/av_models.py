@@ -122,17 +122,17 @@ def main(argv=None) -> None:
     parser.add_argument("--gallery", default=None, help="also write the README's gallery (GIF or PNG, and files) here")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(__import__("os").environ.get("THREADS", "2")))
+    prompts_of = prompt_sets(args.kind, args.n, args.only) if args.n >= 1 else {}   # bad flags fail before loading
+    if args.sets and prompts_of and not set(args.sets.split(",")) <= set(prompts_of):
+        raise SystemExit(f"--sets takes names from {', '.join(prompts_of)}, got {args.sets!r}")
+    if args.sets:
+        prompts_of = {name: p for name, p in prompts_of.items() if name in args.sets.split(",")}
     pipe = difflab.Pipeline.from_pretrained(args.model)
     if args.gallery:
         gallery(args.kind, pipe, args.gallery)
     rows, elapsed, made = {}, 0.0, 0
-    if args.n < 1:
+    if not prompts_of:
         return
-    prompts_of = prompt_sets(args.kind, args.n, args.only)
-    if args.sets and not set(args.sets.split(",")) <= set(prompts_of):
-        raise SystemExit(f"--sets takes names from {', '.join(prompts_of)}, got {args.sets!r}")
-    if args.sets:
-        prompts_of = {name: p for name, p in prompts_of.items() if name in args.sets.split(",")}
     for name, prompts in prompts_of.items():
         verdicts, ceiling = [], []
         for start in range(0, len(prompts), args.batch):
