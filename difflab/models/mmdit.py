@@ -267,19 +267,26 @@ class MMDiT(ModelMixin):
         self.check_input(x, context, pooled, context_mask)
         B, _, H, W = x.shape
         h, w = H // p, W // p
-        t = broadcast_time(t, B, x.device)                                          # [B]
-        c = self.time_mlp(time_features(t, cfg.frequency_dim, True, 0).to(x.dtype))  # [B, D]
-        c = c + self.pooled_mlp(pooled.to(x.dtype))                                  # [B, D]
         tokens = self.patchify(x).flatten(2).transpose(1, 2)                        # [B, h*w, D]
         tokens = tokens + self.positions(h, w).to(tokens.dtype)                      # [B, h*w, D]
-        text = self.context_proj(context.to(x.dtype))                               # [B, L, D]
-        mask = None
-        if context_mask is not None and not bool(context_mask.all()):
-            image_keys = context_mask.new_ones(B, h * w, dtype=torch.bool)          # [B, h*w]
-            mask = torch.cat([context_mask.bool(), image_keys], 1)[:, None, None]   # [B, 1, 1, L+h*w]
-        for block in self.blocks:
-            tokens, text = block(tokens, text, c, mask)                             # [B, h*w, D], [B, L, D]
-        scale, shift = self.ada_out(F.silu(c)).chunk(2, dim=1)                      # each [B, D]
-        out = self.proj_out(modulate(self.norm_out(tokens), shift, scale))          # [B, h*w, p*p*C]
+        out = self.transform(tokens, t, context, pooled, context_mask)              # [B, h*w, p*p*C]
         out = out.view(B, h, w, p, p, cfg.output_channels)                          # [B, h, w, p, p, C]
         return out.permute(0, 5, 1, 3, 2, 4).reshape(B, cfg.output_channels, H, W)  # [B, C, H, W]
+
+    def transform(self, tokens, t, context, pooled, context_mask):
+        """The joint blocks and the final layer on embedded patches: tokens [B, N, D] (positions added)
+        -> [B, N, p*p*C_out], each token's patch in (row, column, channel) order."""
+        cfg = self.config
+        B, N, _ = tokens.shape
+        t = broadcast_time(t, B, tokens.device)                                     # [B]
+        c = self.time_mlp(time_features(t, cfg.frequency_dim, True, 0).to(tokens.dtype))  # [B, D]
+        c = c + self.pooled_mlp(pooled.to(tokens.dtype))                             # [B, D]
+        text = self.context_proj(context.to(tokens.dtype))                          # [B, L, D]
+        mask = None
+        if context_mask is not None and not bool(context_mask.all()):
+            image_keys = context_mask.new_ones(B, N, dtype=torch.bool)              # [B, N]
+            mask = torch.cat([context_mask.bool(), image_keys], 1)[:, None, None]   # [B, 1, 1, L+N]
+        for block in self.blocks:
+            tokens, text = block(tokens, text, c, mask)                             # [B, N, D], [B, L, D]
+        scale, shift = self.ada_out(F.silu(c)).chunk(2, dim=1)                      # each [B, D]
+        return self.proj_out(modulate(self.norm_out(tokens), shift, scale))         # [B, N, p*p*C]

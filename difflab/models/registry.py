@@ -17,7 +17,8 @@ from torch import nn
 # Built-in model classes -> the module that defines (and registers) them, imported on first use.
 BUILTIN_MODELS = {"UNet": "difflab.models.unet", "DiT": "difflab.models.dit",
                   "AutoencoderKL": "difflab.models.vae", "SDUNet": "difflab.models.sd_unet", "MMDiT": "difflab.models.mmdit",
-                  "VideoUNet": "difflab.models.video_unet", "ControlNet": "difflab.models.controlnet",
+                  "VideoUNet": "difflab.models.video_unet",
+                  "VideoMMDiT": "difflab.models.video_mmdit", "ControlNet": "difflab.models.controlnet",
                   "SDControlNet": "difflab.models.sd_controlnet", "IPAdapter": "difflab.models.ip_adapter"}
 MODEL_CLASSES: dict[str, type] = {}
 

@@ -139,7 +139,7 @@ class Trainer:
             model = make_model(config, channels, self.conditioner)
             if (self.data.media == "video") != (getattr(model, "media", "image") == "video"):
                 raise ValueError(f"the {config.dataset} dataset holds {self.data.media}; train it with "
-                                 f"{'model.class_name = VideoUNet' if self.data.media == 'video' else 'an image network'}")
+                                 f"{'model.class_name = VideoUNet or VideoMMDiT' if self.data.media == 'video' else 'an image network'}")
         self.parent_training = None
         if config.init_from and not resume:
             line, self.parent_training = warm_start(model, init_from)
