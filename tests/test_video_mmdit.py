@@ -11,19 +11,11 @@ import torch
 import difflab
 from difflab.models import create_model, load
 from difflab.models.video_mmdit import frame_code
-from difflab.train import Trainer, build_config
-from test_train import held_out_loss
+from test_video_model import TINY_VIDEO, trained_video_package
 
 TINY = dict(in_channels=3, patch_size=4, hidden_size=32, depth=2, num_heads=2, context_dim=24, pooled_dim=24,
             sample_size=16, pos_embed_max_size=8, qk_norm="rms_norm")
-TINY_RUN = """dataset = "moving-shapes"
-resolution = 16
-batch_size = 4
-lr = 1e-3
-lr_warmup = 2
-ema_decay = 0.9
-threads = 1
-[model]
+TINY_RUN = TINY_VIDEO.split("[model]")[0] + """[model]
 class_name = "VideoMMDiT"
 patch_size = 4
 hidden_size = 32
@@ -94,17 +86,7 @@ def test_video_mmdit_package_round_trip_is_strict_and_bad_input_is_refused(tmp_p
 
 
 def test_video_mmdit_training_learns_and_its_package_makes_batch_invariant_clips(tmp_path):
-    config_file = tmp_path / "dit.toml"
-    config_file.write_text(TINY_RUN)
-    config = build_config(None, str(config_file), {"max_steps": 30, "checkpoint_every": 0})
-    trainer = Trainer(config, tmp_path / "run", log=lambda *a: None)
-    positions = list(range(10_000, 10_008))
-    before = held_out_loss(trainer, positions)
-    package = trainer.fit()
-    assert held_out_loss(trainer, positions) < before
-    header = json.loads((package / "config.json").read_text())
-    assert header["codec"] == {"type": "video", "frames": 8} and header["class_name"] == "VideoMMDiT"
-    pipe = difflab.Pipeline.from_pretrained(package)
+    pipe = difflab.Pipeline.from_pretrained(trained_video_package(tmp_path, TINY_RUN, "VideoMMDiT"))
     prompts = ["a red circle moving right", "a blue square falling"]
     batch = pipe(prompts, seed=[5, 6], steps=4)
     single = pipe(prompts[1], seed=6, steps=4)

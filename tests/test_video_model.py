@@ -91,9 +91,11 @@ def test_conditioned_temporal_blocks_see_the_prompt_and_the_frame_index():
         seeing(h, 6)
 
 
-def test_video_training_learns_and_the_package_generates_clips_with_recipes(tmp_path):
+def trained_video_package(tmp_path, config_text: str, class_name: str):
+    """30 steps of a tiny video model from ``config_text`` (TOML): its held-out loss must fall, and its
+    package must say it makes 8-frame clips with ``class_name``. Returns the package folder."""
     config_file = tmp_path / "video.toml"
-    config_file.write_text(TINY_VIDEO)
+    config_file.write_text(config_text)
     config = build_config(None, str(config_file), {"max_steps": 30, "checkpoint_every": 0})
     trainer = Trainer(config, tmp_path / "run", log=lambda *a: None)
     positions = list(range(10_000, 10_008))
@@ -101,9 +103,12 @@ def test_video_training_learns_and_the_package_generates_clips_with_recipes(tmp_
     package = trainer.fit()
     assert held_out_loss(trainer, positions) < before
     header = json.loads((package / "config.json").read_text())
-    assert header["codec"] == {"type": "video", "frames": 8} and header["class_name"] == "VideoUNet"
+    assert header["codec"] == {"type": "video", "frames": 8} and header["class_name"] == class_name
+    return package
 
-    pipe = difflab.Pipeline.from_pretrained(package)
+
+def test_video_training_learns_and_the_package_generates_clips_with_recipes(tmp_path):
+    pipe = difflab.Pipeline.from_pretrained(trained_video_package(tmp_path, TINY_VIDEO, "VideoUNet"))
     prompts = ["a red circle moving right", "a blue square falling"]
     batch = pipe(prompts, seed=[5, 6], steps=4)
     single = pipe(prompts[1], seed=6, steps=4)
