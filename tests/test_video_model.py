@@ -208,3 +208,15 @@ def test_train_only_temporal_keeps_every_image_weight(tmp_path):
         config.replace(lora_rank=4)
     with pytest.raises(ValueError, match="used with init_from"):
         config.replace(init_from=None)
+
+
+def test_an_empty_path_unsets_what_the_preset_set(tmp_path):
+    from difflab.train import TrainConfig
+    assert build_config("shapes-video", None, {}).init_from == "shapes"
+    assert build_config("shapes-video", None, {"init_from": ""}).init_from is None     # --init-from ""
+    config_file = tmp_path / "scratch.toml"
+    config_file.write_text('init_from = ""\n')
+    assert build_config("shapes-video", str(config_file), {}).init_from is None
+    assert build_config("shapes-video", str(config_file), {"init_from": "shapes"}).init_from == "shapes"  # flags win
+    with pytest.raises(ValueError, match="init_from must be a model package folder or None"):
+        TrainConfig(init_from="")

@@ -301,10 +301,15 @@ def load_toml(path: str | Path) -> dict:
     return values
 
 
+OPTIONAL_PATHS = ("data_dir", "vae", "init_from", "side_from", "teacher")   # "" in a TOML file or flag: None
+
+
 def build_config(preset_name: str | None, toml_path: str | None, overrides: dict) -> TrainConfig:
     """Preset, then TOML file, then explicit overrides (flags): later ones win. A LoRA run (``lora_rank``
     with ``init_from``) takes the package's network, schedule, prediction type and resolution over the
-    preset's, so ``--dataset folder`` adapts the bundled model as it is."""
+    preset's, so ``--dataset folder`` adapts the bundled model as it is. An empty string given for a
+    path field that may be None (``--init-from ""``, ``vae = ""``) unsets it: ``--preset shapes-video
+    --init-from ""`` trains that network from scratch."""
     if preset_name and preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
     values = dict(PRESETS[preset_name]) if preset_name else {}
@@ -313,6 +318,7 @@ def build_config(preset_name: str | None, toml_path: str | None, overrides: dict
     if (explicit.get("lora_rank") or explicit.get("controlnet") or explicit.get("ip_adapter")) and explicit.get("init_from"):  # the package's network as it is
         values.update(package_fields(*read_header(explicit["init_from"])))
     values.update(explicit)
+    values.update({name: None for name in OPTIONAL_PATHS if explicit.get(name) == ""})
     return TrainConfig(**values)
 
 
