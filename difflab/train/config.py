@@ -301,7 +301,8 @@ def load_toml(path: str | Path) -> dict:
     return values
 
 
-OPTIONAL_PATHS = ("data_dir", "vae", "init_from", "side_from", "teacher")   # "" in a TOML file or flag: None
+# Fields that take a path or None: "" in a TOML file or a flag means None (derived, so a new one is covered).
+OPTIONAL_PATHS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type == "str | None")
 
 
 def build_config(preset_name: str | None, toml_path: str | None, overrides: dict) -> TrainConfig:
