@@ -18,12 +18,12 @@ exactly an MMDiT's weights and loads any clip length up to ``max_frames``. Calle
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from difflab.models.base import is_int, register_model, require
+from difflab.models.layers import timestep_embedding
 from difflab.models.mmdit import MMDiT, MMDiTConfig
 
 
@@ -49,11 +49,10 @@ class VideoMMDiTConfig(MMDiTConfig):
 
 
 def frame_code(frames: int, dim: int) -> torch.Tensor:
-    """The 1-D sin-cos code [frames, dim] of frame indices 0..frames-1: ``[sin(k w_i), cos(k w_i)]``
-    with ``w_i = 10000^(-i / (dim/2))`` (Vaswani et al. 2017, Sec. 3.5)."""
-    k = torch.arange(frames, dtype=torch.float64)[:, None]                             # [T, 1]
-    omega = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))  # [dim/2]
-    return torch.cat([torch.sin(k * omega), torch.cos(k * omega)], 1).float()        # [T, dim]
+    """The 1-D sin-cos code [frames, dim] of frame indices 0..frames-1, sines first: ``[sin(k w_i),
+    cos(k w_i)]`` with ``w_i = 10000^(-i / (dim/2))`` (Vaswani et al. 2017, Sec. 3.5);
+    :func:`~difflab.models.layers.timestep_embedding` with its halves swapped."""
+    return timestep_embedding(torch.arange(frames, dtype=torch.float32), dim).roll(dim // 2, dims=1)  # [T, dim]
 
 
 @register_model
