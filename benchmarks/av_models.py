@@ -13,7 +13,11 @@ Audio (goals: pitch order >= 80%, chord notes >= 70%): the held-out prompts of t
 its test split, judged on the waveform the codec makes (Griffin-Lim) by
 :func:`difflab.metrics.pitch.judge_sound`.
 
-Also reported: the rate of the real clips of the same prompts (the judge's ceiling) and clips per second.
+Also reported: the rate of the real clips of the same prompts (the judge's ceiling), clips per second,
+and per set the Fréchet distance (FD) and KID x 1000 to the real clips on difflab's own clip or sound
+features (:mod:`difflab.metrics.av_distances`; not FVD or FAD). On a "(real clips)" row they compare
+the real clips with real clips of the same prompts and other seeds: the floor a perfect model would reach
+with this many samples.
 """
 
 from __future__ import annotations
@@ -65,6 +69,14 @@ def real(kind: str, prompt: str, seed: int):
         return render(prompt, seed)
     from difflab.data.sounds import render
     return render(prompt, seed)
+
+
+def feature_distances(kind: str, real_outputs: list, other_outputs: list) -> dict[str, float]:
+    """FD and KID x 1000 between two lists of clips or sounds, on :mod:`difflab.metrics.av_distances` features."""
+    from difflab.metrics.av_distances import audio_features, distances, video_features
+    features = video_features if kind == "video" else audio_features
+    d = distances(features(real_outputs), features(other_outputs))
+    return {"FD": d["fd"], "KIDx1000": 1000 * d["kid"]}
 
 
 def rates(verdicts: list[dict]) -> dict[str, float]:
@@ -134,7 +146,7 @@ def main(argv=None) -> None:
     if not prompts_of:
         return
     for name, prompts in prompts_of.items():
-        verdicts, ceiling = [], []
+        verdicts, ceiling, made_outputs, real_outputs, floor_outputs = [], [], [], [], []
         for start in range(0, len(prompts), args.batch):
             chunk = prompts[start:start + args.batch]
             seeds = list(range(start, start + len(chunk)))
@@ -143,11 +155,16 @@ def main(argv=None) -> None:
             elapsed, made = elapsed + time.perf_counter() - began, made + len(chunk)
             outputs = result.videos if args.kind == "video" else result.audio
             verdicts += [judge(args.kind, o, p) for o, p in zip(outputs, chunk)]
-            ceiling += [judge(args.kind, real(args.kind, p, s), p) for p, s in zip(chunk, seeds)]
+            reals = [real(args.kind, p, s) for p, s in zip(chunk, seeds)]
+            ceiling += [judge(args.kind, r, p) for r, p in zip(reals, chunk)]
+            made_outputs, real_outputs = made_outputs + list(outputs), real_outputs + reals
+            floor_outputs += [real(args.kind, p, s + 1_000_000) for p, s in zip(chunk, seeds)]
             print(f"{name}: {len(verdicts)}/{len(prompts)}", file=sys.stderr, flush=True)
-        rows[name], rows[f"{name} (real clips)"] = rates(verdicts), rates(ceiling)
+        rows[name] = {**rates(verdicts), **feature_distances(args.kind, real_outputs, made_outputs)}
+        rows[f"{name} (real clips)"] = {**rates(ceiling), **feature_distances(args.kind, real_outputs, floor_outputs)}
     only_flag = f" --only {args.only!r}" if args.only else ""
-    checks = sorted({c for r in rows.values() for c in r} - {"overall"}) + ["overall"]
+    scores = ["FD", "KIDx1000"]
+    checks = sorted({c for r in rows.values() for c in r} - {"overall", *scores}) + ["overall", *scores]
     print(f"`python benchmarks/av_models.py {args.kind} --model {args.model} --n {args.n}"
           f"{f' --steps {args.steps}' if args.steps else ''}{only_flag}"
           f"{f' --guidance {args.guidance:g}' if args.guidance is not None else ''}"

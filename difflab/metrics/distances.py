@@ -32,7 +32,7 @@ class _Identity(nn.Module):
 
 
 @lru_cache(maxsize=4)
-def _cached_net(dataset: str):
+def cached_feature_net(dataset: str):
     return load_feature_net(dataset)
 
 
@@ -40,7 +40,7 @@ def feature_name(dataset: str = "shapes", features: str | None = None) -> str:
     """How a score must be labelled in a report."""
     if features == "inception":
         return "Inception-v3 pool3 (2048-d): standard FID"
-    net, _ = _cached_net(dataset)
+    net, _ = cached_feature_net(dataset)
     return f"{net.config.name} ({net.num_features}-d difflab {dataset} features; not Inception FID)"
 
 
@@ -54,23 +54,28 @@ def features_of(images, dataset: str = "shapes", features: str | None = None,
         if images is None:
             raise ValueError("features='inception' has no shipped reference: pass real images")
         return extract(inception_net(inception_weights), images, batch_size=32)
-    net, reference = _cached_net(dataset)
+    net, reference = cached_feature_net(dataset)
     return reference.double() if images is None else extract(net, images)
+
+
+def frechet_distance(f_real: torch.Tensor, f_fake: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D) (Heusel et al., 2017, eq. 6)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    if len(f_real) < 2 or len(f_fake) < 2:
+        raise ValueError(f"a Fréchet distance needs at least 2 samples on each side, got {len(f_real)} real, "
+                         f"{len(f_fake)} fake")
+    metric = FrechetInceptionDistance(feature=_Identity(f_real.shape[1]), reset_real_features=False)
+    metric.update(f_real, real=True)
+    metric.update(f_fake, real=False)
+    return float(metric.compute())
 
 
 def fid(real, fake, dataset: str = "shapes", features: str | None = None,
         inception_weights: str | None = None) -> float:
     """Fréchet distance between the feature distributions of ``real`` (or the reference) and ``fake``."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    f_real = features_of(real, dataset, features, inception_weights)
-    f_fake = features_of(fake, dataset, features, inception_weights)
-    if len(f_real) < 2 or len(f_fake) < 2:
-        raise ValueError(f"FID needs at least 2 images on each side, got {len(f_real)} real, {len(f_fake)} fake")
-    metric = FrechetInceptionDistance(feature=_Identity(f_real.shape[1]), reset_real_features=False)
-    metric.update(f_real, real=True)
-    metric.update(f_fake, real=False)
-    return float(metric.compute())
+    return frechet_distance(features_of(real, dataset, features, inception_weights),
+                            features_of(fake, dataset, features, inception_weights))
 
 
 def kid(real, fake, dataset: str = "shapes", features: str | None = None, subsets: int = 50,
@@ -82,16 +87,21 @@ def kid(real, fake, dataset: str = "shapes", features: str | None = None, subset
     subsets of half the smaller sample are used: subsets of the whole sample would all be the same
     set, and the reported spread would be zero however uncertain the estimate is.
     """
+    return kernel_distance(features_of(real, dataset, features, inception_weights),
+                           features_of(fake, dataset, features, inception_weights), subsets, subset_size, seed)
+
+
+def kernel_distance(f_real: torch.Tensor, f_fake: torch.Tensor, subsets: int = 50, subset_size: int = 1000,
+                    seed: int = 0) -> tuple[float, float]:
+    """KID's mean and standard deviation on two feature sets (N, D); see :func:`kid` for the subsets."""
     import warnings
 
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    f_real = features_of(real, dataset, features, inception_weights)
-    f_fake = features_of(fake, dataset, features, inception_weights)
     smaller = min(len(f_real), len(f_fake))
     size = subset_size if subset_size < smaller else max(2, smaller // 2)
     if smaller < 2:
-        raise ValueError(f"KID needs at least 2 images on each side, got {len(f_real)} real, {len(f_fake)} fake")
+        raise ValueError(f"KID needs at least 2 samples on each side, got {len(f_real)} real, {len(f_fake)} fake")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
         metric = KernelInceptionDistance(feature=_Identity(f_real.shape[1]), subsets=subsets, subset_size=size)
