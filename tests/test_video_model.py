@@ -91,6 +91,34 @@ def test_conditioned_temporal_blocks_see_the_prompt_and_the_frame_index():
         seeing(h, 6)
 
 
+def test_temporal_text_starts_as_the_identity_and_then_reads_the_tokens():
+    """A network grown with ``temporal_text`` from one without computes the same; once its reading has
+    weights, changing one token (not the pooled embedding) changes the motion the temporal blocks see."""
+    plain = randomised(create_model("VideoUNet", **SPATIAL, temporal_conditioning=True)).eval()
+    grown = create_model("VideoUNet", **SPATIAL, temporal_conditioning=True, temporal_text=True).eval()
+    missing = grown.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("temporal_text.") and grown.identity_at_init(k) for k in missing)
+    x, t = torch.randn(2, 3, 4, 16, 16), torch.tensor([900.0, 900.0])
+    context, pooled, mask = torch.randn(2, 5, 384), torch.randn(2, 384), torch.tensor([[1, 1, 1, 1, 0]] * 2).bool()
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, t, context=context, context_mask=mask, pooled=pooled),
+                                   plain(x, t, context=context, context_mask=mask, pooled=pooled))
+        torch.nn.init.normal_(grown.temporal_text.attn.to_out.weight, std=0.5)
+        assert (grown(x, t, context=context, context_mask=mask, pooled=pooled)
+                - plain(x, t, context=context, context_mask=mask, pooled=pooled)).abs().max() > 1e-4
+        reading = grown.temporal_text
+        emb = torch.randn(2, grown.config.embed_dim)
+        other, padding = context.clone(), context.clone()
+        other[:, 2] += 1.0                                                # one token changed, same pooled
+        padding[:, 4] += 1.0                                              # a padding token changed
+        a, b, c = (reading(emb, ctx, mask) for ctx in (context, other, padding))
+    assert (a - b).abs().max() > 1e-3                                     # the reading sees each token
+    torch.testing.assert_close(a, c)                                      # and never the padding
+    torch.testing.assert_close(reading(emb, None, None), emb)             # no prompt: nothing added
+    with pytest.raises(ValueError, match="temporal_text needs temporal_conditioning"):
+        create_model("VideoUNet", **SPATIAL, temporal_text=True)
+
+
 def trained_video_package(tmp_path, config_text: str, class_name: str):
     """30 steps of a tiny video model from ``config_text`` (TOML): its held-out loss must fall, and its
     package must say it makes 8-frame clips with ``class_name``. Returns the package folder."""

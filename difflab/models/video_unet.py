@@ -34,6 +34,7 @@ class VideoUNetConfig(UNetConfig):
     temporal_attention_levels: tuple[int, ...] | None = None   # levels with temporal attention (None: all)
     temporal_head_dim: int = 32
     temporal_conditioning: bool = False   # temporal blocks also see the clip's time + text embedding
+    temporal_text: bool = False           # ... and a reading of the prompt's tokens (needs the above)
 
     def __post_init__(self):
         super().__post_init__()
@@ -44,6 +45,9 @@ class VideoUNetConfig(UNetConfig):
         require(is_int(self.temporal_head_dim), f"temporal_head_dim must be a positive integer, got {self.temporal_head_dim!r}")
         require(isinstance(self.temporal_conditioning, bool),
                 f"temporal_conditioning must be true or false, got {self.temporal_conditioning!r}")
+        require(isinstance(self.temporal_text, bool), f"temporal_text must be true or false, got {self.temporal_text!r}")
+        require(not self.temporal_text or (self.temporal_conditioning and self.context_dim is not None),
+                "temporal_text needs temporal_conditioning = true and a context_dim (text tokens)")
 
 
 class TemporalBlock(nn.Module):
@@ -99,6 +103,28 @@ class TemporalBlock(nn.Module):
         return video.transpose(1, 2).reshape(BT, C, H, W).contiguous(memory_format=torch.channels_last)
 
 
+class TextReading(nn.Module):
+    """The temporal blocks' own reading of the prompt's tokens: cross-attention from the conditioning
+    embedding (one query per frame) to the text tokens, added to the embedding the temporal blocks see.
+
+    The pooled sentence embedding averages the tokens, so "moving left" and "moving right" differ there
+    by one token in eight; this lets the temporal layers weigh the token that names the direction. Its
+    output layer starts at zero: a network grown with it computes what it computed without it."""
+
+    def __init__(self, emb_dim: int, context_dim: int, head_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(emb_dim)
+        self.attn = Attention(emb_dim, min(head_dim, emb_dim), context_dim)
+        nn.init.zeros_(self.attn.to_out.weight)
+        nn.init.zeros_(self.attn.to_out.bias)
+
+    def forward(self, emb: torch.Tensor, context: torch.Tensor | None, context_mask: torch.Tensor | None) -> torch.Tensor:
+        """emb [N, E], context [N, L, D] -> emb + the reading [N, E] (``emb`` itself without a context)."""
+        if context is None:
+            return emb
+        return emb + self.attn(self.norm(emb)[:, None], context, context_mask)[:, 0]
+
+
 @register_model
 class VideoUNet(UNet):
     """VideoUNet(in_channels, out_channels, channels=..., temporal_attention_levels=None, ...):
@@ -117,15 +143,16 @@ class VideoUNet(UNet):
         self.temporal = nn.ModuleList(
             TemporalBlock(block.out_channels, cfg.temporal_head_dim, cfg.norm_groups, level in levels, emb_dim)
             for block, level in zip(self.res_blocks, block_levels))
+        self.temporal_text = TextReading(emb_dim, cfg.context_dim, cfg.temporal_head_dim) if cfg.temporal_text else None
         for i, block in enumerate(self.res_blocks):
             block.temporal_index = i          # a plain attribute: it survives copy.deepcopy (an EMA copy)
-        self._frames = self._emb = None
+        self._frames = self._emb = self._context = None
         self.to(memory_format=torch.channels_last)
 
     def identity_at_init(self, name: str) -> bool:
         """Tensors that may start non-zero when the network grows from an image UNet (``init_from``):
-        the temporal blocks', whose zero output layers keep each block the identity."""
-        return name.startswith("temporal.") or super().identity_at_init(name)
+        the temporal blocks' and their text reading's, whose zero output layers keep each the identity."""
+        return name.startswith(("temporal.", "temporal_text.")) or super().identity_at_init(name)
 
     def _block(self, res, attn, h, scale_shift, context, context_mask):
         h = super()._block(res, attn, h, scale_shift, context, context_mask)
@@ -134,6 +161,8 @@ class VideoUNet(UNet):
     def condition(self, *args, **kwargs):
         emb = super().condition(*args, **kwargs)            # [B*T, E]: each frame carries its clip's
         self._emb = emb if self.config.temporal_conditioning else None
+        if self.temporal_text is not None:
+            self._emb = self.temporal_text(emb, *self._context)
         return emb
 
     def forward(self, x, t, context=None, context_mask=None, class_labels=None, pooled=None, deep_cache=None):
@@ -154,10 +183,12 @@ class VideoUNet(UNet):
 
         if isinstance(class_labels, (list, tuple)):
             class_labels = [label for label in class_labels for _ in range(T)]
-        self._frames = T
+        self._frames, self._context = T, (per_frame(context), per_frame(context_mask))
+        if context_mask is not None:
+            self._context = (self._context[0], self._context[1].bool())
         try:
             out = super().forward(frames, t, per_frame(context), per_frame(context_mask), per_frame(class_labels),
                                   per_frame(pooled))
         finally:
-            self._frames = self._emb = None
+            self._frames = self._emb = self._context = None
         return out.view(B, T, cfg.out_channels, H, W).transpose(1, 2).contiguous()
