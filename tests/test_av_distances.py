@@ -19,7 +19,7 @@ def clips(prompt, seeds, transform=lambda c: c):
 
 def test_video_features_shape_and_determinism():
     a = video_features(clips(RIGHT, range(3)))
-    assert a.shape == (3, 128) and a.dtype == torch.float64
+    assert a.shape == (3, 192) and a.dtype == torch.float64
     assert torch.equal(a, video_features(clips(RIGHT, range(3))))
     # a float tensor [3, T, H, W] in [-1, 1] (what a pipeline makes) gives the same features as its uint8 frames
     clip = render_clip(RIGHT, 0)
@@ -27,12 +27,15 @@ def test_video_features_shape_and_determinism():
     assert torch.allclose(video_features([as_float])[0], a[0], atol=1e-6)
 
 
-def test_a_clip_played_backwards_negates_only_the_motion_half():
+def test_a_clip_played_backwards_negates_only_the_displacement():
     forward = video_features(clips(RIGHT, [5]))[0]
     backward = video_features(clips(RIGHT, [5], lambda c: c[::-1].copy()))[0]
+    frozen = video_features(clips(RIGHT, [5], lambda c: np.repeat(c[:1], len(c), 0)))[0]
     assert torch.allclose(forward[:64], backward[:64], atol=1e-9)
-    assert torch.allclose(forward[64:], -backward[64:], atol=1e-9)
-    assert forward[64:].abs().max() > 0.1                   # the clip moves: the change is not zero
+    assert torch.allclose(forward[64:128], -backward[64:128], atol=1e-9)
+    assert torch.allclose(forward[128:], backward[128:], atol=1e-9)
+    assert forward[64:128].abs().max() > 0.1                # the clip moves: the displacement is not zero
+    assert forward[128:].abs().max() > 0.1 and not frozen[64:].any()   # a frozen clip has no change at all
 
 
 def test_video_distance_sees_motion_against_the_real_floor():
@@ -40,8 +43,9 @@ def test_video_distance_sees_motion_against_the_real_floor():
     other_seeds = video_features(clips(RIGHT, range(100, 132)))
     backwards = video_features(clips(RIGHT, range(100, 132), lambda c: c[::-1].copy()))
     frozen = video_features(clips(RIGHT, range(100, 132), lambda c: np.repeat(c[:1], len(c), 0)))
+    shuffled = video_features(clips(RIGHT, range(100, 132), lambda c: c[[0, 4, 2, 6, 1, 5, 3, 7]]))
     floor = distances(real, other_seeds)
-    for wrong in (backwards, frozen):
+    for wrong in (backwards, frozen, shuffled):
         d = distances(real, wrong)
         assert d["fd"] > 3 * floor["fd"]
         assert d["kid"] > floor["kid"] + 3 * d["kid_std"]

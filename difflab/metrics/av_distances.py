@@ -6,11 +6,12 @@ difflab's worlds. These scores use the same two statistics, the Fréchet distanc
 Gaussians (Heusel et al., 2017, eq. 6) and the unbiased kernel MMD^2 of KID (Binkowski et al., 2018,
 eq. 3), on features built from what difflab already has:
 
-- **a clip** (``video_features``, 128-d): each frame through the shapes FID network
+- **a clip** (``video_features``, 192-d): each frame through the shapes FID network
   (``difflab.metrics.features``, 64-d, standardised on real shapes images); the clip's feature is the
-  mean of its frame features, followed by the change from the mean of the first half of the frames to
-  the mean of the second half. The first part sees what is drawn, the second how it moves: a clip played
-  backwards keeps the first part and negates the second.
+  mean of its frame features, the change from the mean of the first half of the frames to the mean of
+  the second half, and the mean absolute change from one frame to the next. The first part sees what
+  is drawn, the second where it goes (a clip played backwards keeps the first part and negates the
+  second), the third how smoothly (a frozen clip has none; flicker has much).
 - **a sound** (``audio_features``, 64-d): its normalised log-mel spectrogram
   (``difflab.data.spectrogram``, 64 bands in [-1, 1]) pooled to 16 bands of 4; per band the mean level
   of the first half of the clip, of the second half, the spread over time and the mean absolute
@@ -18,7 +19,7 @@ eq. 3), on features built from what difflab already has:
 
 The scores rank models of one world against each other and against real samples; they are not FVD or
 FAD and are always reported with their feature name (``VIDEO_FEATURES``, ``AUDIO_FEATURES``). With a few
-dozen samples the Fréchet distance is biased upwards (it fits a 128-d covariance); KID is unbiased.
+dozen samples the Fréchet distance is biased upwards (it fits a 192-d covariance); KID is unbiased.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ from difflab.metrics.distances import cached_feature_net, frechet_distance, kern
 from difflab.metrics.features import extract
 from difflab.metrics.motion import as_video
 
-VIDEO_FEATURES = "difflab-shapes-cnn-v1 per frame: mean + second-half change (128-d; not FVD)"
+VIDEO_FEATURES = "difflab-shapes-cnn-v1 per frame: mean, half-to-half change, frame-to-frame change (192-d; not FVD)"
 AUDIO_FEATURES = "log-mel band statistics, 16 bands x 4 (64-d; not FAD)"
 AUDIO_BANDS = 16
 
 
 def video_features(clips: Sequence) -> torch.Tensor:
-    """(N, 128) float64 features of clips: each a uint8 array [T, H, W, 3], a list of PIL frames or a
+    """(N, 192) float64 features of clips: each a uint8 array [T, H, W, 3], a list of PIL frames or a
     float tensor [3, T, H, W] in [-1, 1] (whatever :func:`difflab.metrics.motion.as_video` takes)."""
     if len(clips) == 0:
         raise ValueError("video_features needs at least one clip")
@@ -51,7 +52,7 @@ def video_features(clips: Sequence) -> torch.Tensor:
     per_frame = extract(net, frames.reshape(n * t, *frames.shape[2:]).contiguous()).reshape(n, t, -1)
     half = t // 2
     change = per_frame[:, t - half:].mean(1) - per_frame[:, :half].mean(1)
-    return torch.cat([per_frame.mean(1), change], dim=1)
+    return torch.cat([per_frame.mean(1), change, per_frame.diff(dim=1).abs().mean(1)], dim=1)
 
 
 def audio_features(waves: Sequence) -> torch.Tensor:
