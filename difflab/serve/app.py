@@ -30,7 +30,8 @@ from difflab.serve.store import FINISHED, JobStore
 from difflab.settings import SAMPLER_NAMES, SPACINGS
 
 STATIC = Path(__file__).parent / "static"
-IMAGE_NAME = r"^[0-9a-f]{32}-[0-9]{1,4}\.png$"
+IMAGE_NAME = r"^[0-9a-f]{32}-[0-9]{1,4}\.(png|gif|mp4|wav)$"
+MEDIA_TYPES = {"png": "image/png", "gif": "image/gif", "mp4": "video/mp4", "wav": "audio/wav"}
 EVENT_POLL_S = 0.05
 
 
@@ -58,8 +59,9 @@ def create_app(config: ServeConfig, pipelines: dict | None = None) -> FastAPI:
         state["store"].close()
 
     app = FastAPI(title="difflab", version=difflab.__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Generate, edit and inspect images with difflab's models. Jobs run one at a time "
-                              "per device; results are PNGs that carry their recipes.")
+                  description="Generate, edit and inspect images with difflab's models, and make clips and sounds "
+                              "with its video and audio models. Jobs run one at a time per device; results are "
+                              "files that carry their recipes (PNG; GIF and MP4; spectrogram PNG and WAV).")
     app.add_middleware(Guard, config=config)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     max_image_bytes = config.max_body_bytes
@@ -194,14 +196,15 @@ def create_app(config: ServeConfig, pipelines: dict | None = None) -> FastAPI:
 
     @app.get("/api/v1/images/{name}", tags=["images"])
     async def get_image(name: str):
-        """A result PNG (with its recipe); names are ``ID-INDEX.png``, never paths."""
+        """A result file (with its recipe): ``ID-INDEX.png``, or for a video model's clip ``.gif`` and
+        ``.mp4``, for an audio model's sound ``.png`` (its spectrogram) and ``.wav``; names, never paths."""
         import re
         if not re.match(IMAGE_NAME, name) or not state["store"].has_image(name):
             raise HTTPException(404, "no such image")
         path = folders["images"] / name
         if not path.is_file():
             raise HTTPException(404, "no such image")
-        return FileResponse(path, media_type="image/png")
+        return FileResponse(path, media_type=MEDIA_TYPES[path.suffix[1:]])
 
     @app.post("/api/v1/uploads", status_code=201, tags=["images"])
     async def upload(file: UploadFile = File(...)):

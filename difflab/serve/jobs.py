@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from difflab.pipelines import media_files
 from difflab.pipelines.recipes import save_png
 from difflab.serve.requests import new_id
 from difflab.serve.store import FINISHED, INTERRUPTED, JobStore
@@ -166,11 +167,23 @@ class JobRunner:
         return report
 
     def _save(self, job_id: str, result) -> list[dict]:
+        """Each output as files that carry its recipe: ``name`` is what a page shows (a PNG; for a clip an
+        animated GIF, for a sound its spectrogram), ``file`` what a user keeps (the PNG, an MP4, a WAV)."""
         saved = []
         for i, (image, recipe) in enumerate(zip(result.images, result.recipes)):
-            name = f"{job_id}-{i}.png"
-            save_png(image, recipe, self.images / name)
-            saved.append({"name": name, "url": f"/api/v1/images/{name}", "recipe": recipe})
+            stem = self.images / f"{job_id}-{i}"
+            if result.videos is not None:
+                shown = media_files.save_video(result.videos[i], recipe, stem.with_suffix(".gif"))
+                kept, media = media_files.save_video(result.videos[i], recipe, stem.with_suffix(".mp4")), "video"
+            elif result.audio is not None:
+                shown = save_png(image, recipe, stem.with_suffix(".png"))
+                kept = media_files.save_wav(result.audio[i], result.sample_rate, recipe, stem.with_suffix(".wav"))
+                media = "audio"
+            else:
+                shown = kept = save_png(image, recipe, stem.with_suffix(".png"))
+                media = "image"
+            saved.append({"name": shown.name, "url": f"/api/v1/images/{shown.name}", "file": kept.name,
+                          "file_url": f"/api/v1/images/{kept.name}", "media": media, "recipe": recipe})
         return saved
 
     def _finish(self, job_id: str, live: Live, state: str, error: str | None, images=()) -> None:
@@ -197,10 +210,15 @@ def _arguments(settings: dict, images: dict) -> dict:
 
 
 def _preview(pipe, x0) -> str | None:
-    """The first image's x0 estimate as a small PNG data: URL (None if it is not finite yet)."""
+    """The first output's x0 estimate as a small PNG data: URL (None if it is not finite yet): an image,
+    a clip's middle frame, a sound's spectrogram (low frequencies at the bottom)."""
     from difflab.data.images import to_images
+    z = x0[:1].float()
+    if z.dim() == 5:                                   # a clip [1, C, T, H, W]
+        z = z[:, :, z.shape[2] // 2]
     try:
-        image = to_images(pipe.codec.decode(x0[:1].float()))[0]
+        decoded = pipe.codec.decode(z)
+        image = to_images(decoded.flip(-2) if pipe.codec.media == "audio" else decoded)[0]
     except FloatingPointError:
         return None
     image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))

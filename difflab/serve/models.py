@@ -10,19 +10,17 @@ _CACHE_LOCK = threading.Lock()
 
 
 def load_pipelines(folders: list) -> dict:
-    """``{name: Pipeline}`` for package folders (None: the bundled model); names are the folders' names
+    """``{name: Pipeline}`` for package folders or bundled models' names (None: the default); names are the folders' names
     and must differ. Loaded once per process: a test suite's apps share them."""
     from difflab.pipelines import BUNDLED_MODEL, Pipeline
+    from difflab.settings import package_folder
     pipelines = {}
     for folder in folders:
-        path = Path(folder or BUNDLED_MODEL).resolve()
+        path = (BUNDLED_MODEL if folder is None else package_folder(folder)).resolve()   # a bundled name too
         with _CACHE_LOCK:
             if path not in _CACHE:
                 _CACHE[path] = Pipeline.from_pretrained(path)
         pipe = _CACHE[path]
-        if pipe.codec.media != "image":
-            raise ValueError(f"the web app serves image models; {folder} makes {pipe.codec.media} "
-                             f"(use difflab generate --model {folder})")
         if pipe.name in pipelines:
             raise ValueError(f"two models are named {pipe.name!r} ({folder}); serve folders of different names")
         pipelines[pipe.name] = pipe
@@ -30,9 +28,11 @@ def load_pipelines(folders: list) -> dict:
 
 
 def model_info(name: str, pipe) -> dict:
-    """What ``GET /api/v1/models`` reports of one pipeline: sizes, defaults and example prompts."""
-    return {"name": name, "resolution": pipe.resolution, "size_multiple": pipe.size_multiple,
-            "channels": pipe.channels, "defaults": dict(pipe.defaults), "examples": _examples(pipe)}
+    """What ``GET /api/v1/models`` reports of one pipeline: what it makes (``media``: image, video or
+    audio), sizes, defaults and example prompts."""
+    return {"name": name, "media": pipe.codec.media, "resolution": pipe.resolution, "size_multiple": pipe.size_multiple,
+            "channels": pipe.channels, "frames": getattr(pipe.codec, "frames", None), "defaults": dict(pipe.defaults),
+            "examples": _examples(pipe)}
 
 
 def _examples(pipe) -> list[str]:
@@ -42,4 +42,7 @@ def _examples(pipe) -> list[str]:
         from difflab.data.shapes import ShapesDataset
         return ["a red circle above a blue square", *ShapesDataset.preview_prompts, "three yellow triangles",
                 "a large green circle on a white background"]
+    from difflab.data import DATASETS, dataset_class
+    if pipe.dataset in DATASETS:      # a video or audio world: its own preview prompts
+        return list(getattr(dataset_class(pipe.dataset), "preview_prompts", ()))
     return []

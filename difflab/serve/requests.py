@@ -119,6 +119,9 @@ def _check_sampling(request: JobRequest, defaults: dict) -> None:
 
 
 def _check_edit(request: JobRequest, images: dict, model: dict) -> None:
+    if model["media"] != "image":
+        _check_media(request, model)
+        return
     image, mask = images["image"], images["mask"]
     for key in ("mask", "strength", "outpaint"):
         if getattr(request, key) is not None and image is None:
@@ -142,6 +145,18 @@ def _check_edit(request: JobRequest, images: dict, model: dict) -> None:
     _field(where, lambda: limits.check("pixels", width * height, f"pixels of the output ({width}x{height})"))
     _field(where, lambda: limits.check("batch_values", request.num_images * model["channels"] * width * height,
                                        f"values of {request.num_images} image(s) of {width}x{height}"))
+
+
+def _check_media(request: JobRequest, model: dict) -> None:
+    """A video or audio model: prompt to clip at the model's own size; no image edits, no resizing."""
+    for key in ("image", "mask", "strength", "outpaint", "width", "height"):
+        if getattr(request, key) is not None:
+            raise FieldError(key, f"model {model['name']!r} makes {model['media']} from a prompt at its own size; "
+                                  f"the web app edits and resizes images only: leave {key} out")
+    frames = model.get("frames") or 1
+    _field("num_images", lambda: limits.check(
+        "batch_values", request.num_images * model["channels"] * frames * model["resolution"] ** 2,
+        f"values of {request.num_images} clip(s)"))
 
 
 def _output_size(request: JobRequest, image, resolution: int) -> tuple[int, int]:

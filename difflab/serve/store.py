@@ -85,9 +85,9 @@ class JobStore:
         return [_job(row) for row in rows]
 
     def has_image(self, name: str) -> bool:
-        """Whether ``name`` is an image of a job (``ID-INDEX.png``) that this store lists."""
+        """Whether ``name`` is a file of a job (``ID-INDEX.png``, ...) that this store lists."""
         job = self.get(name.split("-", 1)[0])
-        return job is not None and any(image["name"] == name for image in job["images"])
+        return job is not None and any(name in (image["name"], image.get("file")) for image in job["images"])
 
 
 def _job(row) -> dict:

@@ -1,10 +1,10 @@
 // The settings form: the server's models and samplers in it, a recipe read into it, and the job
 // request built from it (checked here first, the messages next to their fields).
 import { api, postFile } from "./client.js";
-import { $, el, flash } from "./dom.js";
+import { $, $$, el, flash } from "./dom.js";
 import { clearFieldErrors } from "./feedback.js";
 import { maskPNG } from "./mask.js";
-import { layoutFrame, outpaintMargins, updateOutpaintSize } from "./modes.js";
+import { layoutFrame, outpaintMargins, setMode, updateOutpaintSize } from "./modes.js";
 import { state } from "./state.js";
 
 // ----- the server's options --------------------------------------------------------------------
@@ -60,6 +60,23 @@ export function onModelChange() {
   }));
   clampExamples();
   updateOutpaintSize();
+  setMedia(model);
+}
+
+/** A video or audio model makes clips from a prompt at its own size: no edit modes, no width or height. */
+function setMedia(model) {
+  const media = model.media || "image";
+  document.body.dataset.media = media;
+  for (const tab of $$(".tabs [role=tab]")) {
+    if (tab.dataset.mode !== "txt2img") tab.disabled = media !== "image";
+  }
+  if (media !== "image" && state.mode !== "txt2img") setMode("txt2img");
+  for (const field of $$(".size-field input")) {
+    field.disabled = media !== "image" || state.mode !== "txt2img";
+    if (media !== "image") field.value = "";
+  }
+  const what = { video: "the clip", audio: "the sound" }[media] || "what to draw";
+  $("#prompt").placeholder = `Describe ${what}… (Ctrl+Enter to generate)`;
 }
 
 /** Two rows of example chips, and a toggle for the rest. */

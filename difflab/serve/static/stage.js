@@ -41,9 +41,11 @@ export function showResults(job) {
   const first = images[0] && images[0].recipe;
   if (first && first.seed != null) state.lastSeed = first.seed;
   const seconds = job.finished && job.started ? (job.finished - job.started).toFixed(1) : null;
-  $("#stage-title").textContent = images.length > 1 ? `${images.length} images` : "Result";
+  const media = (images[0] && images[0].media) || "image";
+  const noun = { image: "images", video: "clips", audio: "sounds" }[media] || "results";
+  $("#stage-title").textContent = images.length > 1 ? `${images.length} ${noun}` : "Result";
   $("#stage-meta").textContent = [
-    first ? `${first.width}×${first.height}` : null,
+    first && media === "image" ? `${first.width}×${first.height}` : null,
     first ? `${first.sampler}, ${first.steps} steps` : null,
     seconds ? `${seconds} s` : null,
   ].filter(Boolean).join(" · ");
@@ -52,16 +54,26 @@ export function showResults(job) {
 
 function resultFigure(image) {
   const recipe = image.recipe || {};
+  const media = image.media || "image";
   const open = el("button", { type: "button", className: "result-open", title: "Show the recipe" },
     el("img", { src: image.url, alt: recipe.prompt || "result", width: recipe.width || 32, height: recipe.height || 32 }));
   open.addEventListener("click", () => openRecipe(image));
-  const toImg = el("button", { type: "button", className: "small ghost send-img2img", title: "Send to image to image" }, "img2img");
-  toImg.addEventListener("click", () => sendTo("img2img", image.url, recipe));
-  const toInpaint = el("button", { type: "button", className: "small ghost send-inpaint", title: "Send to inpaint" }, "inpaint");
-  toInpaint.addEventListener("click", () => sendTo("inpaint", image.url, recipe));
-  const download = el("a", { href: image.url, download: image.name, className: "button small ghost", title: "Download the PNG (it carries its recipe)" }, "⤓");
-  return el("figure", { className: "result" }, open,
+  const actions = [];
+  if (media === "image") {
+    const toImg = el("button", { type: "button", className: "small ghost send-img2img", title: "Send to image to image" }, "img2img");
+    toImg.addEventListener("click", () => sendTo("img2img", image.url, recipe));
+    const toInpaint = el("button", { type: "button", className: "small ghost send-inpaint", title: "Send to inpaint" }, "inpaint");
+    toInpaint.addEventListener("click", () => sendTo("inpaint", image.url, recipe));
+    actions.push(toImg, toInpaint);
+  }
+  const kept = image.file_url || image.url;
+  const what = { image: "the PNG", video: "the MP4", audio: "the WAV" }[media] || "the file";
+  actions.push(el("a", { href: kept, download: image.file || image.name, className: "button small ghost",
+    title: `Download ${what} (it carries its recipe)` }, "⤓"));
+  // a sound plays under its spectrogram; a clip plays as the animated GIF shown above
+  const player = media === "audio" ? el("audio", { controls: true, src: kept, preload: "none", className: "result-audio" }) : null;
+  return el("figure", { className: `result ${media}` }, open, player,
     el("figcaption", {},
       el("span", { className: "seed" }, `seed ${fmt(recipe.seed)}`),
-      el("span", { className: "result-actions" }, toImg, toInpaint, download)));
+      el("span", { className: "result-actions" }, ...actions)));
 }
