@@ -47,6 +47,15 @@ def test_video_and_audio_models_make_clips_and_sounds_that_play(driver, media_se
     download = find(By.CSS_SELECTOR, "#results a[download]").get_attribute("href")
     assert download.endswith(".mp4")
     assert driver.execute_script("return document.querySelectorAll('#results .send-img2img').length") == 0
+    # its recipe: download the MP4, no edit buttons; "use these settings" from the image model's form
+    choose(driver, "shapes")
+    fill(driver, "width", 64)
+    find(By.CSS_SELECTOR, "#results .result-open").click()
+    assert find(By.ID, "recipe-download").get_attribute("href").endswith(".mp4")
+    assert not find(By.ID, "send-img2img").is_displayed()
+    find(By.ID, "use-settings").click()
+    assert driver.execute_script("return document.getElementById('model').value") == "shapes-video"
+    assert find(By.ID, "width").get_attribute("value") == "" and find(By.ID, "mode-img2img").get_attribute("disabled")
 
     choose(driver, "sounds")
     fill(driver, "prompt", "a low note then a high note")

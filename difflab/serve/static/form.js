@@ -113,8 +113,9 @@ export function applyRecipe(recipe) {
   if (recipe.steps != null) setValue("steps", recipe.steps);
   if (recipe.guidance_scale != null) setValue("guidance", recipe.guidance_scale);
   if (recipe.seed != null) setValue("seed", recipe.seed);
-  if (recipe.width != null) setValue("width", recipe.width);
-  if (recipe.height != null) setValue("height", recipe.height);
+  const sized = ((currentModel() || {}).media || "image") === "image";   // a clip or a sound has its model's size
+  if (sized && recipe.width != null) setValue("width", recipe.width);
+  if (sized && recipe.height != null) setValue("height", recipe.height);
   if (recipe.strength != null) {
     setValue("strength", recipe.strength);
     $("#strength-value").textContent = Number(recipe.strength).toFixed(2);

@@ -36,8 +36,10 @@ export function openRecipe(image) {
   $("#recipe-json").textContent = JSON.stringify(recipe, null, 2);
   $("#recipe-title").replaceChildren("Recipe", image.name ? el("span", { className: "muted small name" }, image.name) : "");
   const download = $("#recipe-download");
-  download.href = image.url;
-  download.download = image.name || "difflab.png";
+  download.href = image.file_url || image.url;             // a clip's MP4, a sound's WAV, else the PNG
+  download.download = image.file || image.name || "difflab.png";
+  const editable = (image.media || "image") === "image";   // only images go to the edit modes
+  $("#send-img2img").hidden = $("#send-inpaint").hidden = !editable;
   const dialog = $("#recipe");
   if (!dialog.open) dialog.showModal();
   $("#use-settings").focus();
