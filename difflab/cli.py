@@ -23,7 +23,7 @@ import typer.core
 from difflab.cli_checks import (check_edit_flags, check_outpaint_canvas, check_settings, one_line, open_image,
                                 parse_loras, read_prompts, check_control_flags, check_ip_flags)
 from difflab.outputs import COUNTER, check_output_folder, write_file
-from difflab.settings import validate_deep_cache, validate_guidance_method
+from difflab.settings import validate_block_cache, validate_deep_cache, validate_guidance_method
 from difflab.train.config import DATASETS, PRESETS
 from difflab.train.flags import parse_field_flags, training_fields_help
 
@@ -185,6 +185,8 @@ def generate(
     lora: list[str] = typer.Option(None, help="a LoRA file PATH[:SCALE] for an SD model or a difflab UNet (repeatable)"),
     deep_cache: int = typer.Option(None, help="difflab UNets: recompute deep features every N-th step (DeepCache; "
                                               "2: ~1.7x faster)"),
+    block_cache: float = typer.Option(None, help="DiT/MMDiT: skip the blocks after the first while its output "
+                                                 "changes by less than this fraction (first-block cache; 0-1)"),
     spacing: str = typer.Option(None, help="sigma spacing: trailing, leading, linspace, karras, exponential"),
     model: str = typer.Option(None, help="a difflab package, a diffusers folder (SD 1.x/2.x, SDXL, SD3) or a single "
                                          ".safetensors checkpoint (SD 1.x/2.x, SDXL); default: the bundled model"),
@@ -224,6 +226,7 @@ def generate(
     check_settings(prompt, negative, n, steps, sampler, spacing, guidance)
     validate_guidance_method(guidance_method, "--guidance-method")
     validate_deep_cache(deep_cache, "--deep-cache")
+    validate_block_cache(block_cache, "--block-cache")
     if video_format not in ("mp4", "gif"):
         raise ValueError(f"--video-format must be mp4 or gif, got {video_format!r}")
     if dtype is not None and dtype.removeprefix("torch.") not in ("float32", "float16", "bfloat16", "float64"):
@@ -260,7 +263,7 @@ def generate(
             batch = jobs[start:start + 8]
             result = pipe([p for p, _ in batch], negative_prompt=negative, seed=[s for _, s in batch], steps=steps,
                           sampler=sampler, guidance_scale=guidance, spacing=spacing, progress=True,
-                          guidance_method=guidance_method, deep_cache=deep_cache, **controls)
+                          guidance_method=guidance_method, deep_cache=deep_cache, block_cache=block_cache, **controls)
             paths += result.save(out, overwrite=overwrite, video_format=video_format)
         for path in paths:
             typer.echo(str(path))
@@ -271,7 +274,7 @@ def generate(
     else:
         result = pipe(prompt, negative_prompt=negative, num_images=n, seed=seed, steps=steps, sampler=sampler,
                       guidance_scale=guidance, spacing=spacing, progress=True, strength=strength,
-                      guidance_method=guidance_method, deep_cache=deep_cache,
+                      guidance_method=guidance_method, deep_cache=deep_cache, block_cache=block_cache,
                       outpaint=margins, mask_blur=mask_blur, **edits, **controls)
     inputs = [p for p in (image, mask, recipe, ip_image, *(control_image or [])) if p is not None]
     paths = result.save(out, overwrite=overwrite, inputs=inputs, video_format=video_format)

@@ -106,6 +106,15 @@ def validate_deep_cache(interval, name: str = "deep_cache") -> int | None:
     return interval
 
 
+def validate_block_cache(threshold, name: str = "block_cache") -> float | None:
+    """None (off) or the first-block cache's threshold: a number in (0, 1] (relative change of the first
+    block's output below which a transformer's other blocks are skipped; :mod:`difflab.models.block_cache`)."""
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0 < threshold <= 1):
+        raise ValueError(f"{name} must be a number in (0, 1], got {threshold!r}"[:200])
+    return threshold
+
+
 # Models that ship inside difflab, by name: ``--model shapes-v1`` works from any folder. A path that
 # exists wins over a name, so a local folder called "shapes" is still that folder.
 BUNDLED_MODELS = {"shapes": Path(__file__).parent / "assets" / "models" / "shapes"}

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from difflab.models.base import ModelMixin, is_int, is_optional_int, register_model, require
+from difflab.models.block_cache import run_blocks
 from difflab.models.layers import Attention, ConditionEmbedding
 
 # Named sizes: DiT-S/B/L/XL from the paper (Table 1), plus T and XS that train on a CPU.
@@ -146,8 +147,9 @@ class DiT(ConditionEmbedding, ModelMixin):
         """Input sides must be multiples of this (its patch size)."""
         return self.config.patch_size
 
-    def forward(self, x, t, context=None, context_mask=None, class_labels=None, pooled=None):
-        """x [B, C, H, W], t [B] or scalar -> [B, C_out, H, W]."""
+    def forward(self, x, t, context=None, context_mask=None, class_labels=None, pooled=None, block_cache=None):
+        """x [B, C, H, W], t [B] or scalar -> [B, C_out, H, W]. ``block_cache``: a
+        :class:`~difflab.models.block_cache.BlockCacheState` (first-block caching)."""
         cfg, p = self.config, self.config.patch_size
         if x.dim() != 4 or x.shape[1] != cfg.in_channels or x.shape[2] % p or x.shape[3] % p:
             raise ValueError(f"x must have shape [B, {cfg.in_channels}, H, W] with H and W divisible by "
@@ -161,8 +163,11 @@ class DiT(ConditionEmbedding, ModelMixin):
         tokens = self.patchify(x).flatten(2).transpose(1, 2)                           # [B, h*w, D]
         tokens = tokens + sincos_positions_2d(cfg.hidden_size, h, w).to(tokens.device)
         mask = context_mask.bool() if context_mask is not None else None
-        for block in self.blocks:
-            tokens = block(tokens, c, context, mask)                                  # [B, h*w, D]
+        def rest(tokens, _):
+            for block in self.blocks[1:]:
+                tokens = block(tokens, c, context, mask)                              # [B, h*w, D]
+            return tokens
+        tokens = run_blocks(tokens, lambda x: (self.blocks[0](x, c, context, mask), None), rest, block_cache)
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=1)
         out = self.proj_out(modulate(self.norm_out(tokens), shift, scale))            # [B, h*w, p*p*C]
         out = out.view(B, h, w, p, p, cfg.output_channels)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from difflab.models.base import ModelMixin, is_int, is_optional_int, register_model, require
+from difflab.models.block_cache import run_blocks
 from difflab.models.dit import modulate
 from difflab.models.layers import broadcast_time
 from difflab.models.sd_unet import mlp, time_features
@@ -260,20 +261,21 @@ class MMDiT(ModelMixin):
                 f"context_mask must have shape {list(context.shape[:2])}, got "
                 f"{None if context_mask is None else list(context_mask.shape)}")
 
-    def forward(self, x, t, context=None, pooled=None, context_mask=None):
+    def forward(self, x, t, context=None, pooled=None, context_mask=None, block_cache=None):
         """x [B, C, H, W], t [B] or scalar (model time in [0, 1000]), context [B, L, context_dim],
-        pooled [B, pooled_dim], context_mask [B, L] (True = attend; None = every token) -> [B, C_out, H, W]."""
+        pooled [B, pooled_dim], context_mask [B, L] (True = attend; None = every token) -> [B, C_out, H, W].
+        ``block_cache``: a :class:`~difflab.models.block_cache.BlockCacheState` (first-block caching)."""
         cfg, p = self.config, self.config.patch_size
         self.check_input(x, context, pooled, context_mask)
         B, _, H, W = x.shape
         h, w = H // p, W // p
         tokens = self.patchify(x).flatten(2).transpose(1, 2)                        # [B, h*w, D]
         tokens = tokens + self.positions(h, w).to(tokens.dtype)                      # [B, h*w, D]
-        out = self.transform(tokens, t, context, pooled, context_mask)              # [B, h*w, p*p*C]
+        out = self.transform(tokens, t, context, pooled, context_mask, block_cache)  # [B, h*w, p*p*C]
         out = out.view(B, h, w, p, p, cfg.output_channels)                          # [B, h, w, p, p, C]
         return out.permute(0, 5, 1, 3, 2, 4).reshape(B, cfg.output_channels, H, W)  # [B, C, H, W]
 
-    def transform(self, tokens, t, context, pooled, context_mask):
+    def transform(self, tokens, t, context, pooled, context_mask, block_cache=None):
         """The joint blocks and the final layer on embedded patches: tokens [B, N, D] (positions added)
         -> [B, N, p*p*C_out], each token's patch in (row, column, channel) order."""
         cfg = self.config
@@ -286,7 +288,10 @@ class MMDiT(ModelMixin):
         if context_mask is not None and not bool(context_mask.all()):
             image_keys = context_mask.new_ones(B, N, dtype=torch.bool)              # [B, N]
             mask = torch.cat([context_mask.bool(), image_keys], 1)[:, None, None]   # [B, 1, 1, L+N]
-        for block in self.blocks:
-            tokens, text = block(tokens, text, c, mask)                             # [B, N, D], [B, L, D]
+        def rest(tokens, text):
+            for block in self.blocks[1:]:
+                tokens, text = block(tokens, text, c, mask)                         # [B, N, D], [B, L, D]
+            return tokens
+        tokens = run_blocks(tokens, lambda x: self.blocks[0](x, text, c, mask), rest, block_cache)
         scale, shift = self.ada_out(F.silu(c)).chunk(2, dim=1)                      # each [B, D]
         return self.proj_out(modulate(self.norm_out(tokens), shift, scale))         # [B, N, p*p*C]

@@ -71,9 +71,9 @@ class VideoMMDiT(MMDiT):
                                               f"max_frames={cfg.max_frames}")
         super().check_input(x[:, :, 0], context, pooled, context_mask)    # sides and conditioning, on one frame
 
-    def forward(self, x, t, context=None, pooled=None, context_mask=None):
+    def forward(self, x, t, context=None, pooled=None, context_mask=None, block_cache=None):
         """x [B, C, T, H, W], t [B] or scalar (model time), context [B, L, context_dim], pooled
-        [B, pooled_dim], context_mask [B, L] or None -> [B, C_out, T, H, W]."""
+        [B, pooled_dim], context_mask [B, L] or None -> [B, C_out, T, H, W]; ``block_cache`` as MMDiT's."""
         cfg, p = self.config, self.config.patch_size
         self.check_input(x, context, pooled, context_mask)
         B, C, T, H, W = x.shape
@@ -82,6 +82,6 @@ class VideoMMDiT(MMDiT):
         tokens = self.patchify(frames).flatten(2).transpose(1, 2)                       # [B*T, h*w, D]
         where = self.positions(h, w)[None] + frame_code(T, cfg.hidden_size).to(x.device)[:, None]  # [T, h*w, D]
         tokens = (tokens.view(B, T, h * w, -1) + where.to(tokens.dtype)).reshape(B, T * h * w, -1)  # [B, T*h*w, D]
-        out = self.transform(tokens, t, context, pooled, context_mask)                  # [B, T*h*w, p*p*C_out]
+        out = self.transform(tokens, t, context, pooled, context_mask, block_cache)     # [B, T*h*w, p*p*C_out]
         out = out.view(B, T, h, w, p, p, cfg.output_channels)                           # [B, T, h, w, p, p, C]
         return out.permute(0, 6, 1, 2, 4, 3, 5).reshape(B, cfg.output_channels, T, H, W)  # [B, C, T, H, W]

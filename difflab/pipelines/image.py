@@ -27,7 +27,8 @@ from difflab import limits
 from difflab.codecs import Codec, PixelCodec
 from difflab.conditioning import Conditioner
 from difflab.data import shapes_grammar as shapes
-from difflab.settings import BUNDLED_MODELS, package_folder, validate_deep_cache, validate_text
+from difflab.settings import (BUNDLED_MODELS, package_folder, validate_block_cache, validate_deep_cache,
+                              validate_text)
 from difflab.pipelines import edit
 from difflab.pipelines.arguments import as_list, check_count, check_latents, from_diffusers_names, image_seeds
 from difflab.pipelines.control import ControlMethods
@@ -207,7 +208,7 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
     # ----- generation ----------------------------------------------------------------------------
     def __call__(self, prompt, negative_prompt=None, num_images: int = 1, seed=None, steps=None, sampler=None,
                  guidance_scale=None, spacing=None, guidance_rescale: float = 0.0, guidance_method: str = "cfg",
-                 deep_cache: int | None = None, callback=None,
+                 deep_cache: int | None = None, block_cache: float | None = None, callback=None,
                  progress: bool = False, image=None, strength: float | None = None, mask=None,
                  outpaint=None, mask_blur: float = 0.0, width: int | None = None,
                  height: int | None = None, latents: torch.Tensor | None = None, control_image=None,
@@ -219,7 +220,9 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
         regenerate, ``mask_blur`` feathers the seam inside the mask) or outpainting (``outpaint`` =
         (left, right, top, bottom) pixels added and filled); see ``difflab.edit``. ``guidance_method``:
         ``cfg``, ``apg`` or ``cfg_zero_star`` (:mod:`difflab.guidance`). ``deep_cache=N`` (difflab's
-        UNet): the deep features are recomputed every N-th evaluation only (DeepCache; off by default).
+        UNet): the deep features are recomputed every N-th evaluation only (DeepCache; off by default);
+        ``block_cache=T`` (a DiT or MMDiT): the blocks after the first are skipped while the first block's
+        output changes by less than T (first-block caching, :mod:`difflab.models.block_cache`; off by default).
         ``control_image`` (one per loaded ControlNet), ``control_scale``, ``control_start`` and
         ``control_end``: ControlNet steering (:mod:`difflab.pipelines.control`); ``ip_image`` (one, or
         one per output image) and ``ip_scale``: an image prompt (:mod:`difflab.pipelines.image_prompt`).
@@ -238,7 +241,7 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
         settings = self._settings(steps, sampler, guidance_scale, spacing)
         validate_guidance_rescale(guidance_rescale)
         validate_guidance_method(guidance_method)
-        cache = self._deep_cache(deep_cache) if validate_deep_cache(deep_cache) not in (None, 1) else None
+        caches = self._caches(deep_cache, block_cache)
         if self.codec.media == "audio" and not (image is None and mask is None and outpaint is None):
             raise ValueError("image, mask and outpaint edit images; this is an audio model")
         edits = edit.prepare(self.codec, self.size_multiple, image, strength, mask, outpaint, mask_blur,
@@ -257,8 +260,7 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
         tokens = self._ip_tokens(ip_image, ip_scale, len(prompts), guided)   # checked before the text is encoded
         self._warn_outside_vocabulary(prompts)
         cond, uncond = self._encode(prompts), self._encode(negatives)
-        if cache is not None:
-            cond["deep_cache"] = uncond["deep_cache"] = cache
+        cond, uncond = cond | caches, uncond | caches           # one state: the guided halves are one batch
         if embedded:
             cond["guidance"] = torch.full((len(prompts),), float(settings["guidance_scale"]), device=self.device)
         network = self._controlled(self.model, controls) if controls else self.model
@@ -272,7 +274,8 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
         outputs = self.codec.outputs(edits.result(self.codec, x) if edits else self.codec.decode(x))
         given = {"latents": "given"} if noise is not None else {}  # not replayable from the recipe alone
         method = {"guidance_method": guidance_method} if guidance_method != "cfg" else {}
-        method |= {"deep_cache": deep_cache} if cache is not None else {}
+        method |= {key: value for key, value in (("deep_cache", deep_cache), ("block_cache", block_cache))
+                   if key in caches}
         method |= self._lora_recipe()
         recipes = [self._recipe(p, n, s, settings, guidance_rescale, size) | (edits.recipe() if edits else {}) | given
                    | method | self._control_recipe(controls, control_image, i) | self._ip_recipe(tokens, ip_image, ip_scale, i)
@@ -296,6 +299,7 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
                     steps=recipe["steps"], sampler=recipe["sampler"], guidance_scale=recipe["guidance_scale"],
                     spacing=recipe["spacing"], guidance_rescale=recipe.get("guidance_rescale", 0.0),
                     guidance_method=recipe.get("guidance_method", "cfg"), deep_cache=recipe.get("deep_cache"),
+                    block_cache=recipe.get("block_cache"),
                     image=image,
                     strength=recipe.get("strength"), mask=mask, outpaint=recipe.get("outpaint"),
                     mask_blur=recipe.get("mask_blur", 0.0),
@@ -353,11 +357,24 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
     def _encode(self, prompts: list) -> dict:
         return self.conditioner(prompts, self.device)
 
-    def _deep_cache(self, interval):
+    def _caches(self, deep_cache, block_cache) -> dict:
+        """The network's keyword arguments for DeepCache or first-block caching (one state per call)."""
+        from difflab.models.block_cache import BlockCacheState
+        from difflab.models.dit import DiT
+        from difflab.models.mmdit import MMDiT
         from difflab.models.unet import DeepCacheState, UNet
-        if not isinstance(self.model, UNet):
-            raise ValueError(f"deep_cache is for difflab's UNet; this network is a {type(self.model).__name__}")
-        return DeepCacheState(interval)
+        if validate_deep_cache(deep_cache) not in (None, 1) and validate_block_cache(block_cache) is not None:
+            raise ValueError("choose one cache: deep_cache (UNets) or block_cache (transformers)")
+        if deep_cache not in (None, 1):
+            if not isinstance(self.model, UNet):
+                raise ValueError(f"deep_cache is for difflab's UNet; this network is a {type(self.model).__name__}")
+            return {"deep_cache": DeepCacheState(deep_cache)}
+        if validate_block_cache(block_cache) is not None:
+            if not isinstance(self.model, (DiT, MMDiT)):
+                raise ValueError(f"block_cache is for difflab's transformers (DiT, MMDiT); this network is a "
+                                 f"{type(self.model).__name__} (UNets: deep_cache)")
+            return {"block_cache": BlockCacheState(block_cache)}
+        return {}
 
     def _recipe(self, prompt, negative, seed, settings, guidance_rescale, size) -> dict:
         return {"prompt": prompt, "negative_prompt": negative if negative != self.null_condition else None,

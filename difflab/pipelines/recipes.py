@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from difflab import limits
-from difflab.settings import validate_deep_cache, validate_guidance_method, validate_text
+from difflab.settings import validate_block_cache, validate_deep_cache, validate_guidance_method, validate_text
 from difflab.outputs import check_output_folder, free_names, write_file
 from difflab.settings import a1111_parameters, validate_settings
 
@@ -140,6 +140,7 @@ def _check_fields(recipe: dict) -> None:
     if recipe.get("guidance_method") is not None:
         validate_guidance_method(recipe["guidance_method"])
     validate_deep_cache(recipe.get("deep_cache"))
+    validate_block_cache(recipe.get("block_cache"))
     loras = recipe.get("loras")
     if loras is not None and not (isinstance(loras, list) and all(
             isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("sha256"), str)
