@@ -149,6 +149,8 @@ HOSTILE = [
     ("train-ip-adapter-digits", ["train", "--dataset", "digits", "--init-from", "shapes", "--ip-adapter", "--out",
                                  "fresh"], r"ip_adapter must be used with init_from and dataset=shapes"),
     ("deep-cache-0", GEN + ["--deep-cache", "0"], r"--deep-cache must be an integer in \[1, 100\], got 0"),
+    ("block-cache-2", GEN + ["--block-cache", "2"], r"--block-cache must be a number in \(0, 1\], got 2.0"),
+    ("block-cache-on-a-unet", GEN + ["--block-cache", "0.2"], r"block_cache is for difflab's transformers"),
     ("eval-limit-0", ["eval", BUNDLED, "--limit", "0"], r"--limit must be a positive integer"),
     ("eval-steps-1e9", ["eval", BUNDLED, "--steps", "1000000000"], r"sampling steps \(--steps\): 1,000,000,000 asked"),
     ("eval-model-missing", ["eval", "nowhere"], r"MODEL must be a model package folder"),
