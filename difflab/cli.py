@@ -339,11 +339,13 @@ def bench_networks(
 @one_line_errors
 def eval_(
     model: str = typer.Argument(..., help="model package folder"),
-    prompts: str = typer.Option("shapes-bench", help="shapes-bench, or a text file of canonical shapes prompts"),
+    prompts: str = typer.Option("shapes-bench", help="shapes-bench, or a text file of canonical shapes prompts; "
+                                                     "a video or audio model: held-out or test (default: both)"),
     sampler: Sampler = None,
     steps: Steps = None,
     guidance: Guidance = None,
-    limit: int = typer.Option(None, help="score a balanced sample of N prompts (round-robin over categories)"),
+    limit: int = typer.Option(None, help="score a balanced sample of N prompts (round-robin over categories); "
+                                         "a video or audio model: N prompts per set (default 48)"),
     batch_size: int = typer.Option(16, help="images generated per batch"),
     fid: bool = typer.Option(True, help="also compute FID/KID against real renders"),
     out: str = typer.Option(None, help="JSON report path (default: outputs/eval/eval-MODEL-PROMPTS-LIMIT-HASH.json;"
@@ -356,7 +358,8 @@ def eval_(
                                                        "novel one a prompt names) | all: every colour it can be "
                                                        "taught (cyan too), the strict reading after a colour LoRA"),
 ) -> None:
-    """Generate the prompt set, score it with the shapes oracle and FID/KID; print a table, write JSON."""
+    """Generate the prompt set, score it with the shapes oracle and FID/KID (a video or audio model: its
+    world's judge and FD/KID on difflab's clip or sound features); print a table, write JSON."""
     from difflab.metrics.evaluation import EvalConfig, evaluate, format_summary
 
     config = EvalConfig(model, prompts, sampler, steps, guidance, batch_size, limit, fid, out, device, guidance_method,

@@ -81,3 +81,19 @@ def test_a_set_against_itself_is_at_distance_zero():
 def test_bad_input_is_refused(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_the_sounds_model_is_judged_against_real_sounds():
+    import difflab
+    from difflab.metrics.av_eval import evaluate_media, format_rows, prompt_sets
+
+    sets = prompt_sets("audio", 3)
+    assert len(sets["held-out"]) == len(sets["test"]) == 3
+    report = evaluate_media(difflab.Pipeline.from_pretrained("sounds"), sets, batch_size=2, progress=False, steps=2)
+    rows = report["rows"]
+    assert rows["test (real)"]["overall"] == rows["held-out (real)"]["overall"] == 1.0   # the judge's ceiling
+    assert rows["test"]["FD"] > rows["test (real)"]["FD"]           # two sampler steps: far from real sounds
+    assert [r["seed"] for r in report["results"]] == [0, 1, 2, 0, 1, 2] and report["per_second"] > 0
+    assert format_rows(rows, report["sizes"])[2].startswith("| held-out (3) |")
+    with pytest.raises(ValueError, match="no test-split prompt contains"):
+        prompt_sets("audio", 3, only="a violin")

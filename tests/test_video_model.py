@@ -189,11 +189,23 @@ def test_generate_writes_an_mp4_and_replays_its_recipe(tmp_path):
         assert [f.to_ndarray().tobytes() for f in a.decode(video=0)] == [f.to_ndarray().tobytes() for f in b.decode(video=0)]
     bad = cli("generate", "a red circle moving right", "--model", str(package), "--video-format", "avi")
     assert bad.returncode != 0 and "--video-format must be mp4 or gif" in bad.stderr
-    judged = cli("eval", str(package), "--limit", "2", "--out", str(tmp_path / "report.json"))
-    assert judged.returncode == 2 and "judges text-to-image models" in judged.stderr
-    from difflab.serve.models import load_pipelines
-    with pytest.raises(ValueError, match="the web app serves image models"):
-        load_pipelines([package])
+    # difflab eval judges a video model with the motion judge: both prompt sets, real ceilings, FD/KID
+    judged = cli("eval", str(package), "--limit", "2", "--steps", "2", "--out", str(tmp_path / "report.json"))
+    assert judged.returncode == 0, judged.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["media"] == "video" and report["prompts"] == "held-out+test"
+    assert set(report["rows"]) == {"held-out", "held-out (real)", "test", "test (real)"}
+    assert report["rows"]["test (real)"]["overall"] == 1.0 and len(report["results"]) == 4
+    assert all(isinstance(row["FD"], float) for row in report["rows"].values())
+    assert "| held-out (2) |" in judged.stdout and "not FVD" in judged.stdout
+    one = cli("eval", str(package), "--prompts", "held-out", "--limit", "1", "--steps", "2",
+              "--out", str(tmp_path / "one.json"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    rows = json.loads((tmp_path / "one.json").read_text())["rows"]
+    assert set(rows) == {"held-out", "held-out (real)"} and "FD" not in rows["held-out"]   # one clip: no covariance
+    (tmp_path / "mine.txt").write_text("a red circle\n")
+    wrong = cli("eval", str(package), "--prompts", str(tmp_path / "mine.txt"), "--limit", "1")
+    assert wrong.returncode == 2 and "--prompts takes held-out or test" in wrong.stderr
 
 
 def test_the_bundled_video_model_loads_by_name_and_makes_a_clip():

@@ -70,8 +70,8 @@ def load_prompts(spec: str) -> list[dict]:
 
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"--prompts must be one of {', '.join(BENCHES)} or a text file of prompts; "
-                         f"{spec!r} is neither")
+        raise ValueError(f"--prompts must be one of {', '.join(BENCHES)} or a text file of prompts (a video or "
+                         f"audio model: held-out or test); {spec!r} is none of these")
     lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     for line in lines:
         parse_prompt(line)  # refuse a file with a prompt outside the grammar before any generation

@@ -7,6 +7,7 @@ category, over held-out colour-shape pairs and overall, the feature network's na
 and every prompt's verdict with its reasons. ``limit`` takes a balanced sample (round-robin over the
 categories). Each report gets its own name (model, prompt set, limit and a hash of the settings) and
 is written atomically; an existing report is never overwritten (the new one takes a counter prefix).
+A video or audio model is judged by its world's judge instead (:mod:`difflab.metrics.av_eval`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from difflab.outputs import check_output_file, check_output_folder, free_names, write_text
 
 REPORTS = Path("outputs") / "eval"
+MEDIA_SETS = ("held-out", "test")       # a video or audio model's prompt sets (difflab.metrics.av_eval)
+MEDIA_DEFAULT_LIMIT = 48
 ORACLE_COLOURS = ("trained", "all")
 
 
@@ -124,15 +127,17 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict:
     from difflab.pipelines import Pipeline
 
     config.validate()
-    entries = balanced(load_prompts(config.prompts), config.limit)
+    entries = None if config.prompts in MEDIA_SETS else balanced(load_prompts(config.prompts), config.limit)
     pipe = Pipeline.from_pretrained(config.model)
     for path, scale in config.loras:
         pipe.load_lora(path, scale)
     if config.device != "cpu":
         pipe.to(config.device)
     if pipe.codec.media != "image":
-        raise ValueError(f"difflab eval judges text-to-image models; {config.model} makes {pipe.codec.media}: "
-                         f"judge it with benchmarks/av_models.py {pipe.codec.media}")
+        return _evaluate_media(pipe, config, progress)
+    if entries is None:
+        raise ValueError(f"--prompts {config.prompts} names a set of the video and audio worlds; {config.model} "
+                         f"makes images: use shapes-bench or a prompt file")
     if pipe.channels != 3:
         raise ValueError(f"{config.prompts} needs an RGB text-to-image model; {config.model} makes "
                          f"{pipe.channels}-channel images")
@@ -151,9 +156,46 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict:
     return summary
 
 
+def _evaluate_media(pipe, config: EvalConfig, progress: bool) -> dict:
+    """A video or audio model (:mod:`difflab.metrics.av_eval`): the held-out and test sets (or the one
+    ``--prompts`` names), ``limit`` prompts each (default 48), judged and compared with real samples."""
+    from dataclasses import replace
+
+    from difflab.metrics.av_eval import evaluate_media, prompt_sets
+
+    if config.prompts not in ("shapes-bench", *MEDIA_SETS):
+        raise ValueError(f"{config.model} makes {pipe.codec.media}: --prompts takes held-out or test (default: "
+                         f"both), not {config.prompts!r}")
+    sets = prompt_sets(pipe.codec.media, config.limit or MEDIA_DEFAULT_LIMIT)
+    if config.prompts in MEDIA_SETS:
+        sets = {config.prompts: sets[config.prompts]}
+    report = evaluate_media(pipe, sets, config.batch_size, progress, steps=config.steps, sampler=config.sampler,
+                            guidance_scale=config.guidance_scale, guidance_method=config.guidance_method,
+                            deep_cache=config.deep_cache)
+    named = "+".join(sets)
+    path = replace(config, prompts=named).report_path()
+    out = free_names(path.parent, [path.name])[0]
+    summary = {"model": str(config.model), "prompts": named, "media": pipe.codec.media,
+               "settings": {k: v for k, v in (("sampler", config.sampler or pipe.defaults["sampler"]),
+                                              ("steps", config.steps or pipe.defaults["steps"]),
+                                              ("guidance_scale", config.guidance_scale or pipe.defaults["guidance_scale"]))},
+               "config": asdict(config), "rows": report["rows"], "sizes": report["sizes"],
+               "per_second": report["per_second"], "results": report["results"], "out": str(out)}
+    summary["out"] = str(write_text(out, json.dumps(summary, indent=1)))
+    return summary
+
+
 def format_summary(summary: dict) -> str:
     from difflab.metrics.bench import format_table
 
+    if "rows" in summary:                                          # a video or audio model
+        from difflab.metrics.av_eval import format_rows
+        return "\n".join([f"model {summary['model']} ({summary['media']}) on {summary['prompts']}: "
+                          + ", ".join(f"{k} {v}" for k, v in summary["settings"].items()),
+                          *format_rows(summary["rows"], summary["sizes"]),
+                          "FD and KIDx1000 on difflab's own clip or sound features (not FVD or FAD), against real "
+                          "samples of the same prompts and seeds; on a (real) row, real samples of other seeds",
+                          f"wrote {summary['out']}"])
     lines = [f"model {summary['model']} on {summary['prompts']}: "
              + ", ".join(f"{k} {v}" for k, v in summary["settings"].items()), format_table(summary["table"])]
     d = summary.get("distances")
