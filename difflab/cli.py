@@ -23,7 +23,7 @@ import typer.core
 from difflab.cli_checks import (check_edit_flags, check_outpaint_canvas, check_settings, one_line, open_image,
                                 parse_loras, read_prompts, check_control_flags, check_ip_flags)
 from difflab.outputs import COUNTER, check_output_folder, write_file
-from difflab.settings import validate_block_cache, validate_deep_cache, validate_guidance_method
+from difflab.settings import BUNDLED_MODELS, validate_block_cache, validate_deep_cache, validate_guidance_method
 from difflab.train.config import DATASETS, PRESETS
 from difflab.train.flags import parse_field_flags, training_fields_help
 
@@ -87,8 +87,9 @@ def _quiet_loading() -> None:
 
 @app.command()
 @one_line_errors
-def info(path: str = typer.Argument(None, help="a model package, diffusers folder or .safetensors file to "
-                                                  "describe (read from configs and headers; no weight is loaded)")) -> None:
+def info(path: str = typer.Argument(None, help="a model package (or a bundled model's name), diffusers folder or "
+                                                  ".safetensors file to describe (read from configs and headers; no "
+                                                  "weight is loaded)")) -> None:
     """Print versions and the samplers, schedules and devices difflab sees; or what PATH holds."""
     if path is not None:
         from difflab.convert.describe import describe
@@ -106,6 +107,7 @@ def info(path: str = typer.Argument(None, help="a model package, diffusers folde
     typer.echo("schedules: " + ", ".join(KINDS))
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     typer.echo("devices: cpu" + (f", cuda x{cuda} ({torch.cuda.get_device_name(0)})" if cuda else ""))
+    typer.echo("bundled models: " + ", ".join(BUNDLED_MODELS) + " (difflab info NAME describes one)")
 
 
 # --- train ---------------------------------------------------------------------------------

@@ -119,6 +119,22 @@ def test_cli_advertises_serve_which_exists_and_info_prints_schedules_and_devices
     assert result.exit_code == 0, result.output
     assert "schedules: " + ", ".join(KINDS) in result.output
     assert "devices: cpu" in result.output
+    assert "bundled models: shapes, shapes-v1, shapes-video, sounds" in result.output
+
+
+def test_info_describes_a_bundled_model_by_name_without_torch():
+    import subprocess
+    import sys
+
+    probe = ("import sys; sys.argv[0] = 'difflab'; from difflab.cli import main\ntry:\n    main()\nfinally:\n"
+             "    print('torch imported' if 'torch' in sys.modules else 'torch not imported')")
+    run = subprocess.run([sys.executable, "-c", probe, "info", "shapes-video"], capture_output=True, text=True)
+    rows = dict(line.split(":", 1) for line in run.stdout.splitlines() if ":" in line)
+    assert run.returncode == 0, run.stderr
+    assert rows["network"].strip() == "VideoUNet" and rows["makes"].strip() == "video, 8 frames"
+    assert run.stdout.strip().endswith("torch not imported")
+    fast = subprocess.run([sys.executable, "-m", "difflab", "info", "shapes-fast"], capture_output=True, text=True)
+    assert "sampler lcm, steps 4" in fast.stdout and "network:          UNet" in fast.stdout
 
 
 # --- importing the text encoders changes no environment variable ------------------------------

@@ -45,7 +45,11 @@ def parameter_count(files) -> int:
 
 
 def describe(path) -> list[tuple[str, str]]:
-    """Rows (field, value) describing a difflab package, a diffusers folder or a safetensors file."""
+    """Rows (field, value) describing a difflab package (a bundled model by name too), a diffusers
+    folder or a safetensors file."""
+    from difflab.settings import BUNDLED_MODELS
+    if isinstance(path, str) and path in BUNDLED_MODELS and not Path(path).exists():
+        path = BUNDLED_MODELS[path]
     path = Path(path)
     if path.is_file():
         return _describe_file(path)
@@ -54,19 +58,24 @@ def describe(path) -> list[tuple[str, str]]:
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         return _describe_package(path)
     raise ValueError(f"{path} is neither a difflab package (config.json + model.safetensors), a diffusers folder "
-                     f"(model_index.json) nor a .safetensors file")
+                     f"(model_index.json), a .safetensors file nor a bundled model ({', '.join(BUNDLED_MODELS)})")
 
 
 def _describe_package(folder: Path) -> list[tuple[str, str]]:
     config = json.loads((folder / "config.json").read_text())
-    model, diffusion = config.get("model", {}), config.get("diffusion", {})
+    diffusion, codec = config.get("diffusion", {}), config.get("codec") or {"type": "image"}
     data, conditioning = config.get("data", {}), config.get("conditioning", {})
-    return [("kind", "difflab model package"), ("network", str(model.get("class_name", "UNet"))),
+    makes = {"video": f"video, {codec.get('frames')} frames", "audio": "audio (log-mel spectrogram -> waveform)",
+             "vae": "images through its VAE (vae/)"}.get(codec.get("type"), "images")
+    sampling = config.get("sampling")
+    return [("kind", "difflab model package"), ("folder", str(folder)), ("makes", makes),
+            ("network", str(config.get("class_name", "UNet"))),
             ("parameters", f"{parameter_count([folder / 'model.safetensors']):,}"),
             ("prediction type", str(diffusion.get("prediction_type"))),
             ("schedule", str(diffusion.get("schedule", {}).get("kind"))),
             ("resolution", f"{data.get('resolution')} px, {data.get('channels')} channels, dataset {data.get('dataset')}"),
-            ("text encoder", json.dumps(conditioning.get("encoder")))]
+            ("text encoder", json.dumps(conditioning.get("encoder"))),
+            ("sampling", ", ".join(f"{k} {v}" for k, v in sampling.items()) if sampling else "difflab's defaults")]
 
 
 def _describe_diffusers(folder: Path) -> list[tuple[str, str]]:
