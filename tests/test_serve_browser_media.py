@@ -68,6 +68,13 @@ def test_video_and_audio_models_make_clips_and_sounds_that_play(driver, media_se
         timeout=20, what="the WAV's metadata in the player")
     assert abs(duration - 16_384 / 16_000) < 0.01
     assert driver.execute_script("return document.querySelector('#results audio').src").endswith(".wav")
+    find(By.CSS_SELECTOR, "#results .result-open").click()                  # its recipe dialog plays it too
+    shown = driver.execute_script("const a = document.getElementById('recipe-audio');"
+                                  "return !a.hidden && a.getBoundingClientRect().height > 0")
+    assert shown                                                             # (selenium's is_displayed says no to <audio>)
+    assert find(By.ID, "recipe-audio").get_attribute("src").endswith(".wav")
+    assert find(By.ID, "recipe-download").get_attribute("href").endswith(".wav")
+    find(By.ID, "recipe-close").click()
 
     choose(driver, "shapes")                                                 # back to images: the modes return
     assert not find(By.ID, "mode-inpaint").get_attribute("disabled")

@@ -39,6 +39,10 @@ export function openRecipe(image) {
   download.href = image.file_url || image.url;             // a clip's MP4, a sound's WAV, else the PNG
   download.download = image.file || image.name || "difflab.png";
   const editable = (image.media || "image") === "image";   // only images go to the edit modes
+  const player = $("#recipe-audio");                       // a sound plays under its spectrogram
+  player.hidden = image.media !== "audio";
+  if (image.media === "audio") player.src = image.file_url;
+  else player.removeAttribute("src");
   $("#send-img2img").hidden = $("#send-inpaint").hidden = !editable;
   const dialog = $("#recipe");
   if (!dialog.open) dialog.showModal();
