@@ -136,7 +136,7 @@ def test_custom_prompt_file(tmp_path):
     path.write_text("a red circle\na blue dog\n")
     with pytest.raises(ValueError, match="dog"):
         bench.load_prompts(str(path))
-    with pytest.raises(ValueError, match="neither"):
+    with pytest.raises(ValueError, match="is none of these"):
         bench.load_prompts(str(tmp_path / "missing.txt"))
 
 
