@@ -183,12 +183,10 @@ class VideoUNet(UNet):
 
         if isinstance(class_labels, (list, tuple)):
             class_labels = [label for label in class_labels for _ in range(T)]
-        self._frames, self._context = T, (per_frame(context), per_frame(context_mask))
-        if context_mask is not None:
-            self._context = (self._context[0], self._context[1].bool())
+        context, context_mask = per_frame(context), per_frame(context_mask)
+        self._frames, self._context = T, (context, None if context_mask is None else context_mask.bool())
         try:
-            out = super().forward(frames, t, per_frame(context), per_frame(context_mask), per_frame(class_labels),
-                                  per_frame(pooled))
+            out = super().forward(frames, t, context, context_mask, per_frame(class_labels), per_frame(pooled))
         finally:
             self._frames = self._emb = self._context = None
         return out.view(B, T, cfg.out_channels, H, W).transpose(1, 2).contiguous()

@@ -363,13 +363,14 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
         from difflab.models.dit import DiT
         from difflab.models.mmdit import MMDiT
         from difflab.models.unet import DeepCacheState, UNet
-        if validate_deep_cache(deep_cache) not in (None, 1) and validate_block_cache(block_cache) is not None:
+        deep_cache, block_cache = validate_deep_cache(deep_cache), validate_block_cache(block_cache)
+        if deep_cache not in (None, 1) and block_cache is not None:
             raise ValueError("choose one cache: deep_cache (UNets) or block_cache (transformers)")
         if deep_cache not in (None, 1):
             if not isinstance(self.model, UNet):
                 raise ValueError(f"deep_cache is for difflab's UNet; this network is a {type(self.model).__name__}")
             return {"deep_cache": DeepCacheState(deep_cache)}
-        if validate_block_cache(block_cache) is not None:
+        if block_cache is not None:
             if not isinstance(self.model, (DiT, MMDiT)):
                 raise ValueError(f"block_cache is for difflab's transformers (DiT, MMDiT); this network is a "
                                  f"{type(self.model).__name__} (UNets: deep_cache)")
