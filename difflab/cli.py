@@ -23,7 +23,7 @@ import typer.core
 from difflab.cli_checks import (check_edit_flags, check_outpaint_canvas, check_settings, one_line, open_image,
                                 parse_loras, read_prompts, check_control_flags, check_ip_flags)
 from difflab.outputs import COUNTER, check_output_folder, write_file
-from difflab.settings import BUNDLED_MODELS, validate_block_cache, validate_deep_cache, validate_guidance_method
+from difflab.settings import BUNDLED_MODELS, validate_block_cache, validate_deep_cache, validate_guidance_flags
 from difflab.train.config import DATASETS, PRESETS
 from difflab.train.flags import parse_field_flags, training_fields_help
 
@@ -183,7 +183,7 @@ def generate(
     sampler: Sampler = None,
     guidance: Guidance = None,
     negative: str = typer.Option(None, help="negative prompt"),
-    guidance_method: str = typer.Option("cfg", help="cfg | apg (adaptive projected) | cfg_zero_star"),
+    guidance_method: str = typer.Option("cfg", help="cfg | apg (adaptive projected) | cfg_zero_star | cfg_pp (CFG++: --sampler euler or ddim, --guidance in [0, 1])"),
     lora: list[str] = typer.Option(None, help="a LoRA file PATH[:SCALE] for an SD model or a difflab UNet (repeatable)"),
     deep_cache: int = typer.Option(None, help="difflab UNets: recompute deep features every N-th step (DeepCache; "
                                               "2: ~1.7x faster)"),
@@ -226,7 +226,7 @@ def generate(
     if prompts is not None and (prompt or recipe or image or grid):
         raise ValueError("--prompts FILE generates from the file alone: drop PROMPT, --recipe, --image and --grid")
     check_settings(prompt, negative, n, steps, sampler, spacing, guidance)
-    validate_guidance_method(guidance_method, "--guidance-method")
+    validate_guidance_flags(guidance_method, sampler, guidance)
     validate_deep_cache(deep_cache, "--deep-cache")
     validate_block_cache(block_cache, "--block-cache")
     if video_format not in ("mp4", "gif"):
@@ -353,7 +353,7 @@ def eval_(
     out: str = typer.Option(None, help="JSON report path (default: outputs/eval/eval-MODEL-PROMPTS-LIMIT-HASH.json;"
                                        " a taken name gets a counter prefix)"),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N | mps: where the images are generated"),
-    guidance_method: str = typer.Option("cfg", help="cfg | apg | cfg_zero_star"),
+    guidance_method: str = typer.Option("cfg", help="cfg | apg | cfg_zero_star | cfg_pp (needs --sampler euler|ddim and --guidance in [0, 1])"),
     deep_cache: int = typer.Option(None, help="difflab UNets: recompute deep features every N-th step"),
     lora: list[str] = typer.Option(None, help="a LoRA file PATH[:SCALE] loaded before generating (repeatable)"),
     oracle_colours: str = typer.Option("trained", help="trained: the oracle names the six trained colours (and a "

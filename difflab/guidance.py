@@ -1,4 +1,5 @@
-"""Guidance and edit wrappers around a denoiser: classifier-free guidance and inpainting.
+"""Guidance and edit wrappers around a denoiser: classifier-free guidance (CFG and its variants) and
+inpainting.
 
 Both keep the denoiser contract ``denoiser(x, sigma, **cond) -> x0``, so every sampler works with
 them unchanged.
@@ -107,7 +108,54 @@ class CFGZeroStar(CFG):
         return torch.where(finite, x - s * d, super().combine(x, sigma, x0_cond, x0_uncond))
 
 
-GUIDANCE_METHODS = dict(zip(settings.GUIDANCE_METHODS, (CFG, APG, CFGZeroStar)))  # the names live in settings
+class CFGPlusPlus(CFG):
+    """CFG++ (Chung et al. 2024, "CFG++: manifold-constrained classifier free guidance for diffusion
+    models", Algorithm 1): a DDIM step whose clean estimate is guided with a scale ``lambda`` in [0, 1],
+    ``x0_g = x0_u + lambda (x0_c - x0_u)``, and whose renoising uses the *unconditional* noise,
+    ``x_next = x0_g + sigma_next * eps_u`` in VE coordinates (``eps_u = (x - x0_u) / sigma``), where CFG
+    renoises with the guided noise and leaves the data manifold at high scales.
+
+    The denoiser contract returns one x0 and the sampler renoises with ``(x - x0) / sigma``, so the
+    wrapper returns the x0 that makes the sampler's own step land on the CFG++ point:
+    ``x0' = (x0_g - r x0_u) / (1 - r)`` with ``r = sigma_next / sigma`` (then ``x0' + r (x - x0') =
+    x0_g + r (x - x0_u)``). That needs the next noise level, so it is given the sampler's grid and works
+    for the samplers whose step goes from one grid point to the next through x0 alone: Euler and
+    deterministic DDIM (``settings.CFG_PP_SAMPLERS``). At a pure-noise start (r = 0) and at the last step
+    (sigma_next = 0) it is x0_g. ``lambda = 1`` still differs from no guidance (it renoises with eps_u).
+    """
+
+    def __init__(self, denoiser, scale: float = 0.6, rescale: float = 0.0, sigmas=None):
+        super().__init__(denoiser, scale, rescale)
+        if rescale:
+            raise ValueError("guidance_rescale does not apply to cfg_pp (it renoises with the unconditional noise)")
+        if sigmas is None:
+            raise ValueError("cfg_pp needs the sampler's sigma grid")
+        self.grid = [float(s) for s in sigmas]
+
+    def __call__(self, x: torch.Tensor, sigma, cond: dict | None = None, uncond: dict | None = None):
+        if uncond is None:
+            raise ValueError("cfg_pp needs uncond: the conditioning of the negative or empty prompt")
+        sigmas = batch_sigma(sigma, x)
+        both = self.denoiser(torch.cat([x, x]), torch.cat([sigmas] * 2), **merge_batches(cond or {}, uncond))
+        x0_cond, x0_uncond = both.chunk(2)
+        return self.combine(x, sigmas, x0_cond, x0_uncond)
+
+    def combine(self, x, sigma, x0_cond, x0_uncond):
+        r = torch.tensor([self._ratio(float(s)) for s in sigma], dtype=torch.float64)
+        r = append_dims(r, x.ndim).to(device=x.device, dtype=x.dtype)
+        guided = x0_uncond + self.scale * (x0_cond - x0_uncond)
+        return (guided - r * x0_uncond) / (1 - r)
+
+    def _ratio(self, sigma: float) -> float:
+        """sigma_next / sigma for a sigma on the grid (0 at a pure-noise start)."""
+        for here, after in zip(self.grid, self.grid[1:]):
+            if here == sigma or (math.isfinite(here) and math.isclose(here, sigma, rel_tol=1e-9)):
+                return 0.0 if math.isinf(here) else after / here
+        raise RuntimeError(f"cfg_pp was evaluated at sigma {sigma:g}, which is not a point of its grid: it "
+                           f"works with the samplers {', '.join(settings.CFG_PP_SAMPLERS)} only")
+
+
+GUIDANCE_METHODS = dict(zip(settings.GUIDANCE_METHODS, (CFG, APG, CFGZeroStar, CFGPlusPlus)))  # names: settings
 
 
 def merge_batches(cond: dict, uncond: dict) -> dict:

@@ -44,8 +44,8 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
     batch-invariant, replayable noise streams; without seeds torch's global generator is used).
     ``cond``/``uncond`` are the model's keyword arguments for the prompt and the negative/empty
     prompt; guidance applies when ``guidance_scale != 1``, by ``guidance_method``: ``cfg`` (Ho &
-    Salimans 2022), ``apg`` (adaptive projected guidance) or ``cfg_zero_star`` (see
-    :mod:`difflab.guidance`). Returns x0 in the model's data space.
+    Salimans 2022), ``apg`` (adaptive projected guidance), ``cfg_zero_star`` or ``cfg_pp`` (CFG++: a
+    scale in [0, 1], with euler or ddim; it guides at scale 1 too) (see :mod:`difflab.guidance`). Returns x0 in the model's data space.
 
     Editing (``image`` in data space, the shape of the output): ``strength`` < 1 is image-to-image
     by noise level (SDEdit, Meng et al. 2022, Sec. 3): the image is noised to the level at fraction
@@ -62,6 +62,9 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
     _validate(schedule, prediction_type, sampler, steps, spacing, guidance_scale, guidance_rescale, cond, uncond)
     validate_guidance_method(guidance_method)
     options = _validate_options(sampler, sampler_options)
+    settings.validate_guidance_pairing(guidance_method, sampler, guidance_scale, options)
+    if guidance_method == "cfg_pp" and uncond is None:
+        raise ValueError("guidance_method 'cfg_pp' needs uncond: the conditioning of the negative or empty prompt")
     streams = NoiseStreams(validate_seeds(seeds)) if seeds is not None else None
     device = validate_device(device) if device is not None else _model_device(model)
     dtype = validate_dtype(dtype)
@@ -78,8 +81,9 @@ def sample(model, schedule: NoiseSchedule, prediction_type: str = "epsilon", sam
 
     denoiser = Denoiser(model, schedule, prediction_type)
     extra_args = dict(cond or {})
-    if uncond is not None and guidance_scale != 1.0:
-        denoiser = GUIDANCE_METHODS[guidance_method](denoiser, guidance_scale, guidance_rescale)
+    if uncond is not None and (guidance_scale != 1.0 or guidance_method == "cfg_pp"):
+        grid = {"sigmas": sigmas} if guidance_method == "cfg_pp" else {}
+        denoiser = GUIDANCE_METHODS[guidance_method](denoiser, guidance_scale, guidance_rescale, **grid)
         extra_args = {"cond": dict(cond or {}), "uncond": dict(uncond)}
     alpha0, _ = schedule.alpha_sigma(sigmas[0])
     x = z if start_at_infinity else z / float(alpha0)

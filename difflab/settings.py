@@ -90,12 +90,37 @@ def validate_text(prompt, name: str = "prompt") -> str:
 
 
 # How the conditional and unconditional predictions combine (difflab.guidance implements each).
-GUIDANCE_METHODS = ("cfg", "apg", "cfg_zero_star")
+GUIDANCE_METHODS = ("cfg", "apg", "cfg_zero_star", "cfg_pp")
+CFG_PP_SAMPLERS = ("euler", "ddim")  # cfg_pp needs a step from grid point to grid point through x0 alone
+
 
 def validate_guidance_method(method, name: str = "guidance_method") -> str:
     if method not in GUIDANCE_METHODS:
         raise ValueError(f"{name} must be one of {', '.join(GUIDANCE_METHODS)}, got {method!r}"[:200])
     return method
+
+
+def validate_guidance_flags(method, sampler, scale) -> None:
+    """The command line's --guidance-method with --sampler / --guidance, where None means the model's
+    default: cfg_pp needs both given, since a model's defaults are chosen for plain CFG."""
+    validate_guidance_method(method, "--guidance-method")
+    if method == "cfg_pp" and (sampler is None or scale is None):
+        raise ValueError(f"--guidance-method cfg_pp needs --sampler ({' or '.join(CFG_PP_SAMPLERS)}) and "
+                         f"--guidance LAMBDA in [0, 1]: a model's defaults are chosen for plain cfg")
+    validate_guidance_pairing(method, sampler, scale)
+
+
+def validate_guidance_pairing(method, sampler, scale, options: dict | None = None) -> None:
+    """cfg_pp (CFG++) takes a scale lambda in [0, 1] and a sampler of ``CFG_PP_SAMPLERS`` (DDIM with eta 0);
+    the other methods take any sampler and scale."""
+    if method != "cfg_pp":
+        return
+    if sampler not in CFG_PP_SAMPLERS or (options or {}).get("eta", 0.0):
+        raise ValueError(f"guidance method cfg_pp works with the samplers {', '.join(CFG_PP_SAMPLERS)} "
+                         f"(deterministic), not {sampler!r}"[:200])
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 <= scale <= 1.0:
+        raise ValueError(f"guidance method cfg_pp takes a guidance scale lambda in [0, 1] (Chung et al. 2024), "
+                         f"got {scale!r}"[:200])
 
 
 def validate_deep_cache(interval, name: str = "deep_cache") -> int | None:

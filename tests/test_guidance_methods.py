@@ -86,3 +86,110 @@ def test_the_method_is_recorded_and_replays(pipe, tmp_path, method):
     assert np.array_equal(np.asarray(guided.images[0]), np.asarray(again.images[0]))
     with pytest.raises(ValueError, match="guidance_method must be one of cfg, apg, cfg_zero_star"):
         pipe("a red circle", guidance_method="pag")
+
+
+# ----- CFG++ (Chung et al. 2024) -----------------------------------------------------------------
+from difflab import NoiseSchedule, sample                                      # noqa: E402
+from difflab.guidance import CFGPlusPlus                                       # noqa: E402
+from difflab.testing.gaussian import GaussianMixture, NativeModel             # noqa: E402
+
+COND_DATA = GaussianMixture([0.5, 0.5], [[1.5, -1.0, 0.5], [-0.5, 2.0, 1.0]], [[0.2] * 3, [0.3] * 3])
+UNCOND_DATA = GaussianMixture.gaussian([0.0, 0.5, -0.5], [1.0] * 3)
+
+
+class Conditional(torch.nn.Module):
+    """Exact eps predictions of COND_DATA where c = 0 and of UNCOND_DATA where c = 1."""
+
+    def __init__(self, schedule, cond=COND_DATA, uncond=UNCOND_DATA):
+        super().__init__()
+        self.c_model, self.u_model = NativeModel(cond, schedule, "epsilon"), NativeModel(uncond, schedule, "epsilon")
+
+    def forward(self, x_t, t, c):
+        return torch.where(c == 0, self.c_model(x_t, t), self.u_model(x_t, t))
+
+
+def papers_ddim_cfg_pp(z, sigmas, lam):
+    """CFG++'s Algorithm 1 written out in VP coordinates (abar = 1 / (1 + sigma^2)), in float64:
+    x0 = (x - sqrt(1 - abar) eps_lam) / sqrt(abar), x' = sqrt(abar') x0 + sqrt(1 - abar') eps_u."""
+    def eps(data, x, abar, sigma):
+        x0 = data.denoise(x / abar.sqrt(), sigma)
+        return (x - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+    x = z.double()
+    for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
+        abar, abar_next = (torch.tensor(1 / (1 + s * s), dtype=torch.float64) for s in (sigma, sigma_next))
+        e_c, e_u = eps(COND_DATA, x, abar, sigma), eps(UNCOND_DATA, x, abar, sigma)
+        e_lam = e_u + lam * (e_c - e_u)
+        x0 = (x - (1 - abar).sqrt() * e_lam) / abar.sqrt()
+        x = abar_next.sqrt() * x0 + (1 - abar_next).sqrt() * e_u
+    return x
+
+
+@pytest.mark.parametrize("sampler", ["euler", "ddim"])
+@pytest.mark.parametrize("lam", [0.0, 0.4, 1.0])
+def test_cfg_pp_is_the_papers_algorithm_in_vp_coordinates(sampler, lam):
+    schedule = NoiseSchedule.linear()
+    sigmas = schedule.sigmas(8, "leading")
+    z = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    ours = sample(Conditional(schedule), schedule, "epsilon", sampler, 8, noise=z, spacing="leading",
+                  cond={"c": torch.zeros(6, 1)}, uncond={"c": torch.ones(6, 1)}, guidance_scale=lam,
+                  guidance_method="cfg_pp")
+    assert torch.allclose(ours.double(), papers_ddim_cfg_pp(z, sigmas, lam), atol=2e-4)
+    plain = sample(Conditional(schedule), schedule, "epsilon", sampler, 8, noise=z, spacing="leading",
+                   cond={"c": torch.zeros(6, 1)}, uncond={"c": torch.ones(6, 1)}, guidance_scale=lam)
+    if lam > 0:                                      # at 0 both are the unconditional model exactly
+        assert (ours - plain).abs().max() > 1e-2    # CFG++ renoises with eps_u, so it is not CFG at lambda
+
+
+def test_cfg_pp_with_equal_predictions_is_the_unguided_sampler():
+    schedule = NoiseSchedule.linear()
+    z = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    same = Conditional(schedule, COND_DATA, COND_DATA)
+    args = dict(noise=z, cond={"c": torch.zeros(4, 1)}, uncond={"c": torch.ones(4, 1)})
+    ours = sample(same, schedule, "epsilon", "euler", 10, guidance_scale=0.7, guidance_method="cfg_pp", **args)
+    unguided = sample(same, schedule, "epsilon", "euler", 10, noise=z, cond={"c": torch.zeros(4, 1)})
+    assert torch.allclose(ours, unguided, atol=1e-5)
+
+
+def test_cfg_pp_from_pure_noise_returns_the_guided_x0_at_the_first_and_last_points():
+    c, u = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    wrapper = CFGPlusPlus(Fixed(c, u), 0.5, sigmas=[math.inf, 3.0, 1.0, 0.0])
+    assert torch.allclose(run(wrapper, math.inf), u + 0.5 * (c - u))
+    assert torch.allclose(run(wrapper, 1.0), u + 0.5 * (c - u))
+    r = 1.0 / 3.0                                  # at sigma 3 the next point is 1: x0' + r (x - x0') = x0_g + r (x - x0_u)
+    out = run(wrapper, 3.0)
+    assert torch.allclose(out + r * (X - out), u + 0.5 * (c - u) + r * (X - u), atol=1e-5)
+    with pytest.raises(RuntimeError, match="not a point of its grid"):
+        run(wrapper, 2.0)
+
+
+def test_cfg_pp_refusals():
+    schedule = NoiseSchedule.linear()
+    model, z = Conditional(schedule), torch.randn(2, 3)
+    args = dict(noise=z, cond={"c": torch.zeros(2, 1)}, uncond={"c": torch.ones(2, 1)}, guidance_method="cfg_pp")
+    with pytest.raises(ValueError, match="works with the samplers euler, ddim .deterministic., not 'deis'"):
+        sample(model, schedule, "epsilon", "deis", 4, guidance_scale=0.5, **args)
+    with pytest.raises(ValueError, match="not 'ddim'"):
+        sample(model, schedule, "epsilon", "ddim", 4, guidance_scale=0.5, sampler_options={"eta": 0.5}, **args)
+    with pytest.raises(ValueError, match=r"lambda in \[0, 1\]"):
+        sample(model, schedule, "epsilon", "euler", 4, guidance_scale=3.0, **args)
+    with pytest.raises(ValueError, match="guidance_rescale does not apply"):
+        sample(model, schedule, "epsilon", "euler", 4, guidance_scale=0.5, guidance_rescale=0.7, **args)
+    with pytest.raises(ValueError, match="needs uncond"):
+        sample(model, schedule, "epsilon", "euler", 4, noise=z, cond={"c": torch.zeros(2, 1)}, guidance_scale=1.0,
+               guidance_method="cfg_pp")
+
+
+def test_cfg_pp_through_the_pipeline_is_recorded_and_replays(pipe, tmp_path):
+    seen = {"cfg": [], "cfg_pp": []}
+    guided = pipe("a red circle", seed=3, steps=4, sampler="euler", guidance_scale=1.0, guidance_method="cfg_pp",
+                  callback=lambda state: seen["cfg_pp"].append(state["x"]))
+    pipe("a red circle", seed=3, steps=4, sampler="euler", guidance_scale=1.0,
+         callback=lambda state: seen["cfg"].append(state["x"]))
+    assert guided.recipes[0]["guidance_method"] == "cfg_pp" and guided.recipes[0]["guidance_scale"] == 1.0
+    assert torch.equal(seen["cfg"][0], seen["cfg_pp"][0])             # the same start
+    assert not torch.equal(seen["cfg"][2], seen["cfg_pp"][2])         # lambda 1 still renoises with eps_u
+    again = pipe.replay(read_recipe(guided.save(tmp_path)[0]))
+    assert np.array_equal(np.asarray(guided.images[0]), np.asarray(again.images[0]))
+    with pytest.raises(ValueError, match="not 'deis'"):
+        pipe("a red circle", steps=4, sampler="deis", guidance_scale=0.5, guidance_method="cfg_pp")

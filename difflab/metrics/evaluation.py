@@ -37,7 +37,7 @@ class EvalConfig:
     fid: bool = True
     out: str | None = None              # JSON path; None = outputs/eval/eval-MODEL-PROMPTS-LIMIT-HASH.json
     device: str = "cpu"                 # where the pipeline runs (the oracle and FID run on the CPU)
-    guidance_method: str = "cfg"        # cfg | apg | cfg_zero_star (difflab.guidance)
+    guidance_method: str = "cfg"        # cfg | apg | cfg_zero_star | cfg_pp (difflab.guidance)
     deep_cache: int | None = None       # difflab UNet: recompute deep features every N-th evaluation
     loras: tuple = ()                   # ((path, scale), ...) loaded onto the model before generating
     oracle_colours: str = "trained"     # trained: six colours (+ novel ones a prompt names) | all: PALETTE
@@ -45,7 +45,7 @@ class EvalConfig:
     def validate(self) -> None:
         """Every argument checked before any model is loaded; errors say what is allowed."""
         from difflab import limits
-        from difflab.settings import BUNDLED_MODELS, SAMPLER_NAMES, validate_deep_cache, validate_guidance_method
+        from difflab.settings import BUNDLED_MODELS, SAMPLER_NAMES, validate_deep_cache, validate_guidance_flags
 
         if not Path(self.model).is_dir() and self.model not in BUNDLED_MODELS:
             raise ValueError(f"MODEL must be a model package folder (config.json + model.safetensors) or a bundled "
@@ -56,9 +56,9 @@ class EvalConfig:
         for path, scale in self.loras:
             if not Path(path).exists():
                 raise ValueError(f"--lora {path}: no such file")
-        validate_guidance_method(self.guidance_method, "--guidance-method")
         if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"unknown sampler {self.sampler!r}; available: {', '.join(SAMPLER_NAMES)}")
+        validate_guidance_flags(self.guidance_method, self.sampler, self.guidance_scale)
         for name in ("steps", "limit", "batch_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

@@ -28,7 +28,7 @@ from difflab.codecs import Codec, PixelCodec
 from difflab.conditioning import Conditioner
 from difflab.data import shapes_grammar as shapes
 from difflab.settings import (BUNDLED_MODELS, package_folder, validate_block_cache, validate_deep_cache,
-                              validate_text)
+                              validate_guidance_pairing, validate_text)
 from difflab.pipelines import edit
 from difflab.pipelines.arguments import as_list, check_count, check_latents, from_diffusers_names, image_seeds
 from difflab.pipelines.control import ControlMethods
@@ -219,7 +219,8 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
         ``latents=``) replaces the seeds' noise; with ``image``: image-to-image (``strength``), inpainting (``mask``, white =
         regenerate, ``mask_blur`` feathers the seam inside the mask) or outpainting (``outpaint`` =
         (left, right, top, bottom) pixels added and filled); see ``difflab.edit``. ``guidance_method``:
-        ``cfg``, ``apg`` or ``cfg_zero_star`` (:mod:`difflab.guidance`). ``deep_cache=N`` (difflab's
+        ``cfg``, ``apg``, ``cfg_zero_star`` or ``cfg_pp`` (a scale in [0, 1], with euler or ddim;
+        :mod:`difflab.guidance`). ``deep_cache=N`` (difflab's
         UNet): the deep features are recomputed every N-th evaluation only (DeepCache; off by default);
         ``block_cache=T`` (a DiT or MMDiT): the blocks after the first are skipped while the first block's
         output changes by less than T (first-block caching, :mod:`difflab.models.block_cache`; off by default).
@@ -241,6 +242,7 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
         settings = self._settings(steps, sampler, guidance_scale, spacing)
         validate_guidance_rescale(guidance_rescale)
         validate_guidance_method(guidance_method)
+        validate_guidance_pairing(guidance_method, settings["sampler"], settings["guidance_scale"])
         caches = self._caches(deep_cache, block_cache)
         if self.codec.media == "audio" and not (image is None and mask is None and outpaint is None):
             raise ValueError("image, mask and outpaint edit images; this is an audio model")
@@ -256,7 +258,7 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
         if embedded and (guidance_method != "cfg" or guidance_rescale):
             raise ValueError("this network embeds the guidance scale (a guidance-distilled student): "
                              "guidance_method and guidance_rescale do not apply")
-        guided = settings["guidance_scale"] != 1.0 and not embedded
+        guided = (settings["guidance_scale"] != 1.0 or guidance_method == "cfg_pp") and not embedded
         tokens = self._ip_tokens(ip_image, ip_scale, len(prompts), guided)   # checked before the text is encoded
         self._warn_outside_vocabulary(prompts)
         cond, uncond = self._encode(prompts), self._encode(negatives)
