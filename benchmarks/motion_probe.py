@@ -1,6 +1,7 @@
 """Does a video model read the direction word? Its loss with the true caption against the flipped one.
 
     python benchmarks/motion_probe.py --model shapes-video [--n 64] [--t 950,800,600,400]
+    python benchmarks/motion_probe.py --model shapes --relation     # an image model: the relation word
 
 For the first ``n`` single-object "moving" clips of the moving-shapes test split, each noised once per
 timestep (the same noise for both captions), the v-prediction loss with the clip's own prompt and
@@ -8,6 +9,10 @@ with its direction flipped (right <-> left, up <-> down). The gap (flipped - tru
 model blind to the direction word and grows as it reads it; per timestep, and the fraction of
 clips whose true caption has the lower loss. Seconds, not the minutes of sampling and judging
 (``benchmarks/av_models.py``), so it can follow a run.
+
+``--relation`` asks the same of an image model of the shapes world: real renders of shapes-bench's
+relation prompts ("X above Y", each with its bench seed), against the prompt with the relation turned
+around ("X below Y"), which the same image contradicts.
 """
 
 from __future__ import annotations
@@ -20,6 +25,24 @@ import torch
 import difflab
 
 FLIP = {"right": "left", "left": "right", "up": "down", "down": "up"}
+RELATION_FLIP = {"above": "below", "below": "above", "to the left of": "to the right of",
+                 "to the right of": "to the left of"}
+
+
+def probe_images(n: int, resolution: int) -> list[tuple[torch.Tensor, str, str]]:
+    """(image [3, H, W] in [-1, 1], prompt, prompt with its relation turned) for shapes-bench's relations."""
+    import numpy as np
+
+    from difflab.data.shapes import render
+    from difflab.data.shapes_grammar import parse_prompt
+    from difflab.metrics.bench import bench_prompts
+    out = []
+    for entry in [e for e in bench_prompts() if e["category"] == "relation"][:n]:
+        relation = parse_prompt(entry["prompt"]).relation
+        image = np.asarray(render(entry["prompt"], entry["seed"], resolution).convert("RGB"))
+        out.append((torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1, entry["prompt"],
+                    entry["prompt"].replace(f" {relation} ", f" {RELATION_FLIP[relation]} ")))
+    return out
 
 
 def probe_clips(n: int) -> list[tuple[torch.Tensor, str, str]]:
@@ -43,22 +66,24 @@ def main(argv=None) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--t", default="950,800,600,400", help="model timesteps, comma-separated")
+    parser.add_argument("--relation", action="store_true", help="an image model: flip the relation word")
     args = parser.parse_args(argv)
     if args.n < 1:
         raise SystemExit(f"--n must be at least 1, got {args.n}")
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     pipe = difflab.Pipeline.from_pretrained(args.model)
     model, schedule = pipe.model.eval(), pipe.schedule
-    clips = probe_clips(args.n)
+    clips = probe_images(args.n, pipe.resolution) if args.relation else probe_clips(args.n)
     x0 = torch.stack([c for c, _, _ in clips])
     cond = [pipe.conditioner([c[k] for c in clips], "cpu") for k in (1, 2)]
     generator = torch.Generator().manual_seed(0)
-    print(f"`python benchmarks/motion_probe.py --model {args.model} --n {len(clips)} --t {args.t}`\n")
+    flag = " --relation" if args.relation else ""
+    print(f"`python benchmarks/motion_probe.py --model {args.model}{flag} --n {len(clips)} --t {args.t}`\n")
     print("| t | loss, true caption | loss, flipped | gap | true caption lower |")
     print("|---|---|---|---|---|")
     for t in (float(v) for v in args.t.split(",")):
         tt = torch.full((len(clips),), t)
-        alpha, sigma = (v.float().view(-1, 1, 1, 1, 1) for v in schedule.alpha_sigma(schedule.sigma(tt)))
+        alpha, sigma = (v.float().view(-1, *[1] * (x0.ndim - 1)) for v in schedule.alpha_sigma(schedule.sigma(tt)))
         noise = torch.randn(x0.shape, generator=generator)
         xt, target = alpha * x0 + sigma * noise, alpha * noise - sigma * x0          # v (Salimans & Ho 2022)
         losses = []
