@@ -67,11 +67,15 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--t", default="950,800,600,400", help="model timesteps, comma-separated")
     parser.add_argument("--relation", action="store_true", help="an image model: flip the relation word")
+    parser.add_argument("--weights", help="a training checkpoint's ema.safetensors for --model's network (follow a run)")
     args = parser.parse_args(argv)
     if args.n < 1:
         raise SystemExit(f"--n must be at least 1, got {args.n}")
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     pipe = difflab.Pipeline.from_pretrained(args.model)
+    if args.weights:
+        from safetensors.torch import load_file
+        pipe.model.load_state_dict(load_file(args.weights), strict=True)
     model, schedule = pipe.model.eval(), pipe.schedule
     clips = probe_images(args.n, pipe.resolution) if args.relation else probe_clips(args.n)
     x0 = torch.stack([c for c, _, _ in clips])

@@ -118,8 +118,7 @@ class ControlNet(UNet):
         expected = [x.shape[0], cfg.control_channels, x.shape[2] * s, x.shape[3] * s]
         if control.dim() != 4 or list(control.shape) != expected:
             raise ValueError(f"control must have shape {expected}, got {list(control.shape)}")
-        if context_mask is not None:
-            context_mask = context_mask.bool()
+        context, context_mask = self.refine_context(context, context_mask)
         emb = self.condition(t, x.shape[0], x.device, class_labels, pooled, guidance)
         scale_shift = iter(self.scale_shift(F.silu(emb)).split([2 * b.out_channels for b in self.res_blocks], 1))
         h = self.conv_in(x.contiguous(memory_format=torch.channels_last))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from difflab.models.base import ModelMixin, is_int, is_optional_int, register_model, require
+from difflab.models.context_refiner import ContextRefiner
 from difflab.models.layers import (AttentionBlock, ConditionEmbedding, Downsample, ResBlock, Upsample, group_norm,
                                    groups_for)
 
@@ -43,6 +44,8 @@ class UNetConfig:
     time_embed_dim: int | None = None             # default 4 * channels[0]
     attention_positions: bool = False             # Fourier positions into every attention block's queries/keys
     guidance_embedding: bool = False              # the CFG scale is an input (guidance=w): an LCM student
+    context_layers: int = 0                       # trainable transformer layers over the text tokens (0: none)
+    context_width: int = 128                      # ... their width (models/context_refiner.py)
 
     def __post_init__(self):
         require(is_int(self.in_channels) and is_int(self.out_channels),
@@ -65,6 +68,12 @@ class UNetConfig:
                 f"attention_positions must be true or false, got {self.attention_positions!r}")
         require(isinstance(self.guidance_embedding, bool),
                 f"guidance_embedding must be true or false, got {self.guidance_embedding!r}")
+        require(is_int(self.context_layers, 0) and self.context_layers <= 8,
+                f"context_layers must be an integer in [0, 8], got {self.context_layers!r}")
+        require(is_int(self.context_width) and self.context_width % 32 == 0,
+                f"context_width must be a positive multiple of 32, got {self.context_width!r}")
+        require(not self.context_layers or self.context_dim is not None,
+                "context_layers needs a context_dim (text tokens to refine)")
 
     @property
     def embed_dim(self) -> int:
@@ -82,6 +91,8 @@ class UNet(ConditionEmbedding, ModelMixin):
         self.init_condition_embedding(ch[0], E, cfg.num_classes, cfg.pooled_dim)   # time_mlp, class_embed, ...
         if cfg.guidance_embedding:
             self.init_guidance_embedding(ch[0], E)
+        self.context_refiner = (ContextRefiner(cfg.context_dim, cfg.context_layers, cfg.context_width)
+                                if cfg.context_layers else None)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
 
         def level(c_in, c_out, level_index, n, skip_widths=None):
@@ -141,10 +152,18 @@ class UNet(ConditionEmbedding, ModelMixin):
         """Input sides must be multiples of this (its total downsampling)."""
         return 2 ** (len(self.config.channels) - 1)
 
+    def refine_context(self, context, context_mask):
+        """The mask as booleans, and the tokens through the :class:`ContextRefiner` when there is one."""
+        if context_mask is not None:
+            context_mask = context_mask.bool()
+        if context is not None and self.context_refiner is not None:
+            context = self.context_refiner(context, context_mask)
+        return context, context_mask
+
     def identity_at_init(self, name: str) -> bool:
         """Tensors that may start non-zero when the network grows from a package (``init_from``): the
-        guidance embedder's, whose zero output layer adds nothing."""
-        return name.startswith("guidance_embed.")
+        guidance embedder's and the context refiner's, whose zero output layers add nothing."""
+        return name.startswith(("guidance_embed.", "context_refiner."))
 
     def forward(self, x, t, context=None, context_mask=None, class_labels=None, pooled=None, deep_cache=None,
                 guidance=None, control_residuals=None):
@@ -157,8 +176,7 @@ class UNet(ConditionEmbedding, ModelMixin):
         call the input of the shallowest up level is stored; on a cached call only the shallowest
         down level runs, and its fresh skips meet the stored deep feature there."""
         self.check_input(x, context, context_mask)
-        if context_mask is not None:
-            context_mask = context_mask.bool()
+        context, context_mask = self.refine_context(context, context_mask)
         emb = self.condition(t, x.shape[0], x.device, class_labels, pooled, guidance)   # [B, E]
         scale_shift = iter(self.scale_shift(F.silu(emb)).split([2 * b.out_channels for b in self.res_blocks], 1))
         h = self.conv_in(x.contiguous(memory_format=torch.channels_last))    # [B, ch0, H, W]
