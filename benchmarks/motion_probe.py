@@ -74,8 +74,14 @@ def main(argv=None) -> None:
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     pipe = difflab.Pipeline.from_pretrained(args.model)
     if args.weights:
+        import dataclasses
+
         from safetensors.torch import load_file
-        pipe.model.load_state_dict(load_file(args.weights), strict=True)
+        weights = load_file(args.weights)
+        layers = len({k.split(".")[2] for k in weights if k.startswith("context_refiner.blocks.")})
+        if layers != getattr(pipe.model.config, "context_layers", 0):   # a run that grew a context refiner
+            pipe.model = type(pipe.model)(config=dataclasses.replace(pipe.model.config, context_layers=layers))
+        pipe.model.load_state_dict(weights, strict=True)
     model, schedule = pipe.model.eval(), pipe.schedule
     clips = probe_images(args.n, pipe.resolution) if args.relation else probe_clips(args.n)
     x0 = torch.stack([c for c, _, _ in clips])
