@@ -1,7 +1,7 @@
 """Does a video model read the direction word? Its loss with the true caption against the flipped one.
 
     python benchmarks/motion_probe.py --model shapes-video [--n 64] [--t 950,800,600,400]
-    python benchmarks/motion_probe.py --model shapes --relation     # an image model: the relation word
+    python benchmarks/motion_probe.py --model shapes --flip relation --data-gap   # an image model
 
 For the first ``n`` single-object "moving" clips of the moving-shapes test split, each noised once per
 timestep (the same noise for both captions), the v-prediction loss with the clip's own prompt and
@@ -10,9 +10,12 @@ model blind to the direction word and grows as it reads it; per timestep, and th
 clips whose true caption has the lower loss. Seconds, not the minutes of sampling and judging
 (``benchmarks/av_models.py``), so it can follow a run.
 
-``--relation`` asks the same of an image model of the shapes world: real renders of shapes-bench's
+``--flip relation`` asks the same of an image model of the shapes world: real renders of shapes-bench's
 relation prompts ("X above Y", each with its bench seed), against the prompt with the relation turned
-around ("X below Y"), which the same image contradicts.
+around ("X below Y"), which the same image contradicts; ``--flip position`` moves a placed object to
+the opposite cell ("in the top left" -> "in the bottom right"). ``--data-gap`` adds the gap of the best
+prediction from the caption alone at pure noise: the mean of renders of each caption (other seeds), so
+the model's gap at the noisiest steps can be read against what the data offers.
 """
 
 from __future__ import annotations
@@ -29,20 +32,46 @@ RELATION_FLIP = {"above": "below", "below": "above", "to the left of": "to the r
                  "to the right of": "to the left of"}
 
 
-def probe_images(n: int, resolution: int) -> list[tuple[torch.Tensor, str, str]]:
-    """(image [3, H, W] in [-1, 1], prompt, prompt with its relation turned) for shapes-bench's relations."""
-    import numpy as np
+def _flipped(prompt: str, flip: str) -> str | None:
+    """The prompt with its relation turned, or its placed object moved to the opposite cell (None: no flip)."""
+    from difflab.data.shapes_grammar import POSITIONS, parse_prompt
+    if flip == "relation":
+        relation = parse_prompt(prompt).relation
+        return prompt.replace(f" {relation} ", f" {RELATION_FLIP[relation]} ")
+    opposite = {cell: phrase for phrase, cell in POSITIONS.items()}
+    for phrase, (row, col) in POSITIONS.items():
+        if prompt.endswith(" " + phrase) and (row, col) != (1, 1):
+            return prompt[: -len(phrase)] + opposite[(2 - row, 2 - col)]
+    return None
 
+
+def probe_images(n: int, resolution: int, flip: str) -> list[tuple[torch.Tensor, str, str]]:
+    """(image [3, H, W] in [-1, 1], prompt, flipped prompt) for shapes-bench's relation or position prompts."""
     from difflab.data.shapes import render
-    from difflab.data.shapes_grammar import parse_prompt
     from difflab.metrics.bench import bench_prompts
     out = []
-    for entry in [e for e in bench_prompts() if e["category"] == "relation"][:n]:
-        relation = parse_prompt(entry["prompt"]).relation
-        image = np.asarray(render(entry["prompt"], entry["seed"], resolution).convert("RGB"))
-        out.append((torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1, entry["prompt"],
-                    entry["prompt"].replace(f" {relation} ", f" {RELATION_FLIP[relation]} ")))
+    for entry in [e for e in bench_prompts() if e["category"] == flip]:
+        flipped = _flipped(entry["prompt"], flip)
+        if flipped is not None and len(out) < n:
+            out.append((_tensor(render(entry["prompt"], entry["seed"], resolution)), entry["prompt"], flipped))
     return out
+
+
+def _tensor(image) -> torch.Tensor:
+    import numpy as np
+    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 127.5 - 1
+
+
+def data_gap(items, resolution: int, renders: int = 64) -> tuple[float, float]:
+    """Gap and true-lower fraction of the caption-only predictor: each caption's mean render (seeds from
+    10,000 on, apart from the bench's), scored by squared error on the probe images."""
+    from difflab.data.shapes import render
+
+    def mean(prompt):
+        return torch.stack([_tensor(render(prompt, 10_000 + s, resolution)) for s in range(renders)]).mean(0)
+
+    errors = torch.tensor([[(x - mean(p)).pow(2).mean() for p in (true, flipped)] for x, true, flipped in items])
+    return float(((errors[:, 1] - errors[:, 0]) / errors[:, 0]).mean()), float((errors[:, 0] < errors[:, 1]).float().mean())
 
 
 def probe_clips(n: int) -> list[tuple[torch.Tensor, str, str]]:
@@ -66,7 +95,9 @@ def main(argv=None) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--t", default="950,800,600,400", help="model timesteps, comma-separated")
-    parser.add_argument("--relation", action="store_true", help="an image model: flip the relation word")
+    parser.add_argument("--flip", default="direction", choices=("direction", "relation", "position"),
+                        help="direction: a video model's motion word; relation, position: an image model's")
+    parser.add_argument("--data-gap", action="store_true", help="image flips: add the caption-only predictor's gap")
     parser.add_argument("--weights", help="a training checkpoint's ema.safetensors for --model's network (follow a run)")
     args = parser.parse_args(argv)
     if args.n < 1:
@@ -83,11 +114,11 @@ def main(argv=None) -> None:
             pipe.model = type(pipe.model)(config=dataclasses.replace(pipe.model.config, context_layers=layers))
         pipe.model.load_state_dict(weights, strict=True)
     model, schedule = pipe.model.eval(), pipe.schedule
-    clips = probe_images(args.n, pipe.resolution) if args.relation else probe_clips(args.n)
+    clips = probe_clips(args.n) if args.flip == "direction" else probe_images(args.n, pipe.resolution, args.flip)
     x0 = torch.stack([c for c, _, _ in clips])
     cond = [pipe.conditioner([c[k] for c in clips], "cpu") for k in (1, 2)]
     generator = torch.Generator().manual_seed(0)
-    flag = " --relation" if args.relation else ""
+    flag = f" --flip {args.flip}" if args.flip != "direction" else ""
     print(f"`python benchmarks/motion_probe.py --model {args.model}{flag} --n {len(clips)} --t {args.t}`\n")
     print("| t | loss, true caption | loss, flipped | gap | true caption lower |")
     print("|---|---|---|---|---|")
@@ -104,6 +135,9 @@ def main(argv=None) -> None:
         true, flipped = losses
         print(f"| {t:.0f} | {true.mean():.5f} | {flipped.mean():.5f} | {((flipped - true) / true).mean():+.4f} "
               f"| {(true < flipped).float().mean():.2f} |")
+    if args.data_gap and args.flip != "direction":
+        gap, lower = data_gap(clips, pipe.resolution)
+        print(f"| data: each caption's mean render | | | {gap:+.4f} | {lower:.2f} |")
 
 
 if __name__ == "__main__":
