@@ -35,8 +35,13 @@ RELATION_FLIP = {"above": "below", "below": "above", "to the left of": "to the r
 def _flipped(prompt: str, flip: str) -> str | None:
     """The prompt with its relation turned, or its placed object moved to the opposite cell (None: no flip)."""
     from difflab.data.shapes_grammar import POSITIONS, parse_prompt
-    if flip == "relation":
+    if flip in ("relation", "order"):
         relation = parse_prompt(prompt).relation
+        if prompt.endswith(" background"):                    # shapes-bench's relations have none
+            return None
+        if flip == "order":                                   # the objects swapped, the same relation word
+            first, second = prompt.split(f" {relation} ")
+            return f"{second} {relation} {first}"
         return prompt.replace(f" {relation} ", f" {RELATION_FLIP[relation]} ")
     opposite = {cell: phrase for phrase, cell in POSITIONS.items()}
     for phrase, (row, col) in POSITIONS.items():
@@ -50,7 +55,8 @@ def probe_images(n: int, resolution: int, flip: str) -> list[tuple[torch.Tensor,
     from difflab.data.shapes import render
     from difflab.metrics.bench import bench_prompts
     out = []
-    for entry in [e for e in bench_prompts() if e["category"] == flip]:
+    category = "relation" if flip == "order" else flip
+    for entry in [e for e in bench_prompts() if e["category"] == category]:
         flipped = _flipped(entry["prompt"], flip)
         if flipped is not None and len(out) < n:
             out.append((_tensor(render(entry["prompt"], entry["seed"], resolution)), entry["prompt"], flipped))
@@ -95,8 +101,9 @@ def main(argv=None) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--t", default="950,800,600,400", help="model timesteps, comma-separated")
-    parser.add_argument("--flip", default="direction", choices=("direction", "relation", "position"),
-                        help="direction: a video model's motion word; relation, position: an image model's")
+    parser.add_argument("--flip", default="direction", choices=("direction", "relation", "order", "position"),
+                        help="direction: a video model's motion word; relation, position: an image model's; "
+                             "order: the two objects of a relation prompt swapped")
     parser.add_argument("--data-gap", action="store_true", help="image flips: add the caption-only predictor's gap")
     parser.add_argument("--weights", help="a training checkpoint's ema.safetensors for --model's network (follow a run)")
     args = parser.parse_args(argv)
