@@ -50,16 +50,26 @@ def _flipped(prompt: str, flip: str) -> str | None:
     return None
 
 
-def probe_images(n: int, resolution: int, flip: str) -> list[tuple[torch.Tensor, str, str]]:
-    """(image [3, H, W] in [-1, 1], prompt, flipped prompt) for shapes-bench's relation or position prompts."""
+def probe_images(n: int, resolution: int, flip: str, word: str | None = None) -> list[tuple[torch.Tensor, str, str]]:
+    """(image [3, H, W] in [-1, 1], prompt, flipped prompt) for shapes-bench's relation or position prompts;
+    ``word``: only relation prompts with that relation, topped up to ``n`` with canonical prompts of two
+    random objects (seeds from 50,000 on, a fixed draw)."""
+    import random
+
     from difflab.data.shapes import render
+    from difflab.data.shapes_grammar import COLOURS, SHAPES, ObjectSpec, format_object
     from difflab.metrics.bench import bench_prompts
     out = []
     category = "relation" if flip == "order" else flip
     for entry in [e for e in bench_prompts() if e["category"] == category]:
         flipped = _flipped(entry["prompt"], flip)
-        if flipped is not None and len(out) < n:
+        if flipped is not None and len(out) < n and (word is None or f" {word} " in entry["prompt"]):
             out.append((_tensor(render(entry["prompt"], entry["seed"], resolution)), entry["prompt"], flipped))
+    rng, objects = random.Random(3), [ObjectSpec(s, c) for c in COLOURS for s in SHAPES]
+    while word is not None and len(out) < n:
+        first, second = rng.sample(objects, 2)
+        prompt = f"{format_object(first, False)} {word} {format_object(second, False)}"
+        out.append((_tensor(render(prompt, 50_000 + len(out), resolution)), prompt, _flipped(prompt, flip)))
     return out
 
 
@@ -105,6 +115,7 @@ def main(argv=None) -> None:
                         help="direction: a video model's motion word; relation, position: an image model's; "
                              "order: the two objects of a relation prompt swapped")
     parser.add_argument("--data-gap", action="store_true", help="image flips: add the caption-only predictor's gap")
+    parser.add_argument("--relation-word", choices=tuple(RELATION_FLIP), help="relation/order: only this relation")
     parser.add_argument("--weights", help="a training checkpoint's ema.safetensors for --model's network (follow a run)")
     args = parser.parse_args(argv)
     if args.n < 1:
@@ -121,11 +132,12 @@ def main(argv=None) -> None:
             pipe.model = type(pipe.model)(config=dataclasses.replace(pipe.model.config, context_layers=layers))
         pipe.model.load_state_dict(weights, strict=True)
     model, schedule = pipe.model.eval(), pipe.schedule
-    clips = probe_clips(args.n) if args.flip == "direction" else probe_images(args.n, pipe.resolution, args.flip)
+    clips = probe_clips(args.n) if args.flip == "direction" else probe_images(args.n, pipe.resolution, args.flip, args.relation_word)
     x0 = torch.stack([c for c, _, _ in clips])
     cond = [pipe.conditioner([c[k] for c in clips], "cpu") for k in (1, 2)]
     generator = torch.Generator().manual_seed(0)
-    flag = f" --flip {args.flip}" if args.flip != "direction" else ""
+    flag = (f" --flip {args.flip}" if args.flip != "direction" else "") + (
+        f" --relation-word '{args.relation_word}'" if args.relation_word else "")
     print(f"`python benchmarks/motion_probe.py --model {args.model}{flag} --n {len(clips)} --t {args.t}`\n")
     print("| t | loss, true caption | loss, flipped | gap | true caption lower |")
     print("|---|---|---|---|---|")
