@@ -126,6 +126,7 @@ class CFGPlusPlus(CFG):
 
     def __init__(self, denoiser, scale: float = 0.6, rescale: float = 0.0, sigmas=None):
         super().__init__(denoiser, scale, rescale)
+        settings.validate_guidance_pairing("cfg_pp", settings.CFG_PP_SAMPLERS[0], scale)   # lambda in [0, 1]
         if rescale:
             raise ValueError("guidance_rescale does not apply to cfg_pp (it renoises with the unconditional noise)")
         if sigmas is None:

@@ -161,6 +161,8 @@ def test_cfg_pp_from_pure_noise_returns_the_guided_x0_at_the_first_and_last_poin
     assert torch.allclose(out + r * (X - out), u + 0.5 * (c - u) + r * (X - u), atol=1e-5)
     with pytest.raises(RuntimeError, match="not a point of its grid"):
         run(wrapper, 2.0)
+    with pytest.raises(ValueError, match=r"lambda in \[0, 1\]"):
+        CFGPlusPlus(Fixed(c, u), 2.0, sigmas=[3.0, 0.0])
 
 
 def test_cfg_pp_refusals():
