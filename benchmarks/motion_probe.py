@@ -120,6 +120,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.n < 1:
         raise SystemExit(f"--n must be at least 1, got {args.n}")
+    if args.relation_word and args.flip not in ("relation", "order"):
+        raise SystemExit(f"--relation-word goes with --flip relation or order, not {args.flip}")
+    if args.data_gap and args.flip == "direction":
+        raise SystemExit("--data-gap is for the image flips (relation, order, position)")
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     pipe = difflab.Pipeline.from_pretrained(args.model)
     if args.weights:
