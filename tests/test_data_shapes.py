@@ -135,3 +135,65 @@ def test_train_captions_are_diverse_and_images_obey_their_prompt():
         assert any(marker in c for c in captions), marker
     for i in range(60):
         assert check(data[i]["image"], data[i]["prompt"])["ok"]
+
+
+def test_the_default_draw_is_what_it_always_was():
+    """The curriculum options default to the old draw: the first 300 train scenes and captions, pinned."""
+    data = shapes.ShapesDataset("train")
+    assert hashlib.md5(repr([data.scene(i) for i in range(300)]).encode()).hexdigest() == \
+        "3b4c19b8d3fa56acc2b5333de95c98e7"
+
+
+@pytest.mark.parametrize("relation", RELATIONS)
+def test_a_curriculum_draws_one_relation_with_canonical_captions(relation):
+    data = shapes.ShapesDataset("train", forms={"relation": 1}, relations=(relation,), captions="canonical")
+    axis, sign = {"to the left of": (1, -1), "to the right of": (1, 1), "above": (0, -1), "below": (0, 1)}[relation]
+    for i in range(40):
+        scene, caption = data.scene(i)
+        assert caption == scene.prompt and parse_prompt(caption).relation == relation
+        first, second = scene.objects                  # the first-named object is the one the relation places
+        assert sign * (first.cell[axis] - second.cell[axis]) > 0
+        assert not shapes.has_held_out(scene)
+    assert check(data[0]["image"], data[0]["caption"])["ok"]
+
+
+def test_a_curriculum_mixes_forms_by_weight():
+    data = shapes.ShapesDataset("train", forms={"relation": 3, "count": 1, "single": 0})
+    kinds = [parse_prompt(data.scene(i)[0].prompt).kind for i in range(400)]
+    assert set(kinds) == {"relation", "count"} and 0.65 < kinds.count("relation") / 400 < 0.85
+    captions = [data.scene(i)[1] for i in range(400)]                  # paraphrases stay the default
+    assert sum(c != data.scene(i)[0].prompt for i, c in enumerate(captions)) > 150
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(forms={"relations": 1}), "forms must map some of single, and, count, relation"),
+    (dict(forms={"relation": -1}), "forms must map"), (dict(forms={}), "forms must map"),
+    (dict(forms={"single": 0}), "positive sum"), (dict(forms={"single": True}), "forms must map"),
+    (dict(relations=("on top of",)), "relations must be some of"), (dict(relations=()), "relations must be"),
+    (dict(captions="plain"), "captions must be one of paraphrase, canonical")])
+def test_a_bad_curriculum_is_refused_in_one_line(options, message):
+    with pytest.raises(ValueError, match=message):
+        shapes.ShapesDataset("train", **options)
+
+
+def test_the_training_config_takes_a_data_table(tmp_path):
+    from difflab.train.config import build_config, build_dataset
+    from difflab.train.flags import parse_field_flags
+
+    toml = tmp_path / "phase.toml"
+    toml.write_text('[data]\nforms = {relation = 1}\nrelations = ["below"]\ncaptions = "canonical"\n')
+    config = build_config("tiny", str(toml), {})
+    assert config.data == {"forms": {"relation": 1}, "relations": ("below",), "captions": "canonical"}
+    data = build_dataset(config)
+    assert all(data.scene(i)[1].split(" below ")[0] == data.scene(i)[0].prompt.split(" below ")[0] for i in range(10))
+    toml.write_text('[data]\nrelation = ["below"]\n')
+    with pytest.raises(ValueError, match="keys among"):
+        build_config("tiny", str(toml), {})
+    toml.write_text('dataset = "digits"\n[data]\ncaptions = "canonical"\n')
+    with pytest.raises(ValueError, match=r"dataset=shapes"):
+        build_config("tiny", str(toml), {})
+    toml.write_text('data = "canonical"\n')
+    with pytest.raises(ValueError, match=r"a \[data\] table"):
+        build_config("tiny", str(toml), {})
+    with pytest.raises(ValueError, match="unknown option '--data'"):
+        parse_field_flags(["--data", "x"])

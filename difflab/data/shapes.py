@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw
 
 from difflab.data.procedural import ProceduralSplit
 from difflab.data.shapes_captions import paraphrase
-from difflab.data.shapes_grammar import (BACKGROUNDS, COLOURS, PALETTE, POSITIONS, SHAPES, SIZES, ObjectSpec,
-                                         Prompt, format_prompt, parse_prompt)
+from difflab.data.shapes_grammar import (BACKGROUNDS, COLOURS, PALETTE, POSITIONS, RELATIONS, SHAPES, SIZES,
+                                         ObjectSpec, Prompt, format_prompt, parse_prompt)
 
 # Object extent (bounding-box side) as a fraction of the image side; a grid cell is 1/3.
 EXTENT = {"small": 0.16, "large": 0.26}
@@ -30,6 +30,7 @@ CROSS_ARM = 1 / 3  # arm width of a cross as a fraction of its extent
 CELLS = tuple(POSITIONS.values())
 HELD_OUT = (("green", "circle"), ("purple", "triangle"), ("orange", "square"), ("yellow", "cross"))
 FORM_WEIGHTS = {"single": 0.3, "and": 0.2, "count": 0.2, "relation": 0.3}
+CAPTION_STYLES = ("paraphrase", "canonical")
 
 
 @dataclass(frozen=True)
@@ -156,9 +157,14 @@ def _maybe(rng: random.Random, p: float, value):
     return value if rng.random() < p else None
 
 
-def sample_prompt(rng: random.Random) -> Prompt:
-    """A random canonical prompt as the dataset draws them (colour named 90% of the time)."""
-    kind = rng.choices(tuple(FORM_WEIGHTS), weights=tuple(FORM_WEIGHTS.values()))[0]
+def sample_prompt(rng: random.Random, forms: dict | None = None, relations: tuple | None = None) -> Prompt:
+    """A random canonical prompt as the dataset draws them (colour named 90% of the time).
+
+    ``forms`` (form -> weight; default :data:`FORM_WEIGHTS`) and ``relations`` (default all four) narrow
+    the draw; the defaults draw exactly what the shapes dataset always drew.
+    """
+    forms = FORM_WEIGHTS if forms is None else forms
+    kind = rng.choices(tuple(forms), weights=tuple(forms.values()))[0]
     n_objects = {"single": 1, "and": 2, "count": 1, "relation": 2}[kind]
     with_cell = kind in ("single", "and")
     objects = tuple(ObjectSpec(rng.choice(SHAPES), _maybe(rng, 0.9, rng.choice(tuple(COLOURS))),
@@ -168,12 +174,33 @@ def sample_prompt(rng: random.Random) -> Prompt:
     if kind == "and" and objects[0].cell is not None and objects[0].cell == objects[1].cell:
         objects = (objects[0], ObjectSpec(objects[1].shape, objects[1].colour, objects[1].size, None))
     count = rng.choice((2, 3)) if kind == "count" else None
-    relation = rng.choice(("to the left of", "to the right of", "above", "below")) if kind == "relation" else None
+    relation = rng.choice(relations or RELATIONS) if kind == "relation" else None
     return Prompt(kind, objects, count, relation, _maybe(rng, 0.3, rng.choice(tuple(BACKGROUNDS))))
 
 
 def has_held_out(scene: Scene) -> bool:
     return any((o.colour, o.shape) in HELD_OUT for o in scene.objects)
+
+
+CURRICULUM_OPTIONS = ("forms", "relations", "captions")
+
+
+def check_curriculum(forms=None, relations=None, captions: str = "paraphrase") -> tuple:
+    """``(forms, relations, captions)`` validated, as :class:`ShapesDataset` keeps them."""
+    if forms is not None:
+        if not isinstance(forms, dict) or not forms or any(
+                k not in FORM_WEIGHTS or isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0
+                for k, v in forms.items()) or not sum(forms.values()) > 0:
+            raise ValueError(f"forms must map some of {', '.join(FORM_WEIGHTS)} to non-negative weights with a "
+                             f"positive sum, got {forms!r}")
+        forms = {k: float(v) for k, v in forms.items()}
+    if relations is not None:
+        relations = (relations,) if isinstance(relations, str) else tuple(relations)
+        if not relations or any(r not in RELATIONS for r in relations):
+            raise ValueError(f"relations must be some of {', '.join(map(repr, RELATIONS))}, got {relations!r}")
+    if captions not in CAPTION_STYLES:
+        raise ValueError(f"captions must be one of {', '.join(CAPTION_STYLES)}, got {captions!r}")
+    return forms, relations, captions
 
 
 class ShapesDataset(ProceduralSplit):
@@ -183,6 +210,12 @@ class ShapesDataset(ProceduralSplit):
     Train captions are drawn from several phrasings per form; val and test captions are the canonical
     prompts the oracle parses. Train never shows the colour-shape pairs in ``HELD_OUT``; val and test do.
     Each split draws from its own seed stream, so no item is shared.
+
+    A curriculum narrows the training draw: ``forms`` (form -> weight, e.g. ``{"relation": 1}``),
+    ``relations`` (e.g. ``("above",)``) and ``captions="canonical"`` (train captions are the canonical
+    prompts, so the first-named object of "X above Y" is always the upper one). The bundled model's
+    relation section in BENCHMARKS.md shows why: over paraphrases, only word order times relation word
+    says which object goes where, an XOR that gradient descent does not start on.
     """
 
     world = "shapes"
@@ -191,15 +224,19 @@ class ShapesDataset(ProceduralSplit):
     preview_prompts = ("a red circle", "two blue squares", "a green triangle above a yellow cross",
                        "a small purple square in the top left")   # the trainer's sample grids
 
-    def __init__(self, split: str = "train", resolution: int = 32, length: int | None = None):
+    def __init__(self, split: str = "train", resolution: int = 32, length: int | None = None,
+                 forms: dict | None = None, relations=None, captions: str = "paraphrase"):
         self.init_split(split, length)
         if not isinstance(resolution, int) or resolution < 16:
             raise ValueError(f"resolution must be an integer >= 16, got {resolution!r}")
         self.resolution = resolution
+        self.forms, self.relations, self.captions = check_curriculum(forms, relations, captions)
 
     def scene(self, index: int) -> tuple[Scene, str]:
         """The scene and caption of item ``index`` (cheap: nothing is drawn)."""
-        return self.draw(index, sample_prompt, realize, lambda scene, _: has_held_out(scene), paraphrase)
+        caption = paraphrase if self.captions == "paraphrase" else lambda prompt, _: format_prompt(prompt)
+        return self.draw(index, lambda rng: sample_prompt(rng, self.forms, self.relations), realize,
+                         lambda scene, _: has_held_out(scene), caption)
 
     def __getitem__(self, index: int) -> dict:
         scene, caption = self.scene(index)

@@ -44,6 +44,7 @@ class TrainConfig:
     task: str = "denoise"                 # denoise: a diffusion model; vae: the autoencoder of latent diffusion
     dataset: str = "shapes"               # what to train on (folder: an image folder, set data_dir)
     data_dir: str | None = None           # the image folder of dataset=folder (captions: metadata.jsonl or .txt)
+    data: dict = field(default_factory=dict)  # dataset=shapes options, [data] in --config: forms, relations, captions (a curriculum)
     resolution: int = 32                  # training image side in pixels (a multiple of 4)
     model: dict = field(default_factory=lambda: dict(DENOISER_MODEL))  # network: [model] in --config
     vae: str | None = None                # denoise: a VAE package (or a package with vae/): train in its latent space
@@ -123,6 +124,7 @@ class TrainConfig:
                "used with init_from (frozen fresh weights learn nothing: a new network's output layer is zero)")
         _check(self.dataset in DATASETS, "dataset", self.dataset, f"one of {tuple(DATASETS)}")
         _check(self.dataset != "folder" or self.data_dir, "data_dir", self.data_dir, "a folder for dataset=folder")
+        _check_data(self.dataset, self.data)
         _check(_int(self.resolution, 8) and self.resolution % 4 == 0, "resolution", self.resolution,
                "an integer >= 8 divisible by 4")
         _check(isinstance(self.model, dict), "model", self.model, "a table of network fields (class_name: UNet or DiT)")
@@ -224,6 +226,18 @@ def field_help() -> dict[str, str]:
     return comments
 
 
+def _check_data(dataset: str, data) -> None:
+    """The ``[data]`` table: options of the shapes dataset only, each checked as the dataset will."""
+    if not data:
+        return
+    from difflab.data.shapes import CURRICULUM_OPTIONS, check_curriculum
+
+    _check(isinstance(data, dict) and dataset == "shapes", "data", data, "a table of shapes dataset options "
+           "(dataset=shapes)")
+    _check(set(data) <= set(CURRICULUM_OPTIONS), "data", data, f"a table with keys among {CURRICULUM_OPTIONS}")
+    check_curriculum(**data)
+
+
 def _int(value, minimum) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
@@ -233,6 +247,7 @@ def _check(ok, name, value, allowed) -> None:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
+TABLES = ("model", "data")   # fields a TOML file sets as [tables], never flags
 TINY_MODEL = dict(channels=(16, 32), layers_per_block=1, attention_levels=(1,), head_dim=16, norm_groups=8,
                   mid_attention=False)
 PRESETS: dict[str, dict] = {
@@ -284,7 +299,7 @@ def preset(name: str) -> TrainConfig:
 
 
 def load_toml(path: str | Path) -> dict:
-    """A flat TOML table of TrainConfig fields (``[model]`` as a sub-table)."""
+    """A flat TOML table of TrainConfig fields (``[model]`` and ``[data]`` as sub-tables)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
@@ -296,8 +311,10 @@ def load_toml(path: str | Path) -> dict:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown field(s) {unknown} in {path}; allowed: {sorted(known)}")
-    if "model" in values:
-        values["model"] = {k: tuple(v) if isinstance(v, list) else v for k, v in values["model"].items()}
+    for table in TABLES:
+        if table in values:
+            _check(isinstance(values[table], dict), table, values[table], f"a [{table}] table")
+            values[table] = {k: tuple(v) if isinstance(v, list) else v for k, v in values[table].items()}
     return values
 
 
@@ -325,4 +342,4 @@ def build_config(preset_name: str | None, toml_path: str | None, overrides: dict
 
 def build_dataset(config: TrainConfig):
     """The training split of ``config.dataset`` (an image folder: ``config.data_dir``); needs no torch."""
-    return load_dataset(config.dataset, "train", config.resolution, data_dir=config.data_dir)
+    return load_dataset(config.dataset, "train", config.resolution, data_dir=config.data_dir, **config.data)

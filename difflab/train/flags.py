@@ -1,7 +1,7 @@
 """Training fields as command-line flags: ``--max-steps 500 --no-ema-warmup --lr=3e-4``.
 
-Every field of :class:`~difflab.train.config.TrainConfig` (but the ``model`` table, which only a
-TOML file or a preset sets) is a flag, typed by its default; the help text lists them with their
+Every field of :class:`~difflab.train.config.TrainConfig` (but the ``model`` and ``data`` tables, which
+only a TOML file or a preset sets) is a flag, typed by its default; the help text lists them with their
 comments. Importing this module needs no torch.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from difflab.train.config import TrainConfig, field_help
+from difflab.train.config import TABLES, TrainConfig, field_help
 
 
 def training_fields_help() -> str:
@@ -18,8 +18,8 @@ def training_fields_help() -> str:
              "--preset sets other defaults.", ""]
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        if f.name == "model":
-            flag, default = "[model] (TOML)", "see --preset"
+        if f.name in TABLES:
+            flag, default = f"[{f.name}] (TOML)", "see --preset" if f.name == "model" else "none"
         elif isinstance(f.default, bool):
             flag, default = f"{flag} / --no-{flag[2:]}", "on" if f.default else "off"
         else:
@@ -31,7 +31,7 @@ def training_fields_help() -> str:
 def parse_field_flags(args: list[str]) -> dict:
     """``--max-steps 500 --no-ema-warmup --rescale-zero-terminal-snr`` -> field values with field types.
     A boolean is ``--x``, ``--no-x`` or ``--x true|false``; every flag also takes ``--x=VALUE``."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name != "model"}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name not in TABLES}
     values, i = {}, 0
     while i < len(args):
         flag, _, inline = args[i].partition("=")
