@@ -197,3 +197,16 @@ def test_the_training_config_takes_a_data_table(tmp_path):
         build_config("tiny", str(toml), {})
     with pytest.raises(ValueError, match="unknown option '--data'"):
         parse_field_flags(["--data", "x"])
+
+
+@pytest.mark.parametrize("phase", [1, 2, 3])
+def test_the_relation_curriculum_configs_build(phase):
+    """benchmarks/configs/relation_phase*.toml (BENCHMARKS.md's recipe) stay valid training configs."""
+    from pathlib import Path
+
+    from difflab.train.config import build_config, build_dataset
+
+    path = Path(__file__).parents[1] / "benchmarks" / "configs" / f"relation_phase{phase}.toml"
+    config = build_config("shapes", str(path), {"init_from": None})
+    kinds = {parse_prompt(build_dataset(config).scene(i)[0].prompt).kind for i in range(50)}
+    assert kinds == ({"relation"} if phase < 3 else {"single", "and", "count", "relation"})
