@@ -177,7 +177,7 @@ def test_a_bad_curriculum_is_refused_in_one_line(options, message):
 
 
 def test_the_training_config_takes_a_data_table(tmp_path):
-    from difflab.train.config import build_config, build_dataset
+    from difflab.train.config import TrainConfig, build_config, build_dataset
     from difflab.train.flags import parse_field_flags
 
     toml = tmp_path / "phase.toml"
@@ -195,6 +195,8 @@ def test_the_training_config_takes_a_data_table(tmp_path):
     toml.write_text('data = "canonical"\n')
     with pytest.raises(ValueError, match=r"a \[data\] table"):
         build_config("tiny", str(toml), {})
+    with pytest.raises(ValueError, match="a table of shapes dataset options"):
+        TrainConfig(data="canonical")
     with pytest.raises(ValueError, match="unknown option '--data'"):
         parse_field_flags(["--data", "x"])
 

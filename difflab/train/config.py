@@ -228,7 +228,7 @@ def field_help() -> dict[str, str]:
 
 def _check_data(dataset: str, data) -> None:
     """The ``[data]`` table: options of the shapes dataset only, each checked as the dataset will."""
-    if not data:
+    if data == {}:
         return
     from difflab.data.shapes import CURRICULUM_OPTIONS, check_curriculum
 
