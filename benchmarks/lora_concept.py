@@ -64,14 +64,14 @@ def write_folder(folder: Path, n: int, seed: int = 0, kind: str = "scenes") -> l
     return [json.loads(line)["text"] for line in lines]
 
 
-def write_prior(folder: Path, n: int, seed: int = 0) -> None:
+def write_prior(folder: Path, n: int, seed: int = 0, model: str = "shapes") -> None:
     """DreamBooth's prior preservation (Ruiz et al. 2023, eq. 2): ``n`` images the base model itself
     makes for prompts drawn as the dataset draws them (old colours only), added to the folder with
     their prompts, so the LoRA also keeps reproducing what the model did before."""
     from difflab.pipelines import Pipeline
     rng = random.Random(f"difflab-lora-prior-{seed}")
     prompts = [format_prompt(sample_prompt(rng)) for _ in range(n)]
-    images = Pipeline.from_pretrained("shapes")(prompts, seed=list(range(20_000, 20_000 + n))).images
+    images = Pipeline.from_pretrained(model)(prompts, seed=list(range(20_000, 20_000 + n))).images
     lines = []
     for i, (prompt, image) in enumerate(zip(prompts, images)):
         image.save(folder / f"prior-{i:03d}.png")
@@ -110,7 +110,7 @@ def train(out: Path, args) -> Path:
     adapter = out / "run" / "lora" / "adapter.safetensors"
     if adapter.is_file():
         return adapter
-    command = [sys.executable, "-m", "difflab", "train", "--init-from", "shapes", "--lora-rank", str(args.rank), "--lora-layers", args.layers,
+    command = [sys.executable, "-m", "difflab", "train", "--init-from", args.model, "--lora-rank", str(args.rank), "--lora-layers", args.layers,
                "--dataset", "folder", "--data-dir", str(out / "data"), "--resolution", "32",
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lr-warmup", "20",
                "--lr-schedule", "constant", "--ema-decay", str(args.ema), "--max-minutes", str(args.minutes),
@@ -125,6 +125,7 @@ def train(out: Path, args) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the images, the run and the reports")
+    parser.add_argument("--model", default="shapes", help="the base model: a package or a bundled model's name")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--concept", choices=("scenes", "singles", "mixed"), default="scenes",
                         help="what the concept images show (write_folder)")
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
     if not data.is_dir():
         captions = write_folder(data, args.images, kind=args.concept)
         if args.prior:
-            write_prior(data, args.prior)
+            write_prior(data, args.prior, model=args.model)
     adapter = train(args.out, args)
     modules, _ = read_lora_file(adapter)
     size = {"file_bytes": adapter.stat().st_size, "parameters": sum(m.down.numel() + m.up.numel() for m in modules),
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
     for label, lora in (("base", None), ("lora", adapter)):
         if label in results:
             continue
-        pipe = Pipeline.from_pretrained("shapes")
+        pipe = Pipeline.from_pretrained(args.model)
         if lora is not None:
             pipe.load_lora(str(lora), 1.0)
         row = {}
