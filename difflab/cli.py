@@ -218,7 +218,7 @@ def generate(
     ip_scale: float = typer.Option(1.0, help="the image prompt's weight (0..5)"),
 ):
     """Generate images (a video model: MP4 or GIF clips; an audio model: WAV); each file carries the recipe that replays it."""
-    from difflab.pipelines.recipes import read_recipe  # torch is imported only once every flag is checked
+    from difflab.pipelines.recipes import bundled_model_with_weights, read_recipe  # torch: once every flag is checked
     from difflab.settings import package_folder
 
     if recipe is None and prompt is None and prompts is None:
@@ -249,6 +249,8 @@ def generate(
     if margins is not None:
         check_outpaint_canvas(edits["image"].size, margins)
     replay = read_recipe(recipe) if recipe is not None else None
+    if replay is not None and model is None:   # a recipe made with a bundled model replays on that one
+        model = bundled_model_with_weights(replay.get("weights"))
     if model is not None:
         package_folder(model)
     check_output_folder(out)

@@ -36,7 +36,7 @@ from difflab.pipelines.image_prompt import ImagePromptMethods
 from difflab.pipelines.lora import LoraMethods
 from difflab.pipelines.packaging import (DEFAULTS, check_pipeline_sections, codec_from_header, sampling_defaults,
                                         save_pipeline)
-from difflab.pipelines.recipes import Result, validate_recipe, weights_hash
+from difflab.pipelines.recipes import Result, bundled_model_with_weights, validate_recipe, weights_hash
 from difflab.sampling import (sample, validate_device, validate_dtype, validate_guidance_method,
                               validate_guidance_rescale, validate_settings)
 from difflab.schedules import NoiseSchedule
@@ -290,7 +290,10 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
         is checked by :func:`~difflab.pipelines.recipes.validate_recipe`, then as the arguments are."""
         recipe = validate_recipe(recipe, "recipe")
         if recipe.get("weights") and self.weights and recipe["weights"] != self.weights:
-            raise ValueError(f"the recipe was made with weights {recipe['weights']}, this model has {self.weights}")
+            bundled = bundled_model_with_weights(recipe["weights"])
+            raise ValueError(f"the recipe was made with weights {recipe['weights']}, this model has {self.weights}"
+                             + (f"; they are the bundled model {bundled!r}: Pipeline.from_pretrained({bundled!r})"
+                                if bundled else ""))
         if recipe.get("latents"):
             raise ValueError("this recipe's image was made from given latents (latents=), which a recipe does not hold")
         edit.check_replay_inputs(recipe, image, mask)

@@ -169,3 +169,13 @@ def weights_hash(folder: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def bundled_model_with_weights(weights) -> str | None:
+    """The name of the bundled model whose weights hash is ``weights`` (a recipe's), or None: a recipe
+    made with an earlier default (``shapes-v1``) replays on it, not on today's default."""
+    from difflab.settings import BUNDLED_MODELS
+    for name, folder in BUNDLED_MODELS.items():
+        if isinstance(weights, str) and (folder / "model.safetensors").is_file() and weights_hash(folder) == weights:
+            return name
+    return None
