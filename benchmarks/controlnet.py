@@ -67,12 +67,13 @@ def main(argv=None) -> int:
 
     from difflab.metrics.layout import layout_iou
     from difflab.metrics.adherence import check
+    from difflab.settings import package_folder
     from difflab.metrics.bench import balanced, bench_prompts, report
     from difflab.pipelines import Pipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    kind = args.kind or json.loads((Path(args.controlnet) / "config.json").read_text())["controlnet"]["kind"]
+    kind = args.kind or json.loads((package_folder(args.controlnet) / "config.json").read_text())["controlnet"]["kind"]
     pipe = Pipeline.from_pretrained(args.model, controlnet=args.controlnet)
     entries = balanced(bench_prompts(), args.limit)
     controls, layouts = controls_for(entries, kind, pipe.resolution)

@@ -142,8 +142,9 @@ def validate_block_cache(threshold, name: str = "block_cache") -> float | None:
 
 # Models that ship inside difflab, by name: ``--model shapes-v1`` works from any folder. A path that
 # exists wins over a name, so a local folder called "shapes" is still that folder.
-BUNDLED_MODELS = {"shapes": Path(__file__).parent / "assets" / "models" / "shapes"}
-BUNDLED_MODELS["shapes-v1"] = BUNDLED_MODELS["shapes"]      # the first bundled model, kept by name
+BUNDLED_MODELS = {"shapes": Path(__file__).parent / "assets" / "models" / "shapes"}   # the default: v1.1
+BUNDLED_MODELS["shapes-v1"] = BUNDLED_MODELS["shapes"].parent / "shapes-v1"   # the first bundled model (default until v1.1)
+BUNDLED_MODELS["shapes-v1.1"] = BUNDLED_MODELS["shapes"]    # v1 taught the relation word (a curriculum), kept by name
 BUNDLED_MODELS["shapes-video"] = BUNDLED_MODELS["shapes"].parent / "shapes-video"   # moving shapes, 8 x 32 x 32
 BUNDLED_MODELS["sounds"] = BUNDLED_MODELS["shapes"].parent / "sounds"               # 1 s sounds as log-mel
 BUNDLED_MODELS["shapes-fast"] = BUNDLED_MODELS["shapes"].parent / "shapes-fast"     # LCM student of shapes: 4 steps

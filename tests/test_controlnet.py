@@ -153,15 +153,15 @@ def test_the_bundled_layout_controlnet_places_objects_where_the_map_says():
     from difflab.metrics.layout import layout_iou
     from difflab.settings import BUNDLED_MODELS
     assert (BUNDLED_MODELS["shapes-layout"] / "MODEL_CARD.md").is_file()
-    pipe = difflab.Pipeline.from_pretrained("shapes", controlnet="shapes-layout")
+    pipe = difflab.Pipeline.from_pretrained("shapes-v1", controlnet="shapes-layout")   # its base
     prompts = ["a red circle", "two blue squares"]        # no place in the prompt: the layout's alone
     controls = [layout_map(scene_for(p, 7)) for p in prompts]
     controlled = pipe(prompts, seed=2, control_image=controls).images
-    free = difflab.Pipeline.from_pretrained("shapes")(prompts, seed=2).images
+    free = difflab.Pipeline.from_pretrained("shapes-v1")(prompts, seed=2).images
     ious = [layout_iou(im.convert("RGB"), c)["mean_iou"] for im, c in zip(controlled, controls)]
     free_ious = [layout_iou(im.convert("RGB"), c)["mean_iou"] for im, c in zip(free, controls)]
     assert min(ious) > 0.75 and max(free_ious) < 0.5, (ious, free_ious)
-    with pytest.raises(ValueError, match="is a ControlNet for shapes, not a model"):
+    with pytest.raises(ValueError, match="is a ControlNet for shapes-v1, not a model"):
         difflab.Pipeline.from_pretrained("shapes-layout")
 
 

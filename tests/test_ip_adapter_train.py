@@ -102,11 +102,11 @@ def test_the_bundled_ip_adapter_carries_the_reference_colour():
     assert (BUNDLED_MODELS["shapes-ip"] / "MODEL_CARD.md").is_file()
     seeds = list(range(8))
     reference = render("a red square", 3)
-    steered = difflab.Pipeline.from_pretrained("shapes", ip_adapter="shapes-ip")(["a circle"] * 8, seed=seeds,
+    steered = difflab.Pipeline.from_pretrained("shapes-v1", ip_adapter="shapes-ip")(["a circle"] * 8, seed=seeds,
                                                                                  ip_image=reference).images
-    plain = difflab.Pipeline.from_pretrained("shapes")(["a circle"] * 8, seed=seeds).images
+    plain = difflab.Pipeline.from_pretrained("shapes-v1")(["a circle"] * 8, seed=seeds).images
     red = [sum(any("red" in o for o in check(im.convert("RGB"), "a circle")["objects"]) for im in images)
            for images in (steered, plain)]
     assert red[0] >= 6 and red[1] <= 2, red        # the text leaves the colour free; the image says red
-    with pytest.raises(ValueError, match="is an IP-Adapter for shapes, not a model"):
+    with pytest.raises(ValueError, match="is an IP-Adapter for shapes-v1, not a model"):
         difflab.Pipeline.from_pretrained("shapes-ip")

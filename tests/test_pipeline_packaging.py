@@ -55,12 +55,35 @@ def test_a_diffusers_loaded_pipeline_says_how_to_keep_it(tmp_path):
 def test_bundled_models_load_by_name_and_a_real_path_wins(tmp_path, monkeypatch):
     from difflab.pipelines import BUNDLED_MODEL, Pipeline
     from difflab.settings import BUNDLED_MODELS, package_folder
-    assert package_folder("shapes-v1") == BUNDLED_MODEL == BUNDLED_MODELS["shapes"]
+    assert package_folder("shapes") == package_folder("shapes-v1.1") == BUNDLED_MODEL == BUNDLED_MODELS["shapes"]
+    assert package_folder("shapes-v1") == BUNDLED_MODEL.parent / "shapes-v1"   # the first default, kept by name
     pipe = Pipeline.from_pretrained("shapes-v1")
-    assert Path(pipe.folder) == BUNDLED_MODEL
+    assert Path(pipe.folder) == BUNDLED_MODELS["shapes-v1"] and pipe.weights != Pipeline.from_pretrained().weights
     with pytest.raises(ValueError, match="prediction_type= is for single-file checkpoints"):
         Pipeline.from_pretrained("shapes-v1", prediction_type="epsilon")   # a package says it itself
     monkeypatch.chdir(tmp_path)
     (tmp_path / "shapes-v1").mkdir()                      # a local folder of that name is that folder
     with pytest.raises(ValueError, match="is not a difflab model package"):
         package_folder("shapes-v1")
+
+
+def test_a_recipe_of_an_earlier_default_replays_on_that_model(tmp_path):
+    """A PNG made with shapes-v1 (the default until v1.1) replays on shapes-v1 from the command line with no
+    --model; the library's replay on another model names the bundled model that fits."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from difflab.pipelines import Pipeline, read_recipe
+    made = Pipeline.from_pretrained("shapes-v1")("a red circle", seed=3, steps=2)
+    path = made.save(tmp_path / "a")[0]
+    run = subprocess.run([sys.executable, "-m", "difflab", "generate", "--recipe", str(path), "--out", str(tmp_path / "b")],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    again = sorted((tmp_path / "b").glob("*.png"))
+    assert read_recipe(again[0])["weights"] == made.recipes[0]["weights"]
+    assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(again[0])))
+    with pytest.raises(ValueError, match="they are the bundled model 'shapes-v1'"):
+        Pipeline.from_pretrained().replay(read_recipe(path))

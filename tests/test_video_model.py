@@ -252,7 +252,7 @@ def test_train_only_temporal_keeps_every_image_weight(tmp_path):
 
 def test_an_empty_path_unsets_what_the_preset_set(tmp_path):
     from difflab.train import TrainConfig
-    assert build_config("shapes-video", None, {}).init_from == "shapes"
+    assert build_config("shapes-video", None, {}).init_from == "shapes-v1"
     assert build_config("shapes-video", None, {"init_from": ""}).init_from is None     # --init-from ""
     config_file = tmp_path / "scratch.toml"
     config_file.write_text('init_from = ""\n')

@@ -273,7 +273,7 @@ PRESETS: dict[str, dict] = {
                            ema_decay=0.999, sample_every=1000),
     # moving shapes: the bundled image model grown into a video UNet (temporal blocks start as the
     # identity, so training begins from its pictures and has only motion to learn)
-    "shapes-video": dict(dataset="moving-shapes", init_from="shapes", prediction_type="v_prediction",
+    "shapes-video": dict(dataset="moving-shapes", init_from="shapes-v1", prediction_type="v_prediction",
                          schedule="cosine", rescale_zero_terminal_snr=True, loss_weighting="min_snr_plus_one",
                          model=dict(class_name="VideoUNet", channels=(32, 64, 128), layers_per_block=1,
                                     attention_levels=(1, 2), head_dim=32, attention_positions=True),
