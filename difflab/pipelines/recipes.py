@@ -175,7 +175,10 @@ def bundled_model_with_weights(weights) -> str | None:
     """The name of the bundled model whose weights hash is ``weights`` (a recipe's), or None: a recipe
     made with an earlier default (``shapes-v1``) replays on it, not on today's default."""
     from difflab.settings import BUNDLED_MODELS
-    for name, folder in BUNDLED_MODELS.items():
-        if isinstance(weights, str) and (folder / "model.safetensors").is_file() and weights_hash(folder) == weights:
-            return name
+    seen = set()
+    for name, folder in BUNDLED_MODELS.items():   # an alias's folder is hashed once
+        if isinstance(weights, str) and folder not in seen and (folder / "model.safetensors").is_file():
+            seen.add(folder)
+            if weights_hash(folder) == weights:
+                return name
     return None
