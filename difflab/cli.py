@@ -361,13 +361,15 @@ def eval_(
     oracle_colours: str = typer.Option("trained", help="trained: the oracle names the six trained colours (and a "
                                                        "novel one a prompt names) | all: every colour it can be "
                                                        "taught (cyan too), the strict reading after a colour LoRA"),
+    seeds: int = typer.Option(1, help="each prompt under N seeds (its own, then +100000, ...): ~1/sqrt(N) the "
+                                      "noise of one seed a prompt; image prompt sets"),
 ) -> None:
     """Generate the prompt set, score it with the shapes oracle and FID/KID (a video or audio model: its
     world's judge and FD/KID on difflab's clip or sound features); print a table, write JSON."""
     from difflab.metrics.evaluation import EvalConfig, evaluate, format_summary
 
     config = EvalConfig(model, prompts, sampler, steps, guidance, batch_size, limit, fid, out, device, guidance_method,
-                        deep_cache, tuple(parse_loras(lora)), oracle_colours)
+                        deep_cache, tuple(parse_loras(lora)), oracle_colours, seeds)
     config.validate()
     _quiet_loading()
     typer.echo(format_summary(evaluate(config)))

@@ -48,6 +48,22 @@ def test_evaluate_writes_a_complete_report(package, tmp_path):
     assert "custom" in text and "overall" in text and "not Inception FID" in text
 
 
+def test_seeds_score_every_prompt_under_more_seeds_the_first_its_own(package, tmp_path):
+    prompts = str(package.parent / "prompts.txt")
+    one = evaluate(EvalConfig(str(package), prompts=prompts, steps=2, batch_size=4, fid=False,
+                              out=str(tmp_path / "one.json")), progress=False)
+    three = evaluate(EvalConfig(str(package), prompts=prompts, steps=2, batch_size=4, fid=False, seeds=3,
+                                out=str(tmp_path / "three.json")), progress=False)
+    assert three["table"]["overall"]["n"] == 3 * one["table"]["overall"]["n"] == 9
+    assert [r["prompt"] for r in three["results"]] == PROMPTS * 3
+    assert [r["seed"] for r in three["results"]] == [0, 1, 2, 100_000, 100_001, 100_002, 200_000, 200_001, 200_002]
+    first = [(r["seed"], r["ok"], r["objects"]) for r in three["results"][:3]]
+    assert first == [(r["seed"], r["ok"], r["objects"]) for r in one["results"]]   # seed 1 of 3 = the one-seed run
+    oks = [r["ok"] for r in three["results"]]
+    assert three["table"]["overall"]["accuracy"] == pytest.approx(sum(oks) / len(oks))
+    assert EvalConfig("shapes", seeds=4).report_path().name.startswith("eval-shapes-shapes-bench-all-seeds4-")
+
+
 def test_eval_command_runs_shapes_bench_with_a_table(package, tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["eval", str(package), "--prompts", "shapes-bench", "--limit", "4",
@@ -65,6 +81,9 @@ def test_eval_command_runs_shapes_bench_with_a_table(package, tmp_path):
     (["eval", "PKG", "--sampler", "warp"], "unknown sampler 'warp'"),
     (["eval", "PKG", "--prompts", "geneval"], "shapes-bench or a text file"),
     (["eval", "PKG", "--guidance", "-1"], "--guidance"),
+    (["eval", "PKG", "--seeds", "0"], "--seeds must be an integer in [1, 16]"),
+    (["eval", "PKG", "--seeds", "1000"], "--seeds must be an integer in [1, 16]"),
+    (["eval", "PKG", "--prompts", "held-out", "--seeds", "2"], "--seeds is for image prompt sets"),
 ])
 def test_eval_command_refuses_bad_arguments_in_one_line(package, args, message):
     args = [str(package) if a == "PKG" else a for a in args]

@@ -95,6 +95,16 @@ def balanced(entries: list[dict], limit: int | None) -> list[dict]:
     return picked
 
 
+SEED_STRIDE = 100_000   # seed k of an entry: its own seed + k * SEED_STRIDE (bench seeds stay below 1,000)
+
+
+def with_seeds(entries: list[dict], seeds: int) -> list[dict]:
+    """Every entry under ``seeds`` seeds: the first is its own (so ``seeds=1`` is the entries as they
+    are), the others further apart than any two entries' seeds. One seed a prompt leaves ~0.05 of noise
+    on a category of 100 prompts; N seeds divide it by about sqrt(N)."""
+    return [{**e, "seed": e["seed"] + k * SEED_STRIDE} for k in range(seeds) for e in entries]
+
+
 def report(entries: list[dict], oks: list[bool]) -> dict:
     """Accuracy per category, over held-out pairs, and overall (GenEval's overall is the category mean)."""
     if len(entries) != len(oks):

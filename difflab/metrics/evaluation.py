@@ -41,6 +41,7 @@ class EvalConfig:
     deep_cache: int | None = None       # difflab UNet: recompute deep features every N-th evaluation
     loras: tuple = ()                   # ((path, scale), ...) loaded onto the model before generating
     oracle_colours: str = "trained"     # trained: six colours (+ novel ones a prompt names) | all: PALETTE
+    seeds: int = 1                      # each prompt under this many seeds (image prompt sets)
 
     def validate(self) -> None:
         """Every argument checked before any model is loaded; errors say what is allowed."""
@@ -59,6 +60,10 @@ class EvalConfig:
         if self.sampler is not None and self.sampler not in SAMPLER_NAMES:
             raise ValueError(f"unknown sampler {self.sampler!r}; available: {', '.join(SAMPLER_NAMES)}")
         validate_guidance_flags(self.guidance_method, self.sampler, self.guidance_scale)
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= 16:
+            raise ValueError(f"--seeds must be an integer in [1, 16], got {self.seeds!r}")
+        if self.seeds > 1 and self.prompts in MEDIA_SETS:
+            raise ValueError(f"--seeds is for image prompt sets; {self.prompts} is a video or audio set")
         for name in ("steps", "limit", "batch_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -83,7 +88,7 @@ class EvalConfig:
                               + ([self.deep_cache] if self.deep_cache not in (None, 1) else [])
                               + ([[list(x) for x in self.loras]] if self.loras else [])
                               + ([self.oracle_colours] if self.oracle_colours != "trained" else [])).encode()
-        limit = f"limit{self.limit}" if self.limit else "all"
+        limit = (f"limit{self.limit}" if self.limit else "all") + (f"-seeds{self.seeds}" if self.seeds > 1 else "")
         return REPORTS / (f"eval-{Path(self.model).name}-{Path(self.prompts).stem}-{limit}-"
                           f"{hashlib.sha256(settings).hexdigest()[:8]}.json")
 
@@ -123,17 +128,20 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict:
     """Run the benchmark; returns the report and writes it as JSON to ``report["out"]``."""
     from difflab.data.shapes_grammar import PALETTE
     from difflab.metrics.adherence import check
-    from difflab.metrics.bench import balanced, load_prompts, report
+    from difflab.metrics.bench import balanced, load_prompts, report, with_seeds
     from difflab.pipelines import Pipeline
 
     config.validate()
-    entries = None if config.prompts in MEDIA_SETS else balanced(load_prompts(config.prompts), config.limit)
+    entries = (None if config.prompts in MEDIA_SETS
+               else with_seeds(balanced(load_prompts(config.prompts), config.limit), config.seeds))
     pipe = Pipeline.from_pretrained(config.model)
     for path, scale in config.loras:
         pipe.load_lora(path, scale)
     if config.device != "cpu":
         pipe.to(config.device)
     if pipe.codec.media != "image":
+        if config.seeds > 1:
+            raise ValueError(f"--seeds is for image models; {config.model} makes {pipe.codec.media}")
         return _evaluate_media(pipe, config, progress)
     if entries is None:
         raise ValueError(f"--prompts {config.prompts} names a set of the video and audio worlds; {config.model} "
