@@ -6,6 +6,15 @@
 in the config (Stable Diffusion's VAE: 0.18215 and 0; FLUX's: 0.3611 and 0.1159), never in
 scripts. Training comes with the trainer.
 
+``encoder="area"`` makes the first stage of a cascade instead (Ho et al. 2022, "Cascaded diffusion
+models", Sec. 3): the encoder is fixed 2^(levels-1) x 2^(levels-1) area pooling, so the latent *is* the
+image at a lower resolution and a pixel model trained at that resolution already works in it; the
+learned decoder is a super-resolution network that adds its correction to the bicubic upsampling of z
+(global residual learning, Kim et al. 2016, "VDSR"), starting as plain bicubic. Its posterior is a
+fixed Gaussian of std ``posterior_std`` around the pooled image: training decodes noisy latents, the
+conditioning augmentation of cascaded models (Ho et al. 2022, Sec. 4.1) that keeps the decoder robust to
+a generator's slightly-off latents; ``mode()`` is the clean pooled image. The KL term is a constant.
+
 The defaults are difflab's own small VAE. The config also expresses the autoencoders of Stable
 Diffusion 1.x / 2.x and SDXL (Rombach et al. 2022: GroupNorm eps 1e-6, downsampling by a zero pad
 on the right and bottom then an unpadded stride-2 convolution, 1x1 convolutions on the posterior's
@@ -16,6 +25,7 @@ moments and on z) and of SD3 / FLUX (16 latent channels, no 1x1 convolutions, a 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +37,7 @@ from difflab.models.layers import AttentionBlock, Downsample, ResBlock, Upsample
 
 
 DOWNSAMPLE_PADDINGS = ("symmetric", "asymmetric")
+ENCODERS = ("learned", "area")
 # diffusers AutoencoderKL config keys: read, supported at one value only, or without effect here.
 _DIFFUSERS_READ = ("in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
                    "layers_per_block", "latent_channels", "norm_num_groups", "scaling_factor", "shift_factor",
@@ -52,6 +63,8 @@ class AutoencoderKLConfig:
     downsample_padding: str = "symmetric"         # stride-2 3x3 conv padded by 1; "asymmetric": SD's (_PadDownsample)
     quant_conv: bool = False                      # 1x1 conv on the posterior's moments (SD 1.x/2.x, SDXL)
     post_quant_conv: bool = False                 # 1x1 conv on z before the decoder (SD 1.x/2.x, SDXL)
+    encoder: str = "learned"                      # "area": fixed area pooling, latent = the image at 1/downscale
+    posterior_std: float = 0.0                    # encoder="area": std of the fixed posterior (training noise)
 
     def __post_init__(self):
         for name in ("in_channels", "latent_channels", "layers_per_block", "norm_groups"):
@@ -70,6 +83,15 @@ class AutoencoderKLConfig:
                 f"downsample_padding must be one of {DOWNSAMPLE_PADDINGS}, got {self.downsample_padding!r}")
         for name in ("quant_conv", "post_quant_conv"):
             require(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
+        require(self.encoder in ENCODERS, f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        require(isinstance(self.posterior_std, (int, float)) and not isinstance(self.posterior_std, bool)
+                and 0 <= self.posterior_std <= 1, f"posterior_std must be a number in [0, 1], got {self.posterior_std!r}")
+        if self.encoder == "area":
+            require(self.latent_channels == self.in_channels and len(self.channels) > 1 and not self.quant_conv,
+                    f"encoder='area' pools the image itself: it needs latent_channels == in_channels "
+                    f"({self.latent_channels} vs {self.in_channels}), at least two levels and no quant_conv")
+        else:
+            require(self.posterior_std == 0, "posterior_std is for encoder='area' (a learned encoder predicts its own)")
 
     @classmethod
     def from_diffusers(cls, config: dict) -> AutoencoderKLConfig:
@@ -203,8 +225,12 @@ class AutoencoderKL(ModelMixin):
     config_class = AutoencoderKLConfig
 
     def build(self, cfg: AutoencoderKLConfig) -> None:
-        self.encoder = _Coder(cfg, cfg.in_channels, 2 * cfg.latent_channels, down=True)
+        area = cfg.encoder == "area"
+        self.encoder = None if area else _Coder(cfg, cfg.in_channels, 2 * cfg.latent_channels, down=True)
         self.decoder = _Coder(cfg, cfg.latent_channels, cfg.in_channels, down=False)
+        if area:  # the decoder's correction starts at zero: the untrained decoder is bicubic upsampling
+            nn.init.zeros_(self.decoder.conv_out.weight)
+            nn.init.zeros_(self.decoder.conv_out.bias)
         moments, z = 2 * cfg.latent_channels, cfg.latent_channels
         self.quant_conv = nn.Conv2d(moments, moments, 1) if cfg.quant_conv else None
         self.post_quant_conv = nn.Conv2d(z, z, 1) if cfg.post_quant_conv else None
@@ -222,6 +248,10 @@ class AutoencoderKL(ModelMixin):
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         """x [B, C, H, W] (in [-1, 1]) -> posterior over z [B, latent_channels, H/f, W/f]."""
         self._check(x, self.config.in_channels, "x")
+        if self.encoder is None:                                              # encoder="area"
+            mean = F.avg_pool2d(x, self.config.downscale)                     # [B, C, h, w]
+            std = max(self.config.posterior_std, 1e-12)
+            return DiagonalGaussian(torch.cat([mean, torch.full_like(mean, 2 * math.log(std))], dim=1))
         moments = self.encoder(x)                                             # [B, 2*latent, h, w]
         if self.quant_conv is not None:
             moments = self.quant_conv(moments)
@@ -232,6 +262,9 @@ class AutoencoderKL(ModelMixin):
         self._check(z, self.config.latent_channels, "z")
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
+        if self.encoder is None:                                              # encoder="area": a residual on bicubic
+            base = F.interpolate(z, scale_factor=self.config.downscale, mode="bicubic", align_corners=False)
+            return (base + self.decoder(z)).contiguous()
         return self.decoder(z).contiguous()
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:

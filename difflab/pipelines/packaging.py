@@ -128,9 +128,10 @@ def codec_section(codec) -> dict | None:
     return None
 
 
-def save_pipeline(pipe, folder) -> Path:
+def save_pipeline(pipe, folder, training: dict | None = None) -> Path:
     """Write ``pipe`` as a package at ``folder`` (a new folder), atomically: everything is written
-    beside it and renamed into place. The network and the VAE must be difflab's registered models."""
+    beside it and renamed into place. The network and the VAE must be difflab's registered models.
+    ``training``: a record of how the parts were made, kept as the package's ``training`` section."""
     from difflab.models.base import ModelMixin
     folder = Path(folder)
     if folder.exists():
@@ -146,6 +147,8 @@ def save_pipeline(pipe, folder) -> Path:
                 "sampling": {key: pipe.defaults[key] for key in DEFAULTS}}
     if codec_section(pipe.codec) is not None:
         metadata["codec"] = codec_section(pipe.codec)
+    if training is not None:
+        metadata["training"] = training
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
@@ -166,3 +169,4 @@ def _float32(module):
     if next(module.parameters()).dtype == torch.float32:
         return module
     return copy.deepcopy(module).float()
+

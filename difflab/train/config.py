@@ -271,6 +271,12 @@ PRESETS: dict[str, dict] = {
     "vae-shapes-cpu": dict(task="vae", resolution=64, model=dict(VAE_MODEL, channels=(32, 64, 128)), batch_size=16,
                            max_steps=2000, checkpoint_every=250, lr=4e-4, lr_warmup=100, lr_schedule="cosine",
                            ema_decay=0.999, sample_every=1000),
+    # a 2x decoder onto 64x64 for a 32x32 model: the latent is the image area-pooled to 32x32 (see models/vae.py)
+    "vae-shapes-2x": dict(task="vae", resolution=64, model=dict(class_name="AutoencoderKL", channels=(32, 64),
+                                                                 layers_per_block=1, latent_channels=3, encoder="area",
+                                                                 posterior_std=0.02, mid_attention=False),
+                          kl_weight=0.0, batch_size=16, max_steps=3000, checkpoint_every=250, lr=4e-4,
+                          lr_warmup=100, lr_schedule="cosine", ema_decay=0.999, sample_every=1000),
     # moving shapes: the bundled image model grown into a video UNet (temporal blocks start as the
     # identity, so training begins from its pictures and has only motion to learn)
     "shapes-video": dict(dataset="moving-shapes", init_from="shapes-v1", prediction_type="v_prediction",

@@ -370,8 +370,9 @@ class Trainer:
         if self.controls is not None:  # the ControlNet or IP-Adapter alone is the package
             model = model.side
         if self.config.task == "vae":
-            images, _ = self.data.batch(list(range(min(1024, len(self.data)))))
-            model = with_normalisation(model, *latent_statistics(model.to(self.accelerator.device), images))
+            if model.config.encoder != "area":  # an area VAE's latent is the pooled image: its pixel scale is kept
+                images, _ = self.data.batch(list(range(min(1024, len(self.data)))))
+                model = with_normalisation(model, *latent_statistics(model.to(self.accelerator.device), images))
             return model.save_pretrained(folder, metadata=self.package_metadata())
         if self.vae is None:
             return model.save_pretrained(folder, metadata=self.package_metadata())

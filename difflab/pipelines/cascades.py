@@ -1,0 +1,38 @@
+"""Cascades: a pixel model behind the learned decoder of an area VAE, one package that makes larger images.
+
+The bundled ``shapes-v2`` is made this way: ``cascade("shapes-v1.1", DECODER, OUT)``. The network and its
+weights are the base's, unchanged; only the codec and the output size change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from difflab.codecs import PixelCodec, VAECodec, VideoCodec
+from difflab.models.package import read_config
+from difflab.models.vae import AutoencoderKL
+from difflab.pipelines.image import Pipeline
+from difflab.pipelines.packaging import save_pipeline
+from difflab.settings import package_folder
+
+
+def cascade(base, vae, folder) -> Path:
+    """Write, at ``folder``, the package of a pixel model ``base`` (a package folder or bundled name)
+    behind the decoder of an area VAE ``vae`` (an AutoencoderKL package with ``encoder="area"``): the
+    latent of such a VAE is the image area-pooled by its downscale f, so ``base``'s samples *are*
+    latents, and the new package makes images f times larger with the same network and weights (a
+    cascade whose second stage is a learned decoder; Ho et al. 2022). Both parts are checked first."""
+    pipe = Pipeline.from_pretrained(base)
+    if not isinstance(pipe.codec, PixelCodec) or isinstance(pipe.codec, VideoCodec) or pipe.codec.scale != 1.0:
+        raise ValueError(f"cascade: {base} is not an image model in plain pixel space (its codec: {pipe.codec!r})")
+    vae_folder = package_folder(vae)
+    decoder = AutoencoderKL.from_pretrained(vae_folder).eval().requires_grad_(False)
+    if decoder.config.encoder != "area" or decoder.config.latent_channels != pipe.codec.channels:
+        raise ValueError(f"cascade: {vae} must be an AutoencoderKL with encoder='area' and "
+                         f"{pipe.codec.channels} latent channels (a decoder onto {base}'s images)")
+    if (decoder.config.scaling_factor, decoder.config.shift_factor) != (1.0, 0.0):
+        raise ValueError(f"cascade: {vae} rescales its latents, so {base}'s images are not its latents")
+    records = {"base": read_config(pipe.folder).get("training"), "vae": read_config(vae_folder).get("training")}
+    stacked = dataclasses.replace(pipe, codec=VAECodec(decoder), resolution=pipe.resolution * decoder.config.downscale)
+    return save_pipeline(stacked, folder, training={"task": "cascade", "base": str(base), "vae": str(vae), **records})
