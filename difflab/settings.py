@@ -145,6 +145,7 @@ def validate_block_cache(threshold, name: str = "block_cache") -> float | None:
 BUNDLED_MODELS = {"shapes": Path(__file__).parent / "assets" / "models" / "shapes"}   # the default: v1.1
 BUNDLED_MODELS["shapes-v1"] = BUNDLED_MODELS["shapes"].parent / "shapes-v1"   # the first bundled model (default until v1.1)
 BUNDLED_MODELS["shapes-v1.1"] = BUNDLED_MODELS["shapes"]    # v1 taught the relation word (a curriculum), kept by name
+BUNDLED_MODELS["shapes-v2"] = BUNDLED_MODELS["shapes"].parent / "shapes-v2"   # a 32x32 model behind a 2x decoder: 64x64
 BUNDLED_MODELS["shapes-video"] = BUNDLED_MODELS["shapes"].parent / "shapes-video"   # moving shapes, 8 x 32 x 32
 BUNDLED_MODELS["sounds"] = BUNDLED_MODELS["shapes"].parent / "sounds"               # 1 s sounds as log-mel
 BUNDLED_MODELS["shapes-fast"] = BUNDLED_MODELS["shapes"].parent / "shapes-fast"     # LCM student of shapes: 4 steps

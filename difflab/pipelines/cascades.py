@@ -33,6 +33,8 @@ def cascade(base, vae, folder) -> Path:
                          f"{pipe.codec.channels} latent channels (a decoder onto {base}'s images)")
     if (decoder.config.scaling_factor, decoder.config.shift_factor) != (1.0, 0.0):
         raise ValueError(f"cascade: {vae} rescales its latents, so {base}'s images are not its latents")
-    records = {"base": read_config(pipe.folder).get("training"), "vae": read_config(vae_folder).get("training")}
+    training = {"task": "cascade", "base": str(base), "vae": str(vae),
+                "base_training": read_config(pipe.folder).get("training"),
+                "vae_training": read_config(vae_folder).get("training")}
     stacked = dataclasses.replace(pipe, codec=VAECodec(decoder), resolution=pipe.resolution * decoder.config.downscale)
-    return save_pipeline(stacked, folder, training={"task": "cascade", "base": str(base), "vae": str(vae), **records})
+    return save_pipeline(stacked, folder, training=training)
