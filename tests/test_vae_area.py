@@ -116,5 +116,7 @@ def test_the_bundled_shapes_v2_draws_its_32x32_samples_at_64x64():
     small = dataclasses.replace(v2, codec=PixelCodec(3), resolution=32)   # the same network, in pixel space
     prompt = "a red circle above a blue square"
     a, b = to_tensor(small(prompt, seed=0, steps=8).images), to_tensor(v2(prompt, seed=0, steps=8).images)
+    other = to_tensor(small(prompt, seed=1, steps=8).images)                 # another sample, for scale
     assert b.shape[-2:] == (64, 64)
-    assert (F.avg_pool2d(b, 2) - a).abs().mean() < 0.02          # the decoder keeps what the sample drew
+    # the decoder keeps what the sample drew (it smooths the sample's grain: a few levels per pixel)
+    assert (F.avg_pool2d(b, 2) - a).abs().mean() < 0.15 * (other - a).abs().mean()
