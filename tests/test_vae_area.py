@@ -101,6 +101,8 @@ def test_cascade_refuses_parts_that_do_not_fit(stacked, tmp_path):
     with pytest.raises(ValueError, match="encoder='area'"):
         cascade(base, learned, tmp_path / "x")
     assert not (tmp_path / "x").exists() and not (tmp_path / "again").exists()
+    with pytest.raises(FileExistsError, match="exists"):
+        cascade(base, vae, package)                                     # never over a folder
 
 
 def test_the_bundled_shapes_v2_draws_its_32x32_samples_at_64x64():

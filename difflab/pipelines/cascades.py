@@ -23,6 +23,8 @@ def cascade(base, vae, folder) -> Path:
     latent of such a VAE is the image area-pooled by its downscale f, so ``base``'s samples *are*
     latents, and the new package makes images f times larger with the same network and weights (a
     cascade whose second stage is a learned decoder; Ho et al. 2022). Both parts are checked first."""
+    if Path(folder).exists():
+        raise FileExistsError(f"cascade: {folder} exists; it writes a new folder")
     pipe = Pipeline.from_pretrained(base)
     if not isinstance(pipe.codec, PixelCodec) or isinstance(pipe.codec, VideoCodec) or pipe.codec.scale != 1.0:
         raise ValueError(f"cascade: {base} is not an image model in plain pixel space (its codec: {pipe.codec!r})")
