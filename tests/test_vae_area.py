@@ -122,3 +122,15 @@ def test_the_bundled_shapes_v2_draws_its_32x32_samples_at_64x64():
     assert b.shape[-2:] == (64, 64)
     # the decoder keeps what the sample drew (it smooths the sample's grain: a few levels per pixel)
     assert (F.avg_pool2d(b, 2) - a).abs().mean() < 0.15 * (other - a).abs().mean()
+
+
+def test_a_latent_package_trains_on_only_in_its_latent_space(stacked, tmp_path):
+    from difflab.train.latents import load_vae
+    base, vae, package = stacked
+    with pytest.raises(ValueError, match=r"is a latent model .* --vae .* --resolution 32"):
+        Trainer(preset("tiny").replace(init_from=str(package)), tmp_path / "pixel", **QUIET)   # would drop its decoder
+    assert not (tmp_path / "pixel" / "checkpoints").exists()
+    run = preset("tiny").replace(init_from=str(package), vae=str(package), resolution=32, max_steps=1, threads=1)
+    again = Pipeline.from_pretrained(train(run, tmp_path / "latent", **QUIET))
+    assert again.resolution == 32 and again.vae.config.encoder == "area"
+    assert load_vae("shapes-v2").config.encoder == "area"             # --vae takes a bundled name too

@@ -24,7 +24,8 @@ VAE_FOLDER = "vae"
 def load_vae(path) -> "torch.nn.Module":
     """The frozen AutoencoderKL of ``path``: a VAE package, or a model package holding one in ``vae/``."""
     from difflab.models.vae import AutoencoderKL
-    folder = Path(path).expanduser()
+    from difflab.train.lineage import init_folder
+    folder = init_folder(str(Path(path).expanduser()))                     # a bundled model's name too
     if (folder / VAE_FOLDER).is_dir() and not _holds_vae(folder):
         folder = folder / VAE_FOLDER
     if not folder.is_dir():
@@ -42,6 +43,19 @@ def _holds_vae(folder: Path) -> bool:
         return json.loads((folder / "config.json").read_text()).get("class_name") == "AutoencoderKL"
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def latent_resolution(folder: Path) -> int | None:
+    """A model package's data resolution when it keeps a VAE in ``vae/`` (a latent model), else None."""
+    import json
+    try:
+        header = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    codec = header.get("codec") if isinstance(header, dict) else None
+    if not (isinstance(codec, dict) and codec.get("type") == "vae"):
+        return None
+    return (header.get("data") or {}).get("resolution")
 
 
 def check_vae_fits(vae, channels: int, resolution: int) -> None:

@@ -30,7 +30,7 @@ from difflab.train.batches import TrainingData
 from difflab.train.config import TrainConfig
 from difflab.train.distill import student_sampling
 from difflab.conditioning import Conditioner
-from difflab.train.latents import (LatentCache, check_vae_fits, latent_statistics, load_vae,
+from difflab.train.latents import (LatentCache, check_vae_fits, latent_resolution, latent_statistics, load_vae,
                                    save_with_vae, with_normalisation)
 from difflab.train.lineage import init_folder, training_record, warm_start
 from difflab.train.objectives import OBJECTIVES, Batch
@@ -105,6 +105,9 @@ class Trainer:
         if init_from and not resume and not init_from.is_dir():
             raise ValueError(f"init_from: no model package at {config.init_from} (a folder written by difflab train, "
                              f"or a bundled model's name: {', '.join(BUNDLED_MODELS)})")
+        if init_from and not resume and config.vae is None and latent_resolution(init_from) is not None:
+            raise ValueError(f"init_from: {config.init_from} is a latent model (its VAE in vae/): train it in its "
+                             f"latent space with --vae {config.init_from} --resolution {latent_resolution(init_from)}")
         if config.side_from and not init_folder(config.side_from).is_dir():
             raise ValueError(f"side_from: no ControlNet / IP-Adapter package at {config.side_from}")
         if config.threads:
