@@ -1,7 +1,8 @@
 """Cascades: a pixel model behind the learned decoder of an area VAE, one package that makes larger images.
 
-The bundled ``shapes-v2`` is made this way: ``cascade("shapes-v1.1", DECODER, OUT)``. The network and its
-weights are the base's, unchanged; only the codec and the output size change.
+The bundled ``shapes-v2`` is made this way: ``cascade(PHASE5, DECODER, OUT)``, with v1.1 annealed for one
+more phase as the base (its model card). The network and its weights are the base's, unchanged; only the
+codec and the output size change.
 """
 
 from __future__ import annotations
