@@ -148,7 +148,7 @@ BUNDLED_MODELS["shapes-v1.1"] = BUNDLED_MODELS["shapes"]    # v1 taught the rela
 BUNDLED_MODELS["shapes-v2"] = BUNDLED_MODELS["shapes"].parent / "shapes-v2"   # a 32x32 model behind a 2x decoder: 64x64
 BUNDLED_MODELS["shapes-video"] = BUNDLED_MODELS["shapes"].parent / "shapes-video"   # moving shapes, 8 x 32 x 32
 BUNDLED_MODELS["sounds"] = BUNDLED_MODELS["shapes"].parent / "sounds"               # 1 s sounds as log-mel
-BUNDLED_MODELS["shapes-fast"] = BUNDLED_MODELS["shapes"].parent / "shapes-fast"     # LCM student of shapes: 4 steps
+BUNDLED_MODELS["shapes-fast"] = BUNDLED_MODELS["shapes"].parent / "shapes-fast"     # LCM student of shapes-v2: 4 steps, 64x64
 BUNDLED_MODELS["shapes-layout"] = BUNDLED_MODELS["shapes"].parent / "shapes-layout"  # layout ControlNet of shapes
 BUNDLED_MODELS["shapes-ip"] = BUNDLED_MODELS["shapes"].parent / "shapes-ip"          # IP-Adapter of shapes
 

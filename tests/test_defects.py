@@ -134,7 +134,9 @@ def test_info_describes_a_bundled_model_by_name_without_torch():
     assert rows["network"].strip() == "VideoUNet" and rows["makes"].strip() == "video, 8 frames"
     assert run.stdout.strip().endswith("torch not imported")
     fast = subprocess.run([sys.executable, "-m", "difflab", "info", "shapes-fast"], capture_output=True, text=True)
-    assert "sampler lcm, steps 4" in fast.stdout and "network:          UNet" in fast.stdout
+    sampling = dict(part.split(" ", 1) for part in fast.stdout.split("sampling:", 1)[1].splitlines()[0].strip().split(", "))
+    assert (sampling["sampler"], sampling["steps"]) == ("lcm", "4") and "network:          UNet" in fast.stdout
+    assert "resolution:       64 px" in fast.stdout and "through its VAE" in fast.stdout   # v2's student, decoded
 
 
 # --- importing the text encoders changes no environment variable ------------------------------
