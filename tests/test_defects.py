@@ -134,9 +134,10 @@ def test_info_describes_a_bundled_model_by_name_without_torch():
     assert rows["network"].strip() == "VideoUNet" and rows["makes"].strip() == "video, 8 frames"
     assert run.stdout.strip().endswith("torch not imported")
     fast = subprocess.run([sys.executable, "-m", "difflab", "info", "shapes-fast"], capture_output=True, text=True)
-    sampling = dict(part.split(" ", 1) for part in fast.stdout.split("sampling:", 1)[1].splitlines()[0].strip().split(", "))
-    assert (sampling["sampler"], sampling["steps"]) == ("lcm", "4") and "network:          UNet" in fast.stdout
-    assert "resolution:       64 px" in fast.stdout and "through its VAE" in fast.stdout   # v2's student, decoded
+    rows = dict(line.split(":", 1) for line in fast.stdout.splitlines() if ":" in line)
+    sampling = dict(part.split(" ", 1) for part in rows["sampling"].strip().split(", "))
+    assert (sampling["sampler"], sampling["steps"], rows["network"].strip()) == ("lcm", "4", "UNet")
+    assert rows["resolution"].strip().startswith("64 px") and "VAE" in rows["makes"]   # v2's student, decoded
 
 
 # --- importing the text encoders changes no environment variable ------------------------------
