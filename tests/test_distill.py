@@ -107,12 +107,17 @@ def test_reflow_couplings_replay_from_their_seeds(teacher, tmp_path):
 
 @pytest.mark.parametrize("method,sampler,steps,guidance", [("lcm", "lcm", 4, 2.5), ("reflow", "euler", 4, 1.0)])
 def test_students_load_strictly_and_replay_their_recipes(teacher, tmp_path, method, sampler, steps, guidance):
+    # every step of a few-step student moves: trailing grids (flow 'linspace' ends on t = 0.001 -> 0)
     result = cli("distill", "--method", method, "--teacher", str(teacher), "--out", str(tmp_path / "run"),
                  "--max-steps", "2", "--batch-size", "4", "--couplings", "4", "--teacher-steps", "2", "--threads", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     folder = tmp_path / "run" / "model"
     pipe = difflab.Pipeline.from_pretrained(folder)
     assert (pipe.defaults["sampler"], pipe.defaults["steps"], pipe.defaults["guidance_scale"]) == (sampler, steps, guidance)
+    assert pipe.defaults["spacing"] == "trailing"
+    if method == "reflow":
+        assert torch.allclose(pipe.schedule.t(pipe.schedule.sigmas(2, "trailing")).double(),
+                              torch.tensor([1000.0, 500.0, 0.0], dtype=torch.float64))
     made = pipe(["a red circle", "two blue squares"], seed=5)
     again = pipe.replay(made.recipes[1])
     assert np.array_equal(np.asarray(made.images[1]), np.asarray(again.images[0]))

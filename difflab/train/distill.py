@@ -10,6 +10,8 @@ teacher, the method's objective, reflow's couplings and the student's package se
             ``--lora-rank`` the student is an LCM-LoRA on the teacher (scale fixed, no embedding)
     cd      consistency distillation (Song et al. 2023, Alg. 2): a Heun teacher step at a fixed scale
     reflow  rectified flow on the guided teacher's couplings (Liu et al. 2022): a flow student, Euler
+            on a ``trailing`` grid (t = 1, 1 - 1/n, ...): the flow ``linspace`` grid (diffusers') ends
+            on t = 0.001, which spends a whole step of a few-step sampler on nothing
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ RECIPES = {
 }
 STUDENT_SAMPLING = {"lcm": {"sampler": "lcm", "steps": 4, "spacing": "trailing"},
                     "cd": {"sampler": "lcm", "steps": 2, "spacing": "trailing", "guidance_scale": 1.0},
-                    "reflow": {"sampler": "euler", "steps": 4, "spacing": "linspace", "guidance_scale": 1.0}}
+                    "reflow": {"sampler": "euler", "steps": 4, "spacing": "trailing", "guidance_scale": 1.0}}
 
 
 def teacher_header(teacher: str) -> tuple[Path, dict]:
