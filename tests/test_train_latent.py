@@ -152,7 +152,7 @@ def test_mmdit_starts_as_identity_blocks_and_round_trips_strictly(tmp_path):
         load(tmp_path / "m")
 
 
-def test_an_lcm_student_of_a_latent_teacher_keeps_its_vae(tmp_path, vae_package):
+def test_lcm_and_reflow_students_of_a_latent_teacher_keep_its_vae(tmp_path, vae_package):
     from difflab.train.distill import distill_config
     model = dict(class_name="UNet", channels=(16, 32), layers_per_block=1, attention_levels=(1,), head_dim=16,
                  norm_groups=8)
@@ -164,5 +164,17 @@ def test_an_lcm_student_of_a_latent_teacher_keeps_its_vae(tmp_path, vae_package)
     pipe = Pipeline.from_pretrained(student)
     assert pipe.vae is not None and pipe.defaults["sampler"] == "lcm"
     assert pipe("a red circle", seed=0).images[0].size == (16, 16)
-    with pytest.raises(ValueError, match="reflow makes its couplings in pixel space"):
-        distill_config("reflow", str(teacher), {})
+
+    # reflow from the same latent teacher: its couplings are latents (noise in the latent's shape, the
+    # teacher's ODE solution undecoded), and the student decodes through the same VAE
+    flows = distill_config("reflow", str(teacher), dict(max_steps=2, batch_size=4, threads=1, couplings=4,
+                                                      teacher_steps=2))
+    trainer = Trainer(flows, tmp_path / "reflow", **QUIET)
+    z, x1, caption = trainer.coupled.couplings.pair(2)
+    latent = AutoencoderKL.from_pretrained(vae_package).config
+    assert z.shape == x1.shape == (latent.latent_channels, 16 // latent.downscale, 16 // latent.downscale)
+    solve = trainer.teacher.solver(trainer.conditioner, flows.teacher_guidance, 2, "cpu")
+    assert torch.allclose(solve(z[None], [caption])[0], x1, atol=1e-5)   # the teacher's latent, replayed
+    student = Pipeline.from_pretrained(trainer.fit())
+    assert student.vae is not None and student.defaults["sampler"] == "euler"
+    assert student("a red circle", seed=0).images[0].size == (16, 16)

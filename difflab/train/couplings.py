@@ -47,9 +47,11 @@ class Couplings:
     def missing(self) -> list[int]:
         return [s for s in range(self.shards) if not self.shard_path(s).is_file()]
 
-    def generate(self, solve, data, process_index: int = 0, num_processes: int = 1, log=print) -> None:
+    def generate(self, solve, data, process_index: int = 0, num_processes: int = 1, log=print,
+                 shape: tuple[int, ...] | None = None) -> None:
         """Make this process's missing shards. ``solve(z, captions) -> x1`` is the guided teacher ODE;
-        ``data.item(i)`` gives pair i's (image, caption)."""
+        ``data.item(i)`` gives pair i's (image, caption); ``shape``: the noise's, when the teacher works
+        on something else than the images (a latent teacher: its VAE's latent shape)."""
         from safetensors.torch import save
 
         from tqdm.auto import tqdm
@@ -62,7 +64,8 @@ class Couplings:
         for shard in mine:
             indices = range(shard * SHARD, min(self.count, (shard + 1) * SHARD))
             captions = [data.item(i)[1] for i in indices]
-            z = torch.stack([coupling_noise(self.recipe["seed"], i, tuple(data.item(i)[0].shape)) for i in indices])
+            z = torch.stack([coupling_noise(self.recipe["seed"], i, shape or tuple(data.item(i)[0].shape))
+                             for i in indices])
             x1 = solve(z, captions).float().cpu().contiguous()
             payload = save({"z": z.contiguous(), "x1": x1},
                            metadata={"captions": json.dumps(captions), "recipe": json.dumps(self.recipe, sort_keys=True)})

@@ -64,9 +64,6 @@ def distill_config(method: str, teacher: str, overrides: dict) -> TrainConfig:
         raise ValueError(f"--method {method} distils a discrete-time (VP) teacher; {folder} is a flow model: "
                          "use --method reflow")
     latent = isinstance(header.get("codec"), dict) and header["codec"].get("type") == "vae"
-    if latent and method == "reflow":
-        raise ValueError(f"--method reflow makes its couplings in pixel space; {folder} is a latent model "
-                         "(use --method lcm or cd)")
     model = dict(package_fields(folder, header)["model"])
     lora = bool(overrides.get("lora_rank"))
     if method == "lcm" and not lora:
@@ -151,15 +148,22 @@ def make_distill_objective(config: TrainConfig, teacher: Teacher, schedule, cond
                                      seed=config.seed, channels_last=channels_last, autocast=accelerator.autocast)
 
 
-def reflow_couplings(config: TrainConfig, teacher: Teacher, conditioner, data, out: Path, accelerator, log):
-    """Make (or finish) OUT/couplings and return the training stream over them."""
+def reflow_couplings(config: TrainConfig, teacher: Teacher, conditioner, data, out: Path, accelerator, log,
+                     vae=None):
+    """Make (or finish) OUT/couplings and return the training stream over them. With a latent teacher
+    (``vae``: its VAE) the pairs are latents: the noise takes the latent's shape, and the teacher's
+    samples stay undecoded, so the student learns the teacher's map in its latent space."""
     from difflab.train.batches import CoupledData
     from difflab.train.couplings import Couplings
     recipe = {"teacher": str(config.teacher), "guidance": config.teacher_guidance, "steps": config.teacher_steps,
               "seed": config.seed, "count": config.couplings, "dataset": config.dataset}
     couplings = Couplings(out / "couplings", config.couplings, recipe)
     solve = teacher.solver(conditioner, config.teacher_guidance, config.teacher_steps, accelerator.device)
-    couplings.generate(solve, data, accelerator.process_index, accelerator.num_processes, log=log)
+    shape = None
+    if vae is not None:
+        side = config.resolution // vae.config.downscale
+        shape = (vae.config.latent_channels, side, side)
+    couplings.generate(solve, data, accelerator.process_index, accelerator.num_processes, log=log, shape=shape)
     accelerator.wait_for_everyone()
     couplings.load()
     return CoupledData(couplings, config.seed)

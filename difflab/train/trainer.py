@@ -182,7 +182,7 @@ class Trainer:
         if config.distill == "reflow":
             from difflab.train.distill import reflow_couplings
             self.coupled = reflow_couplings(config, self.teacher, self.conditioner, self.data, self.out,
-                                            self.accelerator, self.log)
+                                            self.accelerator, self.log, vae=self.vae)
         self.step, self.samples_seen, self.bad_in_a_row, self.skipped = 0, 0, 0, 0
         if resume:
             self._resume()
