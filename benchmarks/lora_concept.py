@@ -71,9 +71,7 @@ def write_prior(folder: Path, n: int, seed: int = 0, model: str = "shapes") -> N
     from difflab.pipelines import Pipeline
     rng = random.Random(f"difflab-lora-prior-{seed}")
     prompts = [format_prompt(sample_prompt(rng)) for _ in range(n)]
-    pipe = Pipeline.from_pretrained(model)      # in batches: a call makes at most difflab.limits' images
-    images = [im for start in range(0, n, 16) for im in pipe(prompts[start:start + 16],
-                                                            seed=list(range(20_000 + start, 20_000 + min(n, start + 16)))).images]
+    images = generate(Pipeline.from_pretrained(model), [{"prompt": p, "seed": 20_000 + i} for i, p in enumerate(prompts)])
     lines = []
     for i, (prompt, image) in enumerate(zip(prompts, images)):
         image.save(folder / f"prior-{i:03d}.png")
