@@ -159,10 +159,8 @@ def reflow_couplings(config: TrainConfig, teacher: Teacher, conditioner, data, o
               "seed": config.seed, "count": config.couplings, "dataset": config.dataset}
     couplings = Couplings(out / "couplings", config.couplings, recipe)
     solve = teacher.solver(conditioner, config.teacher_guidance, config.teacher_steps, accelerator.device)
-    shape = None
-    if vae is not None:
-        side = config.resolution // vae.config.downscale
-        shape = (vae.config.latent_channels, side, side)
+    from difflab.codecs import VAECodec
+    shape = None if vae is None else VAECodec(vae).model_shape(1, config.resolution, config.resolution)[1:]
     couplings.generate(solve, data, accelerator.process_index, accelerator.num_processes, log=log, shape=shape)
     accelerator.wait_for_everyone()
     couplings.load()
