@@ -26,7 +26,7 @@ A1111_SAMPLERS = {"euler": "Euler", "euler_ancestral": "Euler a", "heun": "Heun"
 A1111_SCHEDULES = {"karras": "Karras", "exponential": "Exponential"}
 # Training: the denoising objective's loss weightings and timestep distributions.
 WEIGHTINGS = ("uniform", "min_snr", "min_snr_plus_one")
-TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "terminal")
 
 
 def validate_settings(sampler, steps, spacing, guidance_scale, samplers=SAMPLER_NAMES) -> None:

@@ -16,7 +16,7 @@ from difflab.parameterization import LatentConsistency, get_parameterization
 from difflab.schedules import NoiseSchedule
 from difflab.train import Trainer, preset
 from difflab.train.couplings import Couplings, coupling_noise
-from difflab.train.distill import distill_config
+from difflab.train.distill import distill_config, student_sampling
 from difflab.train.optim import ema_update
 from test_train import assert_resume_is_exact, cli
 
@@ -103,6 +103,23 @@ def test_reflow_couplings_replay_from_their_seeds(teacher, tmp_path):
     other = Couplings(tmp_path / "run" / "couplings", 6, {**made.recipe, "guidance": 7.0})
     with pytest.raises(ValueError, match="another recipe"):
         other.load()
+
+
+def test_one_step_reflow_fits_the_couplings_map_at_pure_noise(teacher, tmp_path):
+    # Liu et al. (2022, Sec. 2.3): every sample at t = T, where the flow input is the pair's noise z and
+    # one Euler step gives z - v(z, T); the loss is that one-step image's squared error against x1
+    config = distill_config("reflow", str(teacher), {**SMALL, "timestep_sampling": "terminal", "lr": 2e-3})
+    trainer = Trainer(config, tmp_path / "run", log=quiet)
+    x1, captions, z = trainer.coupled.batch([0, 1, 2, 3])
+    with torch.no_grad():
+        v = trainer.model(z, torch.full((4,), 1000.0), **trainer.conditioner(captions, "cpu"))
+        assert torch.allclose(trainer.micro_loss([0, 1, 2, 3]), ((z - v) - x1).pow(2).mean(), rtol=1e-5)
+    losses = fixed_batch_losses(trainer, 25)
+    assert all(np.isfinite(losses)) and np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3]), losses
+    assert student_sampling(config)["steps"] == 1
+    for method in ("cd", "lcm"):   # the other objectives draw their own timesteps: refused, not ignored
+        with pytest.raises(ValueError, match="terminal"):
+            distill_config(method, str(teacher), {**SMALL, "timestep_sampling": "terminal"})
 
 
 @pytest.mark.parametrize("method,sampler,steps,guidance", [("lcm", "lcm", 4, 2.5), ("reflow", "euler", 4, 1.0)])

@@ -58,7 +58,7 @@ class TrainConfig:
     flow_shift: float = 1.0               # schedule=flow: SD3's timestep shift
     loss_weighting: str = "min_snr"       # how timesteps are weighted in the loss
     snr_gamma: float = 5.0                # min-SNR-gamma's gamma
-    timestep_sampling: str = "uniform"    # how training timesteps are drawn
+    timestep_sampling: str = "uniform"    # how training timesteps are drawn (terminal: reflow's one-step distillation)
     logit_mean: float = 0.0               # logit_normal's m (SD3 eq. 19): > 0 draws noisier timesteps
     cond_dropout: float = 0.1             # fraction of samples trained with the empty prompt / null class
     batch_size: int = 64                  # global batch per optimiser step (all processes, all micro-batches)
@@ -139,6 +139,8 @@ class TrainConfig:
                f"one of {TIMESTEP_SAMPLINGS}")
         _check(isinstance(self.logit_mean, (int, float)) and abs(self.logit_mean) <= 4, "logit_mean", self.logit_mean,
                "a number in [-4, 4] (SD3's m; beyond it almost every timestep sits at one end)")
+        _check(self.timestep_sampling != "terminal" or self.distill == "reflow", "timestep_sampling", "terminal",
+               "uniform or logit_normal: terminal (every sample at pure noise) is reflow's one-step distillation")
         _check(self.logit_mean == 0 or self.timestep_sampling == "logit_normal", "logit_mean", self.logit_mean,
                "0 unless timestep_sampling is logit_normal")
         _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, f"one of {LR_SCHEDULES}")

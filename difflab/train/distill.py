@@ -90,6 +90,8 @@ def student_sampling(config: TrainConfig) -> dict:
     """The student package's sampling defaults: its sampler and steps, guidance in the embedding (the
     middle of w's range, rounded) or 1 (folded in)."""
     section = dict(STUDENT_SAMPLING[config.distill])
+    if config.timestep_sampling == "terminal":   # trained at pure noise only: one step is what it learned
+        section["steps"] = 1
     if config.distill == "lcm":
         embedded = config.model.get("guidance_embedding", False)
         section["guidance_scale"] = round((config.guidance_min + config.teacher_guidance) / 2, 1) if embedded else 1.0

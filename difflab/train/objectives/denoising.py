@@ -23,13 +23,17 @@ def draw_per_sample(seed: int, indices: list[int], shape: tuple[int, ...], sched
                     timestep_sampling: str, logit_mean: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(t [B] model times, noise [B, *shape], u [B] uniforms for conditioning dropout). ``logit_normal``
     draws u = sigmoid(m + n), n ~ N(0, 1): SD3 (Esser et al. 2024), eq. 19 with s = 1 and m = ``logit_mean``
-    (m > 0: more of the noisy timesteps, where a sample's layout and motion are decided)."""
+    (m > 0: more of the noisy timesteps, where a sample's layout and motion are decided). ``terminal``
+    puts every sample at pure noise, the first time of a one-step sampler: reflow's distillation step
+    (Liu et al. 2022, Sec. 2.3), which fits the one-step map z -> x1 of the couplings."""
     generator = torch.Generator()
     ts, noises, uniforms = [], [], []
     for index in indices:
         generator.manual_seed(stream_seed(seed, index, 7))
         uniforms.append(torch.rand((), generator=generator, dtype=torch.float64))
-        if timestep_sampling == "logit_normal":
+        if timestep_sampling == "terminal":
+            u = torch.tensor(1.0, dtype=torch.float64)
+        elif timestep_sampling == "logit_normal":
             u = torch.sigmoid(logit_mean + torch.randn((), generator=generator, dtype=torch.float64))
         else:
             u = torch.rand((), generator=generator, dtype=torch.float64)
@@ -41,6 +45,8 @@ def draw_per_sample(seed: int, indices: list[int], shape: tuple[int, ...], sched
 def _model_time(u: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
     """u in [0, 1) -> model time: continuous for flow, an integer training step for discrete VP."""
     T = schedule.num_train_timesteps
+    if u == 1 and schedule.is_flow:   # terminal: exactly the pure-noise end, where flow's x_t = z (alpha = 0)
+        return u * T
     if schedule.is_flow:
         return (u.clamp(1e-5, 1 - 1e-5) * T)  # avoid the exact endpoints, where one of alpha/sigma_t is 0
     return (u * T).floor().clamp(0, T - 1)
