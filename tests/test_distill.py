@@ -114,9 +114,15 @@ def test_one_step_reflow_fits_the_couplings_map_at_pure_noise(teacher, tmp_path)
     with torch.no_grad():
         v = trainer.model(z, torch.full((4,), 1000.0), **trainer.conditioner(captions, "cpu"))
         assert torch.allclose(trainer.micro_loss([0, 1, 2, 3]), ((z - v) - x1).pow(2).mean(), rtol=1e-5)
+    trainer.objective.distance = "l1"   # --distance l1: the one-step image's mean absolute error
+    with torch.no_grad():
+        assert torch.allclose(trainer.micro_loss([0, 1, 2, 3]), ((z - v) - x1).abs().mean(), rtol=1e-5)
     losses = fixed_batch_losses(trainer, 25)
     assert all(np.isfinite(losses)) and np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3]), losses
     assert student_sampling(config)["steps"] == 1
+    assert distill_config("reflow", str(teacher), {**SMALL, "distance": "l1"}).distance == "l1"
+    with pytest.raises(ValueError, match="l2 or l1 for distill=reflow"):
+        distill_config("reflow", str(teacher), {**SMALL, "distance": "huber"})
     for method in ("cd", "lcm"):   # the other objectives draw their own timesteps: refused, not ignored
         with pytest.raises(ValueError, match="terminal"):
             distill_config(method, str(teacher), {**SMALL, "timestep_sampling": "terminal"})

@@ -28,7 +28,7 @@ LR_SCHEDULES = ("constant", "cosine")
 DISTILL_METHODS = ("lcm", "cd", "reflow")
 LORA_LAYERS = ("all", "attention", "cross")  # difflab.adapters.lora_train.TARGETS (torch-free here)
 TEACHER_SOLVERS = ("ddim", "heun")
-DISTANCES = ("l2", "huber")
+DISTANCES = ("l2", "huber", "l1")
 TASKS = ("denoise", "vae")
 DENOISER_MODEL = dict(channels=(64, 128, 128), layers_per_block=2, attention_levels=(1, 2), head_dim=32)
 VAE_MODEL = dict(class_name="AutoencoderKL", channels=(64, 128, 128), layers_per_block=1, latent_channels=4)
@@ -95,7 +95,7 @@ class TrainConfig:
     guidance_min: float = 1.0             # lcm with a guidance embedding: the bottom of w's range
     skip_steps: int = 20                  # lcm / cd: training timesteps one teacher step spans (LCM's skipping step k)
     teacher_solver: str = "ddim"          # lcm / cd: the teacher's ODE step, ddim | heun
-    distance: str = "huber"               # lcm / cd: l2 | huber (iCT's pseudo-Huber)
+    distance: str = "huber"               # lcm / cd: l2 | huber (iCT's pseudo-Huber); reflow: l2 | l1 (per-pixel median)
     couplings: int = 4096                 # reflow: (noise, teacher sample) pairs made before training
     teacher_steps: int = 20               # reflow: the teacher's ODE steps (DEIS) per coupling
 
@@ -191,6 +191,8 @@ class TrainConfig:
                "an integer in [1, 999]")
         _check(self.teacher_solver in TEACHER_SOLVERS, "teacher_solver", self.teacher_solver, f"one of {TEACHER_SOLVERS}")
         _check(self.distance in DISTANCES, "distance", self.distance, f"one of {DISTANCES}")
+        _check(self.distance in (("l2", "l1") if self.distill == "reflow" else ("l2", "huber")), "distance",
+               self.distance, "l2 or l1 for distill=reflow, l2 or huber for the consistency methods")
         _check(_int(self.couplings, 1) and self.couplings <= 1_000_000, "couplings", self.couplings,
                "an integer in [1, 1000000]")
         _check(_int(self.teacher_steps, 1) and self.teacher_steps <= 1000, "teacher_steps", self.teacher_steps,

@@ -30,7 +30,7 @@ RECIPES = {
     "cd": dict(prediction_type="lcm", lr=1e-4, ema_decay=0.95, ema_warmup=False, teacher_solver="heun",
                skip_steps=20, distance="huber"),
     "reflow": dict(prediction_type="flow", schedule="flow", flow_shift=1.0, lr=2e-4, ema_decay=0.999,
-                   couplings=4096, teacher_steps=20),
+                   couplings=4096, teacher_steps=20, distance="l2"),
 }
 STUDENT_SAMPLING = {"lcm": {"sampler": "lcm", "steps": 4, "spacing": "trailing"},
                     "cd": {"sampler": "lcm", "steps": 2, "spacing": "trailing", "guidance_scale": 1.0},
@@ -137,6 +137,7 @@ def make_distill_objective(config: TrainConfig, teacher: Teacher, schedule, cond
     if config.distill == "reflow":
         return OBJECTIVES["reflow"](schedule, "flow", conditioner, weighting="uniform",
                                     timestep_sampling=config.timestep_sampling, cond_dropout=0.0, seed=config.seed,
+                                    distance=config.distance,
                                     channels_last=channels_last, autocast=accelerator.autocast)
     if schedule.to_config() != teacher.schedule.to_config():
         raise ValueError(f"the student's schedule {schedule.to_config()} must be the teacher's "
