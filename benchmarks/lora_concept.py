@@ -114,7 +114,8 @@ def train(out: Path, args) -> Path:
                "--dataset", "folder", "--data-dir", str(out / "data"), "--resolution", "32",
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lr-warmup", "20",
                "--lr-schedule", "constant", "--ema-decay", str(args.ema), "--max-minutes", str(args.minutes),
-               "--max-steps", str(args.steps), "--threads", str(args.threads), "--out", str(out / "run")]
+               "--max-steps", str(args.steps), "--threads", str(args.threads), "--seed", str(args.seed),
+               "--out", str(out / "run")]
     print(" ".join(command[1:]), file=sys.stderr)
     started = time.perf_counter()
     subprocess.run(command, check=True)
@@ -138,6 +139,8 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=15.0, help="at most this many training minutes (the issue's budget)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=2, help="seeds per new-concept prompt")
+    parser.add_argument("--seed", type=int, default=0, help="another seed: another folder, prior images and training "
+                        "run (a replicate); the evaluation's prompts and seeds stay the same")
     parser.add_argument("--limit", type=int, default=None, help="shapes-bench prompts (balanced); default all 540")
     parser.add_argument("--cyan-limit", type=int, default=150, help="bench prompts made cyan (balanced); 0: none")
     parser.add_argument("--prior", type=int, default=0, help="also train on N of the base model's own images "
@@ -156,9 +159,9 @@ def main(argv=None) -> int:
     data = args.out / "data"
     captions = None
     if not data.is_dir():
-        captions = write_folder(data, args.images, kind=args.concept)
+        captions = write_folder(data, args.images, seed=args.seed, kind=args.concept)
         if args.prior:
-            write_prior(data, args.prior, model=args.model)
+            write_prior(data, args.prior, seed=args.seed, model=args.model)
     adapter = train(args.out, args)
     modules, _ = read_lora_file(adapter)
     size = {"file_bytes": adapter.stat().st_size, "parameters": sum(m.down.numel() + m.up.numel() for m in modules),
