@@ -43,12 +43,10 @@ def draw_per_sample(seed: int, indices: list[int], shape: tuple[int, ...], sched
 
 
 def _model_time(u: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
-    """u in [0, 1) -> model time: continuous for flow, an integer training step for discrete VP."""
+    """u in [0, 1] -> model time: continuous for flow, an integer training step for discrete VP."""
     T = schedule.num_train_timesteps
-    if u == 1 and schedule.is_flow:   # terminal: exactly the pure-noise end, where flow's x_t = z (alpha = 0)
-        return u * T
-    if schedule.is_flow:
-        return (u.clamp(1e-5, 1 - 1e-5) * T)  # avoid the exact endpoints, where one of alpha/sigma_t is 0
+    if schedule.is_flow:   # off the exact endpoints (one of alpha/sigma_t is 0), but terminal's u = 1: x_t = z
+        return (u if u == 1 else u.clamp(1e-5, 1 - 1e-5)) * T
     return (u * T).floor().clamp(0, T - 1)
 
 
