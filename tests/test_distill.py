@@ -4,10 +4,12 @@ reflow's couplings replay from their seeds, students load strictly and replay th
 LCM-LoRA alone gives its merged student's images, a run resumes exactly, bad input is refused."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import difflab
@@ -17,6 +19,7 @@ from difflab.schedules import NoiseSchedule
 from difflab.train import Trainer, preset
 from difflab.train.couplings import Couplings, coupling_noise
 from difflab.train.distill import distill_config, student_sampling
+from difflab.train.objectives.reconstruction import objects_distance
 from difflab.train.optim import ema_update
 from test_train import assert_resume_is_exact, cli
 
@@ -105,6 +108,31 @@ def test_reflow_couplings_replay_from_their_seeds(teacher, tmp_path):
         other.load()
 
 
+def test_a_larger_count_extends_the_couplings_it_finds(teacher, tmp_path, monkeypatch):
+    # pair i does not depend on the count: a larger --couplings keeps the whole shards and makes the rest
+    monkeypatch.setattr("difflab.train.couplings.SHARD", 4)
+    trainer = Trainer(distill_config("reflow", str(teacher), {**SMALL, "max_steps": 1, "couplings": 6}),
+                      tmp_path / "run", log=quiet)
+    small, solve = trainer.coupled.couplings, trainer.teacher.solver(trainer.conditioner, 3.0, 2, "cpu")
+    assert small.shards == 2 and small.missing() == []
+    first = small.shard_path(0).stat().st_mtime_ns
+    larger = Couplings(small.folder, 10, {**small.recipe, "count": 10})   # shards of old runs carry a count
+    assert larger.missing() == [1, 2]                 # shard 1 holds 2 of its 4 pairs at count 10
+    (tmp_path / "linked").mkdir()                      # a hard-linked copy (cp -al) in another run keeps its shard
+    os.link(small.shard_path(1), tmp_path / "linked" / small.shard_path(1).name)
+    larger.generate(solve, trainer.data, log=quiet)
+    with safe_open(str(tmp_path / "linked" / small.shard_path(1).name), "pt") as f:
+        assert f.get_slice("z").get_shape()[0] == 2
+    assert larger.missing() == [] and larger.shard_path(0).stat().st_mtime_ns == first
+    alone = Couplings(tmp_path / "alone", 10, small.recipe)
+    alone.generate(solve, trainer.data, log=quiet)
+    for i in range(10):
+        assert all(torch.equal(a, b) for a, b in zip(larger.pair(i)[:2], alone.pair(i)[:2]))
+        assert larger.pair(i)[2] == alone.pair(i)[2]
+        if i < 6:
+            assert torch.equal(larger.pair(i)[1], small.pair(i)[1])
+
+
 def test_one_step_reflow_fits_the_couplings_map_at_pure_noise(teacher, tmp_path):
     # Liu et al. (2022, Sec. 2.3): every sample at t = T, where the flow input is the pair's noise z and
     # one Euler step gives z - v(z, T); the loss is that one-step image's squared error against x1
@@ -126,6 +154,23 @@ def test_one_step_reflow_fits_the_couplings_map_at_pure_noise(teacher, tmp_path)
     for method in ("cd", "lcm"):   # the other objectives draw their own timesteps: refused, not ignored
         with pytest.raises(ValueError, match="terminal"):
             distill_config(method, str(teacher), {**SMALL, "timestep_sampling": "terminal"})
+
+
+def test_one_step_reflow_adds_the_perceptual_distance_of_its_one_step_image(teacher, tmp_path):
+    # InstaFlow's (Liu et al. 2023) one-step loss: a feature distance between the student's image
+    # z - v(z, T) and x1, here in the frozen shapes-objects encoder, on top of the pixel distance
+    settings = {**SMALL, "timestep_sampling": "terminal", "distance": "l1", "perceptual_weight": 0.5, "lr": 2e-3}
+    trainer = Trainer(distill_config("reflow", str(teacher), settings), tmp_path / "run", log=quiet)
+    x1, captions, z = trainer.coupled.batch([0, 1, 2, 3])
+    with torch.no_grad():
+        image = z - trainer.model(z, torch.full((4,), 1000.0), **trainer.conditioner(captions, "cpu"))
+        expected = (image - x1).abs().mean() + 0.5 * objects_distance()(image, x1).mean()
+        assert torch.allclose(trainer.micro_loss([0, 1, 2, 3]), expected, rtol=1e-5)
+        assert objects_distance()(image, x1).mean() > 0.01   # the term is there, not a zero added
+    losses = fixed_batch_losses(trainer, 25)
+    assert all(np.isfinite(losses)) and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3]), losses
+    with pytest.raises(ValueError, match="task=vae or distill=reflow"):
+        distill_config("cd", str(teacher), {**SMALL, "perceptual_weight": 0.5})
 
 
 @pytest.mark.parametrize("method,sampler,steps,guidance", [("lcm", "lcm", 4, 2.5), ("reflow", "euler", 4, 1.0)])

@@ -49,7 +49,7 @@ class TrainConfig:
     model: dict = field(default_factory=lambda: dict(DENOISER_MODEL))  # network: [model] in --config
     vae: str | None = None                # denoise: a VAE package (or a package with vae/): train in its latent space
     kl_weight: float = 1e-6               # vae: weight of the KL term (per latent element) against L1 (per pixel)
-    perceptual_weight: float = 0.0        # vae: weight of a feature distance in the shapes-objects encoder (0: off)
+    perceptual_weight: float = 0.0        # vae, reflow: weight of a feature distance in the shapes-objects encoder (0: off)
     decoder_only: bool = False            # vae: train the decoder alone (the latents, and denoisers trained on them, stay valid)
     text_encoder: str = "minilm"          # shapes / folder: "minilm" or a local CLIP/T5 folder
     prediction_type: str = "v_prediction"  # what the network predicts (the parameterization)
@@ -114,8 +114,10 @@ class TrainConfig:
         _check(isinstance(self.kl_weight, (int, float)) and math.isfinite(self.kl_weight) and self.kl_weight >= 0,
                "kl_weight", self.kl_weight, "a non-negative number")
         _check(isinstance(self.perceptual_weight, (int, float)) and math.isfinite(self.perceptual_weight)
-               and self.perceptual_weight >= 0 and (self.perceptual_weight == 0 or self.task == "vae"),
-               "perceptual_weight", self.perceptual_weight, "a non-negative number (non-zero only with task=vae)")
+               and self.perceptual_weight >= 0
+               and (self.perceptual_weight == 0 or self.task == "vae" or self.distill == "reflow"),
+               "perceptual_weight", self.perceptual_weight,
+               "a non-negative number (non-zero only with task=vae or distill=reflow)")
         _check(isinstance(self.train_only, str) and (not self.train_only or self.task == "denoise" and not (
                self.lora_rank or self.controlnet or self.ip_adapter or self.distill)), "train_only", self.train_only,
                "a parameter-name prefix of a plain denoiser run (LoRA, ControlNet, IP-Adapter and distillation "

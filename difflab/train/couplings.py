@@ -8,6 +8,10 @@ guidance, so every pair replays from its seed. Pairs are written in shards of ``
 each atomically; an interrupted generation resumes at the first missing shard, and with several
 processes (torchrun / accelerate launch) process r makes the shards r, r + N, ... A shard made by
 another recipe is refused, never mixed in.
+
+Since pair ``i`` does not depend on how many pairs are asked for, the count is not part of the recipe:
+a run with a larger ``--couplings`` over the same folder keeps every full shard it finds and makes
+the rest (a last shard cut short by the smaller count is made again, whole).
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ def coupling_noise(seed: int, index: int, shape: tuple[int, ...]) -> torch.Tenso
     return torch.randn(shape, generator=generator)
 
 
+def _without_count(recipe: dict) -> dict:
+    """A recipe as shards compare it: without the count (shards made before this rule carry one)."""
+    return {k: v for k, v in recipe.items() if k != "count"}
+
+
 class Couplings:
     """``count`` pairs in ``folder``; ``recipe``: what makes them (teacher, guidance, steps, seed)."""
 
@@ -44,8 +53,20 @@ class Couplings:
     def shards(self) -> int:
         return -(-self.count // SHARD)
 
+    def size(self, shard: int) -> int:
+        """How many pairs shard ``shard`` holds at this count."""
+        return min(self.count, (shard + 1) * SHARD) - shard * SHARD
+
     def missing(self) -> list[int]:
-        return [s for s in range(self.shards) if not self.shard_path(s).is_file()]
+        """Shards not on disk, or on disk with fewer pairs than this count puts in them."""
+        from safetensors import safe_open
+
+        def whole(shard: int) -> bool:
+            if not self.shard_path(shard).is_file():
+                return False
+            with safe_open(str(self.shard_path(shard)), "pt") as f:
+                return f.get_slice("z").get_shape()[0] == self.size(shard)
+        return [s for s in range(self.shards) if not whole(s)]
 
     def generate(self, solve, data, process_index: int = 0, num_processes: int = 1, log=print,
                  shape: tuple[int, ...] | None = None) -> None:
@@ -68,8 +89,11 @@ class Couplings:
                              for i in indices])
             x1 = solve(z, captions).float().cpu().contiguous()
             payload = save({"z": z.contiguous(), "x1": x1},
-                           metadata={"captions": json.dumps(captions), "recipe": json.dumps(self.recipe, sort_keys=True)})
-            write_file(self.shard_path(shard), lambda f: f.write(payload))
+                           metadata={"captions": json.dumps(captions),
+                                     "recipe": json.dumps(_without_count(self.recipe), sort_keys=True)})
+            # overwrite: the one file here is a shard cut short by a smaller count (an atomic rename, so a
+            # hard-linked copy of it in another run's folder keeps its own)
+            write_file(self.shard_path(shard), lambda f: f.write(payload), overwrite=True)
             bar.update(1)
         bar.close()
 
@@ -79,11 +103,11 @@ class Couplings:
         if self.missing():
             raise ValueError(f"{self.folder}: shards {self.missing()[:5]} of the couplings are missing")
         zs, x1s, self._captions = [], [], []
-        want = json.dumps(self.recipe, sort_keys=True)
+        want = json.dumps(_without_count(self.recipe), sort_keys=True)
         for shard in range(self.shards):
             with safe_open(str(self.shard_path(shard)), "pt") as f:
                 meta = f.metadata() or {}
-                if meta.get("recipe") != want:
+                if json.dumps(_without_count(json.loads(meta.get("recipe") or "{}")), sort_keys=True) != want:
                     raise ValueError(f"{self.shard_path(shard)} was made by another recipe ({meta.get('recipe')}); "
                                      f"this run's is {want}: use a new --out")
                 zs.append(f.get_tensor("z"))

@@ -137,7 +137,7 @@ def make_distill_objective(config: TrainConfig, teacher: Teacher, schedule, cond
     if config.distill == "reflow":
         return OBJECTIVES["reflow"](schedule, "flow", conditioner, weighting="uniform",
                                     timestep_sampling=config.timestep_sampling, cond_dropout=0.0, seed=config.seed,
-                                    distance=config.distance,
+                                    distance=config.distance, perceptual_weight=config.perceptual_weight,
                                     channels_last=channels_last, autocast=accelerator.autocast)
     if schedule.to_config() != teacher.schedule.to_config():
         raise ValueError(f"the student's schedule {schedule.to_config()} must be the teacher's "
@@ -159,7 +159,7 @@ def reflow_couplings(config: TrainConfig, teacher: Teacher, conditioner, data, o
     from difflab.train.batches import CoupledData
     from difflab.train.couplings import Couplings
     recipe = {"teacher": str(config.teacher), "guidance": config.teacher_guidance, "steps": config.teacher_steps,
-              "seed": config.seed, "count": config.couplings, "dataset": config.dataset}
+              "seed": config.seed, "dataset": config.dataset}
     couplings = Couplings(out / "couplings", config.couplings, recipe)
     solve = teacher.solver(conditioner, config.teacher_guidance, config.teacher_steps, accelerator.device)
     from difflab.codecs import VAECodec

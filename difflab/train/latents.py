@@ -58,6 +58,13 @@ def latent_resolution(folder: Path) -> int | None:
     return (header.get("data") or {}).get("resolution")
 
 
+def latent_is_image(vae) -> bool:
+    """Whether ``vae``'s latent is the image itself at a lower resolution (a cascade's first stage:
+    fixed area pooling, unscaled, unshifted), so that image-space losses apply to it."""
+    cfg = vae.config
+    return cfg.encoder == "area" and cfg.scaling_factor == 1 and cfg.shift_factor == 0
+
+
 def check_vae_fits(vae, channels: int, resolution: int) -> None:
     """Refuse a VAE that cannot encode the training images (channels, or a side it cannot divide)."""
     if vae.config.in_channels != channels:

@@ -30,8 +30,8 @@ from difflab.train.batches import TrainingData
 from difflab.train.config import TrainConfig
 from difflab.train.distill import student_sampling
 from difflab.conditioning import Conditioner
-from difflab.train.latents import (LatentCache, check_vae_fits, latent_resolution, latent_statistics, load_vae,
-                                   save_with_vae, with_normalisation)
+from difflab.train.latents import (LatentCache, check_vae_fits, latent_is_image, latent_resolution, latent_statistics,
+                                   load_vae, save_with_vae, with_normalisation)
 from difflab.train.lineage import init_folder, training_record, warm_start
 from difflab.train.objectives import OBJECTIVES, Batch
 from difflab.train.optim import ema_decay_at, ema_update, lr_at, trained_weights
@@ -129,10 +129,12 @@ class Trainer:
         if config.vae:  # latent diffusion: the network works on the VAE's normalised latents
             self.vae = load_vae(config.vae)
             check_vae_fits(self.vae, self.data.channels, config.resolution)
+        latent = self.vae is not None and not latent_is_image(self.vae)
+        if config.perceptual_weight and (self.data.channels != 3 or latent):
+            raise ValueError(f"perceptual_weight needs RGB images (the shapes-objects encoder's input); the "
+                             f"{config.dataset} dataset has {self.data.channels} channel(s)"
+                             + (" and this run works on a VAE's (not a cascade's) latents" if latent else ""))
         if config.task == "vae":
-            if config.perceptual_weight and self.data.channels != 3:
-                raise ValueError(f"perceptual_weight needs RGB images (the shapes-objects encoder's input); the "
-                                 f"{config.dataset} dataset has {self.data.channels} channel(s)")
             torch.manual_seed(config.seed)  # the initial weights depend on the seed alone
             model = make_autoencoder(config, self.data.channels)
         else:

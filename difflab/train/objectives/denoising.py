@@ -16,6 +16,7 @@ from difflab.parameterization import get_parameterization
 from difflab.schedules import NoiseSchedule
 from difflab.settings import TIMESTEP_SAMPLINGS, WEIGHTINGS
 from difflab.train.objectives.base import Batch, Objective
+from difflab.train.objectives.reconstruction import objects_distance
 
 
 
@@ -76,9 +77,11 @@ def loss_weights(schedule: NoiseSchedule, t: torch.Tensor, prediction_type, weig
 
 def diffusion_loss(model, x0: torch.Tensor, cond: dict, t: torch.Tensor, noise: torch.Tensor,
                    schedule: NoiseSchedule, prediction_type, weighting: str = "uniform",
-                   snr_gamma: float = 5.0, distance: str = "l2") -> torch.Tensor:
+                   snr_gamma: float = 5.0, distance: str = "l2", perceptual=None) -> torch.Tensor:
     """Weighted MSE between the model's output at x_in and the target of its parameterization
-    (``distance="l1"``: the mean absolute error, whose minimiser is each pixel's median, not its mean)."""
+    (``distance="l1"``: the mean absolute error, whose minimiser is each pixel's median, not its mean).
+    ``perceptual = (weight, d)`` adds ``weight * d(x0_hat, x0)`` per sample, with x0_hat the model's
+    estimate of x0 (``c_skip x_in + c_out F``): a distance on the image, not on the prediction."""
     parameterization = get_parameterization(prediction_type)
     noise = noise.to(x0)
     alpha, sigma_t = schedule.native_scales(t, x0)
@@ -90,6 +93,11 @@ def diffusion_loss(model, x0: torch.Tensor, cond: dict, t: torch.Tensor, noise: 
     prediction = model(x_in, t.to(device=x0.device, dtype=torch.float32), **cond)
     error = prediction.float() - target.float()
     per_sample = (error.abs() if distance == "l1" else error.pow(2)).mean(dim=tuple(range(1, x0.ndim)))
+    if perceptual is not None:
+        weight, image_distance = perceptual
+        c_skip, c_out = parameterization.coefficients(alpha, sigma_t)
+        estimate = c_skip * x_in.float() + c_out * prediction.float()        # x0_hat [B, C, H, W]
+        per_sample = per_sample + weight * image_distance(estimate, x0.float())
     weights = loss_weights(schedule, t, parameterization, weighting, snr_gamma).to(per_sample)
     return (weights * per_sample).mean()
 
@@ -112,7 +120,7 @@ class DenoisingObjective(Objective):
         self.conditioner, self.weighting, self.snr_gamma = conditioner, weighting, snr_gamma
         self.timestep_sampling, self.cond_dropout, self.seed = timestep_sampling, cond_dropout, seed
         self.channels_last, self.autocast, self.logit_mean = channels_last, autocast, logit_mean
-        self.distance = "l2"
+        self.distance, self.perceptual = "l2", None
 
     def loss(self, model, batch: Batch) -> torch.Tensor:
         x0 = batch.x0
@@ -127,7 +135,7 @@ class DenoisingObjective(Objective):
         cond = self.conditioner(conditions, x0.device)
         with self.autocast():
             return diffusion_loss(model, x0, cond, t, noise.to(x0.device), self.schedule, self.parameterization,
-                                  self.weighting, self.snr_gamma, self.distance)
+                                  self.weighting, self.snr_gamma, self.distance, self.perceptual)
 
 
 class ReflowObjective(DenoisingObjective):
@@ -144,13 +152,22 @@ class ReflowObjective(DenoisingObjective):
 
     name = "reflow"
 
-    def __init__(self, *args, distance: str = "l2", **kwargs):
+    def __init__(self, *args, distance: str = "l2", perceptual_weight: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         if distance not in ("l2", "l1"):
             raise ValueError(f"reflow's distance must be l2 or l1, got {distance!r}")
+        if not (isinstance(perceptual_weight, (int, float)) and perceptual_weight >= 0):
+            raise ValueError(f"perceptual_weight must be a non-negative number, got {perceptual_weight!r}")
         self.distance = distance
+        if perceptual_weight > 0:
+            self.perceptual = (float(perceptual_weight), objects_distance())
 
     def loss(self, model, batch: Batch) -> torch.Tensor:
         if batch.noise is None:
             raise ValueError("reflow trains on coupled (noise, sample) pairs: the batch has no noise")
+        if self.perceptual is not None:
+            if batch.x0.ndim != 4 or batch.x0.shape[1] != 3:
+                raise ValueError(f"perceptual_weight needs RGB images (the shapes-objects encoder's input); "
+                                 f"these samples have shape {tuple(batch.x0.shape[1:])}")
+            self.perceptual[1].to(batch.x0.device)
         return super().loss(model, batch)
