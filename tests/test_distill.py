@@ -120,7 +120,9 @@ def test_a_larger_count_extends_the_couplings_it_finds(teacher, tmp_path, monkey
     assert larger.missing() == [1, 2]                 # shard 1 holds 2 of its 4 pairs at count 10
     (tmp_path / "linked").mkdir()                      # a hard-linked copy (cp -al) in another run keeps its shard
     os.link(small.shard_path(1), tmp_path / "linked" / small.shard_path(1).name)
-    larger.generate(solve, trainer.data, log=quiet)
+    said = []
+    larger.generate(solve, trainer.data, log=said.append)
+    assert said[0].startswith("generating 6 teacher couplings in 2 shard(s)") and "4 found" in said[0], said
     with safe_open(str(tmp_path / "linked" / small.shard_path(1).name), "pt") as f:
         assert f.get_slice("z").get_shape()[0] == 2
     assert larger.missing() == [] and larger.shard_path(0).stat().st_mtime_ns == first

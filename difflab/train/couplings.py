@@ -76,11 +76,14 @@ class Couplings:
         from safetensors.torch import save
 
         from tqdm.auto import tqdm
-        mine = [s for s in self.missing() if s % num_processes == process_index]
+        missing = self.missing()
+        mine = [s for s in missing if s % num_processes == process_index]
         if not mine:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        log(f"generating {min(self.count, len(mine) * SHARD)} teacher couplings in {len(mine)} shard(s) of {SHARD}")
+        found = self.count - sum(self.size(s) for s in missing)
+        log(f"generating {sum(self.size(s) for s in mine)} teacher couplings in {len(mine)} shard(s) of {SHARD}"
+            + (f"; {found} found in {self.folder} are kept" if found else ""))
         bar = tqdm(total=len(mine), unit="shard", disable=process_index != 0, desc="couplings")
         for shard in mine:
             indices = range(shard * SHARD, min(self.count, (shard + 1) * SHARD))
