@@ -148,7 +148,13 @@ class ReflowObjective(DenoisingObjective):
 
     ``distance="l1"`` regresses each pixel's median instead of its mean. Where a one-step student
     (``timestep_sampling="terminal"``) cannot tell from z whether an object belongs in a place, the
-    mean draws a faint copy of it there and the median draws nothing."""
+    mean draws a faint copy of it there and the median draws nothing.
+
+    ``perceptual_weight > 0`` adds the LPIPS-style distance in the frozen ``shapes-objects`` encoder
+    (Zhang et al. 2018, eq. 1) between the student's estimate of x1 and x1 itself, the kind of loss
+    InstaFlow (Liu et al. 2023) trains its one-step student with: a missing small object or a wrong
+    shape costs little in pixels and much in it. The samples must be RGB images (or a cascade's latent,
+    which is one)."""
 
     name = "reflow"
 
