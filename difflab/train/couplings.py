@@ -103,8 +103,9 @@ class Couplings:
     def load(self) -> None:
         """Read every shard (checked against the recipe) into memory."""
         from safetensors import safe_open
-        if self.missing():
-            raise ValueError(f"{self.folder}: shards {self.missing()[:5]} of the couplings are missing")
+        missing = self.missing()   # each call opens every shard's header
+        if missing:
+            raise ValueError(f"{self.folder}: shards {missing[:5]} of the couplings are missing")
         zs, x1s, self._captions = [], [], []
         want = json.dumps(_without_count(self.recipe), sort_keys=True)
         for shard in range(self.shards):
