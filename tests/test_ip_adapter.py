@@ -106,6 +106,36 @@ def test_the_hooked_cross_attention_is_the_decoupled_formula(unet, scale):
             assert not torch.allclose(block.cross(x, context), expected, atol=1e-3)   # removed again
 
 
+def test_grid_features_keep_each_object_in_its_cells_and_a_grid_adapter_reads_a_token_per_cell(unet, tmp_path):
+    cells_of, pooled_of = image_encoder("shapes-objects", grid=True), image_encoder("shapes-objects")
+    for corner, (row, col), far in (("top left", (0, 0), (3, 3)), ("bottom right", (3, 3), (0, 0))):
+        red, blue = (render(f"a large {colour} circle in the {corner}", 1) for colour in ("red", "blue"))
+        cells = cells_of([red, blue])
+        assert cells_of.grid_tokens == 16 and cells.shape == (2, 16, 128)
+        assert torch.allclose(cells.mean(1), pooled_of([red, blue]), atol=1e-4)    # their mean is the pooled feature
+        change = (cells[0] - cells[1]).norm(dim=-1).reshape(4, 4)
+        assert change[row, col] > 5 * change[far], change                         # the colour changed where it lies
+    adapter = IPAdapter.from_unet(unet, FEATURES, num_tokens=16, grid=True)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(0.3 * torch.randn_like(p))                                     # moved, as training would
+    one = torch.randn(2, 1, FEATURES).expand(-1, 16, -1)                          # the same feature in every cell
+    tokens = adapter.image_tokens(one)
+    assert tokens.shape == (2, 16, 48) and (tokens[:, 0] - tokens[:, 1]).abs().max() > 0.1   # tokens know their cell
+    x, context = torch.randn(2, 64, 32), torch.randn(2, 5, 48)
+    with torch.no_grad():
+        for i, (_, block) in enumerate(cross_attention_layers(unet)):
+            expected = by_hand(block.cross, x, context, tokens, adapter.to_kv_ip[i].weight, 1.0)
+            with attached(unet, adapter, tokens, scale=1.0):
+                assert (block.cross(x, context) - expected).abs().max() < 1e-5
+    with pytest.raises(ValueError, match=r"image features must be a tensor \[B, 16, 24\] \(its cell features\)"):
+        adapter.image_tokens(torch.randn(2, FEATURES))
+    adapter.save_pretrained(tmp_path / "grid")
+    loaded = load_package(tmp_path / "grid").model
+    assert loaded.config == adapter.config and loaded.config.grid and loaded.config.num_tokens == 16
+    assert torch.equal(loaded.image_tokens(one), tokens)
+
+
 def test_a_cfg_batch_of_2b_with_tokens_for_b_equals_the_halves(unet):
     adapter = trained_adapter(unet)
     x, t, context, pooled = inputs(batch=2, length=5)

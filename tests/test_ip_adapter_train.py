@@ -96,6 +96,25 @@ def test_new_adapters_read_the_object_encoder_and_a_run_goes_on_from_one(base, a
         Trainer(TINY.replace(init_from=str(base), ip_adapter=True, side_from=str(base)), tmp_path / "x", log=quiet)
 
 
+def test_a_grid_adapter_trains_on_cell_features_and_steers_the_pipeline(base, adapter, tmp_path):
+    grid = Trainer(TINY.replace(max_steps=2, checkpoint_every=0, init_from=str(base), ip_adapter=True, ip_tokens="grid",
+                                lr=1e-2, lr_warmup=0, ema_decay=0.0, ema_warmup=False), tmp_path / "grid", log=quiet).fit()
+    config = load_package(grid).model.config
+    assert config.grid and config.num_tokens == 16 and config.image_encoder == "shapes-objects"
+    plain = difflab.Pipeline.from_pretrained(base)("", seed=3, steps=4).images[0]
+    pipe = difflab.Pipeline.from_pretrained(base, ip_adapter=grid)
+    ref = render("a red circle and a blue square", 4, 16)
+    assert np.array_equal(np.asarray(pipe("", seed=3, steps=4, ip_image=ref, ip_scale=0.0).images[0]), np.asarray(plain))
+    assert not np.array_equal(np.asarray(pipe("", seed=3, steps=4, ip_image=ref).images[0]), np.asarray(plain))
+    for fields, message in [(dict(ip_tokens="grid"), "grid with ip_adapter"),
+                            (dict(ip_adapter=True, init_from=str(base), ip_tokens="cells"), "pooled or grid")]:
+        with pytest.raises(ValueError, match=message):
+            TINY.replace(**fields)
+    with pytest.raises(ValueError, match="reads pooled image features; this run asks for ip_tokens='grid'"):
+        Trainer(TINY.replace(init_from=str(base), ip_adapter=True, ip_tokens="grid", side_from=str(adapter)),
+                tmp_path / "x", log=quiet)
+
+
 def test_the_bundled_ip_adapter_carries_the_reference_colour():
     from difflab.metrics.adherence import check
     from difflab.settings import BUNDLED_MODELS

@@ -12,7 +12,12 @@ embedding. For the shapes world difflab ships its own, so nothing is downloaded:
 For the official Stable Diffusion IP-Adapters, :class:`CLIPVisionEncoder` reads a CLIP vision model
 (Radford et al. 2021) from a local transformers folder (``clip-vision``; nothing is downloaded).
 
-An encoder has ``feature_dim`` and maps images to ``[B, feature_dim]``.
+An encoder has ``feature_dim`` and maps images to ``[B, feature_dim]``. A shapes encoder made with
+``grid=True`` keeps its last feature map instead of pooling it: ``[B, grid_tokens, feature_dim]``, one
+feature per cell of a coarse grid (4 x 4 at 32 x 32), each describing what lies there. These are the
+fine-grained features IP-Adapter's "plus" variant reads (Ye et al. 2023, Sec. 4.3: patch features
+instead of the global embedding): an object's colour and shape stay together in the cells it covers,
+where a pooled feature holds every object's colour and shape summed together.
 """
 
 from __future__ import annotations
@@ -31,12 +36,16 @@ OBJECTS_WEIGHTS = ASSETS / "image_encoder_shapes_objects.safetensors"   # writte
 
 class ShapesImageEncoder(nn.Module):
     """Frozen shapes feature network: PIL images, uint8 pixels or float [B, 3, H, W] in [-1, 1] -> [B, 64],
-    standardised by the shipped reference features' mean and std (unit scale, as FID uses them)."""
+    standardised by the shipped reference features' mean and std (unit scale, as FID uses them).
+    ``grid=True``: -> [B, grid_tokens, 64], the last feature map's cells (row-major), each standardised
+    by the same mean and std as the pooled feature (their average)."""
 
-    def __init__(self):
+    def __init__(self, grid: bool = False):
         super().__init__()
         self.net = self.load()                                                # eval mode, requires_grad False
-        self.feature_dim = self.net.num_features
+        self.feature_dim, self.grid = self.net.num_features, bool(grid)
+        side = self.net.config.resolution // 2 ** len(self.net.config.widths)  # one stride-2 stage per width
+        self.grid_tokens = side * side
 
     def load(self):
         return load_feature_net("shapes")[0]
@@ -51,8 +60,11 @@ class ShapesImageEncoder(nn.Module):
                 raise ValueError(f"image tensors must be finite floats [B, 3, H, W] in [-1, 1], got "
                                  f"{images.dtype} {list(images.shape)}")
             images = to_images(images)                                       # clipped, rounded pixels
-        pixels = as_uint8_batch(images)                                       # [B, 3, H, W] uint8
-        return self.net(pixels.to(self.net.feature_mean.device)).float()    # [B, feature_dim]
+        pixels = as_uint8_batch(images).to(self.net.feature_mean.device)    # [B, 3, H, W] uint8
+        if not self.grid:
+            return self.net(pixels).float()                                   # [B, feature_dim]
+        cells = self.net.body(self.net.prepare(pixels)).flatten(2).transpose(1, 2)   # [B, grid_tokens, feature_dim]
+        return ((cells - self.net.feature_mean) / self.net.feature_std).float()
 
 
 class ShapesObjectsEncoder(ShapesImageEncoder):
@@ -113,8 +125,9 @@ class CLIPVisionEncoder(nn.Module):
 IMAGE_ENCODERS = {"shapes": ShapesImageEncoder, "shapes-objects": ShapesObjectsEncoder}
 
 
-def image_encoder(name: str) -> nn.Module:
-    """The image encoder called ``name`` (an IP-Adapter package's ``config.image_encoder``)."""
+def image_encoder(name: str, grid: bool = False) -> nn.Module:
+    """The image encoder called ``name`` (an IP-Adapter package's ``config.image_encoder``); ``grid``: its
+    per-cell features ``[B, grid_tokens, feature_dim]`` instead of the pooled ``[B, feature_dim]``."""
     if name not in IMAGE_ENCODERS:
         raise ValueError(f"unknown image encoder {name!r}; available: {', '.join(IMAGE_ENCODERS)}")
-    return IMAGE_ENCODERS[name]()
+    return IMAGE_ENCODERS[name](grid=grid)

@@ -8,7 +8,9 @@ are added (their eq. 5; the image branch weighted by lambda at inference, Sec. 3
     Z_new = Attention(Q, K, V) + lambda * Attention(Q, K', V'),   K' = c_i W'_k,  V' = c_i W'_v
 
 The image tokens ``c_i`` come from an image feature through the image projection (Sec. 3.2: a
-linear layer to ``num_tokens`` tokens and a LayerNorm). ``W'_k, W'_v`` start as the layer's text
+linear layer to ``num_tokens`` tokens and a LayerNorm), or, with ``grid=True``, from an encoder's
+feature map, one token per cell (:class:`GridProjection`; the fine-grained features of the paper's
+"plus" variant, Sec. 4.3). ``W'_k, W'_v`` start as the layer's text
 ``W_k, W_v`` (weights only: like IP-Adapter's ``to_k_ip``/``to_v_ip`` they have no bias, so all-zero
 image tokens give keys and values of 0 and add exactly nothing)::
 
@@ -48,14 +50,16 @@ ADAPTABLE = (UNet, SDUNet)
 class IPAdapterConfig:
     """The image feature's width, the UNet's text-token width, the image tokens per prompt, the UNet
     layers adapted: ``(module name, its channels)`` each (:func:`adapted_layers`), in the UNet's module
-    order, and the name of the image encoder whose features it reads
-    (:data:`difflab.models.image_encoders.IMAGE_ENCODERS`, or ``clip-vision``)."""
+    order, the name of the image encoder whose features it reads
+    (:data:`difflab.models.image_encoders.IMAGE_ENCODERS`, or ``clip-vision``), and whether it reads the
+    encoder's pooled feature (``grid`` False) or its ``num_tokens`` cell features (``grid`` True)."""
 
     feature_dim: int
     context_dim: int
     num_tokens: int = 4
     layers: tuple[tuple[str, int], ...] = ()
     image_encoder: str = "shapes"
+    grid: bool = False
 
     def __post_init__(self):
         for name in ("feature_dim", "context_dim", "num_tokens"):
@@ -66,6 +70,7 @@ class IPAdapterConfig:
                 f"layers must be a non-empty tuple of (module name, channels) pairs, got {self.layers!r}")
         require(isinstance(self.image_encoder, str) and self.image_encoder != "",
                 f"image_encoder must be an image encoder's name, got {self.image_encoder!r}")
+        require(isinstance(self.grid, bool), f"grid must be true or false, got {self.grid!r}")
 
 
 def cross_attention_layers(model: nn.Module) -> list[tuple[str, AttentionBlock]]:
@@ -110,33 +115,52 @@ class ImageProjection(nn.Module):
         return self.norm(tokens)
 
 
+class GridProjection(nn.Module):
+    """Cell features [B, T, F] -> image tokens [B, T, D]: ``LayerNorm(W f_i + b + p_i)``, one token per cell
+    with a learned position ``p_i``, so a token says what lies in its cell and where the cell is. The
+    paper's "plus" variant reads patch features through a query resampler (Ye et al. 2023, Sec. 4.3);
+    with 16 cells a shared linear map keeps one token per cell instead."""
+
+    def __init__(self, feature_dim: int, context_dim: int, num_tokens: int):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.proj = nn.Linear(feature_dim, context_dim)
+        self.position = nn.Parameter(torch.randn(num_tokens, context_dim) * 0.02)
+        self.norm = nn.LayerNorm(context_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(features) + self.position)                # [B, T, D]
+
+
 @register_model
 class IPAdapter(ModelMixin):
     """IPAdapter(config=IPAdapterConfig(...)); build one for a UNet with :meth:`from_unet`.
 
-    Weights: ``image_proj.{proj,norm}`` and ``to_kv_ip.{i}.weight`` [2 C_i, context_dim], the fused
+    Weights: ``image_proj.{proj,norm}`` (and ``image_proj.position`` [T, D] with ``grid``) and ``to_kv_ip.{i}.weight`` [2 C_i, context_dim], the fused
     image key/value projection of ``config.layers[i]`` (keys first, as ``Attention.to_kv``).
     """
 
     config_class = IPAdapterConfig
 
     def build(self, cfg: IPAdapterConfig) -> None:
-        self.image_proj = ImageProjection(cfg.feature_dim, cfg.context_dim, cfg.num_tokens)
+        self.image_proj = (GridProjection if cfg.grid else ImageProjection)(cfg.feature_dim, cfg.context_dim,
+                                                                            cfg.num_tokens)
         self.to_kv_ip = nn.ModuleList(nn.Linear(cfg.context_dim, 2 * channels, bias=False)
                                       for _, channels in cfg.layers)
 
     @classmethod
     def from_unet(cls, unet: UNet | SDUNet, feature_dim: int, num_tokens: int = 4,
-                  image_encoder: str = "shapes") -> "IPAdapter":
+                  image_encoder: str = "shapes", grid: bool = False) -> "IPAdapter":
         """An adapter for every cross-attention layer of ``unet``, its ``W'_k, W'_v`` copied from the
-        layer's ``W_k, W_v`` (Sec. 3.2); the image projection is freshly initialised."""
+        layer's ``W_k, W_v`` (Sec. 3.2); the image projection is freshly initialised. ``grid``: it reads
+        ``num_tokens`` cell features (the encoder's ``grid_tokens``), one token each."""
         require(type(unet) in ADAPTABLE, f"an IP-Adapter is built for difflab's UNet or SDUNet, got a "
                                          f"{type(unet).__name__}")
         layers = adapted_layers(unet)
         require(len(layers) > 0, "this UNet has no cross-attention (no context_dim): an IP-Adapter has nothing "
                                  "to attach to")
         adapter = cls(config=IPAdapterConfig(feature_dim, unet.config.context_dim, num_tokens, layer_spec(unet),
-                                             image_encoder))
+                                             image_encoder, grid))
         with torch.no_grad():
             for kv_ip, (_, attention) in zip(adapter.to_kv_ip, layers):
                 kv_ip.weight.copy_(text_kv_weight(attention))
@@ -149,11 +173,14 @@ class IPAdapter(ModelMixin):
                 and model.config.context_dim == self.config.context_dim)
 
     def image_tokens(self, features: torch.Tensor) -> torch.Tensor:
-        """Image features [B, feature_dim] (an image encoder's) -> image tokens [B, num_tokens, context_dim]."""
-        dim = self.config.feature_dim
-        if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[1] != dim:
+        """Image features [B, feature_dim] (an image encoder's; with ``grid``, its cells [B, num_tokens,
+        feature_dim]) -> image tokens [B, num_tokens, context_dim]."""
+        cfg = self.config
+        wanted = (cfg.num_tokens, cfg.feature_dim) if cfg.grid else (cfg.feature_dim,)
+        if not isinstance(features, torch.Tensor) or tuple(features.shape[1:]) != wanted:
             shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-            raise ValueError(f"image features must be a tensor [B, {dim}] (the image encoder's feature_dim), "
+            what = "its cell features" if cfg.grid else "the image encoder's feature_dim"
+            raise ValueError(f"image features must be a tensor [B, {', '.join(map(str, wanted))}] ({what}), "
                              f"got {shape}")
         return self.image_proj(features.to(self.image_proj.proj.weight.dtype))
 

@@ -56,7 +56,7 @@ class ImagePromptMethods:
                              "difflab train --ip-adapter)")
         if not adapter.steers(self._ip_network()):
             raise ValueError(f"the IP-Adapter in {folder} was trained for another network than this pipeline's")
-        encoder = named_encoder(adapter.config.image_encoder)
+        encoder = named_encoder(adapter.config.image_encoder, grid=adapter.config.grid)
         self.ip_adapter = (folder.name, adapter.to(self.device, self.dtype), encoder.to(self.device),
                            weights_hash(folder))
         return self
@@ -110,7 +110,7 @@ class ImagePromptMethods:
         _, adapter, encoder, _ = self.ip_adapter
         with torch.no_grad():
             features = encoder([open_image(im, "ip_image") for im in images]).to(self.device)
-            features = features.expand(n_images, -1) if len(images) == 1 else features
+            features = features.expand(n_images, *features.shape[1:]) if len(images) == 1 else features
             if guided:
                 features = torch.cat([features, torch.zeros_like(features)])
             return adapter.image_tokens(features).to(self.dtype)

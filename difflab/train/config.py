@@ -88,6 +88,7 @@ class TrainConfig:
     controlnet: str = ""                  # with init_from: train a ControlNet on each image's layout map or edges, the model frozen
     train_only: str = ""                  # train only the weights whose names start with this (e.g. temporal: a video UNet's motion blocks); "": all
     ip_adapter: bool = False              # with init_from: train an IP-Adapter on reference renders of each shapes item, the model frozen
+    ip_tokens: str = "pooled"             # ip_adapter: what it reads, the encoder's pooled feature (4 tokens) | grid (one token per cell)
     side_from: str | None = None          # with controlnet / ip_adapter: a package of that network (difflab's export) to go on training, instead of a fresh one
     distill: str = ""                     # set by difflab distill: lcm | cd | reflow ("": plain training)
     teacher: str | None = None            # distill: the teacher package (or a bundled model's name)
@@ -176,6 +177,8 @@ class TrainConfig:
         _check(not self.ip_adapter or (self.init_from and self.dataset == "shapes" and not self.controlnet
                                        and not self.lora_rank and not self.distill and not self.vae), "ip_adapter",
                self.ip_adapter, "used with init_from and dataset=shapes, without controlnet, lora_rank, distill or vae")
+        _check(self.ip_tokens in ("pooled", "grid") and (self.ip_adapter or self.ip_tokens == "pooled"), "ip_tokens",
+               self.ip_tokens, "pooled or grid (grid with ip_adapter)")
         _check(self.side_from is None or (isinstance(self.side_from, str) and self.side_from
                                           and (self.controlnet or self.ip_adapter)), "side_from", self.side_from,
                "None, or a ControlNet / IP-Adapter package folder used with controlnet or ip_adapter")

@@ -28,13 +28,19 @@ def adapted(model, config, start=None):
     from difflab.models.unet import UNet
     if type(model) is not UNet:
         raise ValueError(f"--ip-adapter adapts difflab's UNet; {config.init_from} holds a {type(model).__name__}")
-    encoder = image_encoder(start.config.image_encoder if start else DEFAULT_IMAGE_ENCODER)
-    adapter = start or IPAdapter.from_unet(model, encoder.feature_dim, image_encoder=DEFAULT_IMAGE_ENCODER)
+    grid = start.config.grid if start else config.ip_tokens == "grid"
+    if start and config.ip_tokens != ("grid" if grid else "pooled"):
+        raise ValueError(f"--side-from {config.side_from} reads {'grid' if grid else 'pooled'} image features; this "
+                         f"run asks for ip_tokens={config.ip_tokens!r}")
+    encoder = image_encoder(start.config.image_encoder if start else DEFAULT_IMAGE_ENCODER, grid=grid)
+    adapter = start or IPAdapter.from_unet(model, encoder.feature_dim, num_tokens=encoder.grid_tokens if grid else 4,
+                                           image_encoder=DEFAULT_IMAGE_ENCODER, grid=grid)
     return IPAdaptedUNet(model, adapter), encoder
 
 
 class ReferenceFeatures:
-    """The image-prompt features of each training position ``[D]`` (zero where the image is dropped)."""
+    """The image-prompt features of each training position, ``[D]`` or ``[cells, D]`` (zero where the image is
+    dropped)."""
 
     def __init__(self, config, data, encoder):
         self.data, self.encoder, self.config = data, encoder, config
