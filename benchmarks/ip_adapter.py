@@ -41,7 +41,8 @@ def image_only_cases(n: int, seed: int = 0) -> list[dict]:
             judge = Prompt("and", tuple(ObjectSpec(s, c) for s, c in kinds))
         else:
             continue
-        cases.append({"image": render_scene(scene), "check": format_prompt(judge), "seed": len(cases)})
+        cases.append({"image": render_scene(scene), "check": format_prompt(judge), "seed": len(cases),
+                      "kind": {"single": "one object", "count": "n equal objects", "and": "two objects"}[judge.kind]})
     return cases
 
 
@@ -57,6 +58,18 @@ def text_and_image_cases(n: int, seed: int = 0) -> list[dict]:
 
 
 def run(pipe, cases: list[dict], with_image: bool, scale: float = 1.0, batch: int = 16) -> float:
+    """The fraction of ``cases`` the oracle accepts."""
+    oks = verdicts(pipe, cases, with_image, scale, batch)
+    return sum(oks) / len(oks)
+
+
+def by_kind(cases: list[dict], oks: list[bool]) -> dict:
+    kinds = sorted({c["kind"] for c in cases})
+    return {k: round(sum(ok for c, ok in zip(cases, oks) if c["kind"] == k) / sum(c["kind"] == k for c in cases), 3)
+            for k in kinds}
+
+
+def verdicts(pipe, cases: list[dict], with_image: bool, scale: float = 1.0, batch: int = 16) -> list[bool]:
     from difflab.metrics.adherence import check
     oks = []
     for start in range(0, len(cases), batch):
@@ -64,7 +77,7 @@ def run(pipe, cases: list[dict], with_image: bool, scale: float = 1.0, batch: in
         extra = {"ip_image": [c["image"] for c in chunk], "ip_scale": scale} if with_image else {}
         images = pipe([c.get("text", "") for c in chunk], seed=[c["seed"] for c in chunk], **extra).images
         oks += [check(im.convert("RGB"), c["check"])["ok"] for im, c in zip(images, chunk)]
-    return sum(oks) / len(oks)
+    return oks
 
 
 def main(argv=None) -> int:
@@ -84,11 +97,15 @@ def main(argv=None) -> int:
     pipe = Pipeline.from_pretrained(args.model, ip_adapter=args.adapter)
     rows = {}
     for name, cases in (("image alone", image_only_cases(args.n)), ("text + image", text_and_image_cases(args.n))):
-        with_image = run(pipe, cases, True, args.scale)
-        without = run(pipe, cases, False)
+        oks = verdicts(pipe, cases, True, args.scale)
+        with_image, without = sum(oks) / len(oks), run(pipe, cases, False)
         rows[name] = {"with_image": with_image, "without_image": without, "n": len(cases)}
         if name == "image alone":   # the ceiling the base model sets: the same scenes asked for in words
-            rows[name]["as_text"] = run(pipe, [{**c, "text": c["check"]} for c in cases], False)
+            as_text = verdicts(pipe, [{**c, "text": c["check"]} for c in cases], False)
+            rows[name] |= {"as_text": sum(as_text) / len(as_text), "by_kind": by_kind(cases, oks),
+                           "as_text_by_kind": by_kind(cases, as_text)}
+            print(f"by kind of scene: {rows[name]['by_kind']} (as text: {rows[name]['as_text_by_kind']})",
+                  file=sys.stderr)
         print(f"{name}: {with_image:.3f} with the image prompt, {without:.3f} without", file=sys.stderr, flush=True)
     print(f"model {args.model}, IP-Adapter {args.adapter}, scale {args.scale:g}, {args.n} cases each\n")
     print("| task | with the image prompt | without it | the scene as text, no image | cases |\n|---|---|---|---|---|")

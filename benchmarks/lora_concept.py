@@ -64,14 +64,19 @@ def write_folder(folder: Path, n: int, seed: int = 0, kind: str = "scenes") -> l
     return [json.loads(line)["text"] for line in lines]
 
 
-def write_prior(folder: Path, n: int, seed: int = 0, model: str = "shapes") -> None:
+def write_prior(folder: Path, n: int, seed: int = 0, model: str = "shapes", source: str = "model") -> None:
     """DreamBooth's prior preservation (Ruiz et al. 2023, eq. 2): ``n`` images the base model itself
     makes for prompts drawn as the dataset draws them (old colours only), added to the folder with
-    their prompts, so the LoRA also keeps reproducing what the model did before."""
-    from difflab.pipelines import Pipeline
+    their prompts, so the LoRA also keeps reproducing what the model did before. ``source="renders"``:
+    the renderer's images of those prompts instead (kohya's "regularization images" are real pictures
+    of the class): the old concepts as the model was taught them, without the model's own flaws."""
     rng = random.Random(f"difflab-lora-prior-{seed}")
     prompts = [format_prompt(sample_prompt(rng)) for _ in range(n)]
-    images = generate(Pipeline.from_pretrained(model), [{"prompt": p, "seed": 20_000 + i} for i, p in enumerate(prompts)])
+    if source == "renders":
+        images = [render(p, seed=20_000 + i) for i, p in enumerate(prompts)]
+    else:
+        from difflab.pipelines import Pipeline
+        images = generate(Pipeline.from_pretrained(model), [{"prompt": p, "seed": 20_000 + i} for i, p in enumerate(prompts)])
     lines = []
     for i, (prompt, image) in enumerate(zip(prompts, images)):
         image.save(folder / f"prior-{i:03d}.png")
@@ -145,6 +150,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cyan-limit", type=int, default=150, help="bench prompts made cyan (balanced); 0: none")
     parser.add_argument("--prior", type=int, default=0, help="also train on N of the base model's own images "
                                                                  "of old prompts (prior preservation)")
+    parser.add_argument("--prior-source", choices=("model", "renders"), default="model",
+                        help="the prior images: the base model's samples, or the renderer's images of the same prompts")
     parser.add_argument("--results", type=Path, help="write every number as JSON here")
     parser.add_argument("--base-from", type=Path, help="take the base model's rows from this earlier --results file")
     args = parser.parse_args(argv)
@@ -161,7 +168,7 @@ def main(argv=None) -> int:
     if not data.is_dir():
         captions = write_folder(data, args.images, seed=args.seed, kind=args.concept)
         if args.prior:
-            write_prior(data, args.prior, seed=args.seed, model=args.model)
+            write_prior(data, args.prior, seed=args.seed, model=args.model, source=args.prior_source)
     adapter = train(args.out, args)
     modules, _ = read_lora_file(adapter)
     size = {"file_bytes": adapter.stat().st_size, "parameters": sum(m.down.numel() + m.up.numel() for m in modules),
