@@ -146,7 +146,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per new-concept prompt")
     parser.add_argument("--seed", type=int, default=0, help="another seed: another folder, prior images and training "
                         "run (a replicate); the evaluation's prompts and seeds stay the same")
-    parser.add_argument("--limit", type=int, default=None, help="shapes-bench prompts (balanced); default all 540")
+    parser.add_argument("--limit", type=int, default=None, help="shapes-bench prompts (balanced); default all 540; "
+                        "0: none (a quick look at the new concept alone)")
     parser.add_argument("--cyan-limit", type=int, default=150, help="bench prompts made cyan (balanced); 0: none")
     parser.add_argument("--prior", type=int, default=0, help="also train on N of the base model's own images "
                                                                  "of old prompts (prior preservation)")
@@ -222,10 +223,13 @@ def print_table(results: dict) -> None:
     print("|---|---|---|---|---|" + "---|" * len(COLUMNS))
     for label in ("base", "lora"):
         row = results[label]
-        bench = row["bench"]["taught"]
         cells = [f"{row[k]['taught']['overall']['accuracy']:.3f}" for k in ("cyan_single", "blue_single")]
-        cells += [f"**{bench['overall']['accuracy']:.3f}**", f"{row['bench']['six_colour']['overall']['accuracy']:.3f}"]
-        cells += [f"{bench[c]['accuracy']:.2f}" for c in COLUMNS]
+        if "bench" in row:
+            bench = row["bench"]["taught"]
+            cells += [f"**{bench['overall']['accuracy']:.3f}**", f"{row['bench']['six_colour']['overall']['accuracy']:.3f}"]
+            cells += [f"{bench[c]['accuracy']:.2f}" for c in COLUMNS]
+        else:
+            cells += [""] * (2 + len(COLUMNS))                            # --limit 0: no bench this run
         print(f"| {label} | " + " | ".join(cells) + " |")
     if "cyan_bench" in results["lora"]:
         table = results["lora"]["cyan_bench"]["taught"]
