@@ -79,7 +79,15 @@ class FeatureNet(nn.Module):
         return self.body(x).mean(dim=(2, 3))                              # (N, num_features)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (self.features(self.prepare(images)) - self.feature_mean) / self.feature_std
+        return self.standardise(self.features(self.prepare(images)))
+
+    def cells(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> the last feature map's cells (N, cells, num_features), row-major, each
+        standardised as the pooled feature is (so their mean is :meth:`forward`'s feature)."""
+        return self.standardise(self.body(self.prepare(images)).flatten(2).transpose(1, 2))
+
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.feature_mean) / self.feature_std
 
 
 def weights_path(dataset: str) -> Path:

@@ -63,8 +63,7 @@ class ShapesImageEncoder(nn.Module):
         pixels = as_uint8_batch(images).to(self.net.feature_mean.device)    # [B, 3, H, W] uint8
         if not self.grid:
             return self.net(pixels).float()                                   # [B, feature_dim]
-        cells = self.net.body(self.net.prepare(pixels)).flatten(2).transpose(1, 2)   # [B, grid_tokens, feature_dim]
-        return ((cells - self.net.feature_mean) / self.net.feature_std).float()
+        return self.net.cells(pixels).float()                                # [B, grid_tokens, feature_dim]
 
 
 class ShapesObjectsEncoder(ShapesImageEncoder):
