@@ -48,18 +48,20 @@ def with_colour(prompt: Prompt, colour: str) -> Prompt:
     return replace(prompt, objects=(first, *rest))
 
 
-def write_folder(folder: Path, n: int, seed: int = 0, kind: str = "scenes") -> list[str]:
+def write_folder(folder: Path, n: int, seed: int = 0, kind: str = "scenes", repeats: int = 1) -> list[str]:
     """``n`` captioned renders (``000.png`` ..., ``metadata.jsonl``) with a cyan object each: scenes drawn
     as the dataset draws them (``scenes``), single cyan objects in the new-concept prompts' form
-    (``singles``: the concept shown alone, as DreamBooth's subject images are), or half of each (``mixed``)."""
+    (``singles``: the concept shown alone, as DreamBooth's subject images are), or half of each (``mixed``).
+    ``repeats`` > 1 puts them in kohya's ``{repeats}_cyan/`` sub-folder: each counts that many times."""
     rng = random.Random(f"difflab-lora-concept-{seed}")
-    folder.mkdir(parents=True)
+    sub = f"{repeats}_{COLOUR}/" if repeats > 1 else ""
+    (folder / sub).mkdir(parents=True)
     lines, singles = [], concept_prompts(COLOUR)
     for i in range(n):
         alone = kind == "singles" or kind == "mixed" and i % 2 == 0
         prompt = rng.choice(singles) if alone else format_prompt(with_colour(sample_prompt(rng), COLOUR))
-        render(prompt, seed=10_000 + i).save(folder / f"{i:03d}.png")
-        lines.append(json.dumps({"file_name": f"{i:03d}.png", "text": prompt}))
+        render(prompt, seed=10_000 + i).save(folder / f"{sub}{i:03d}.png")
+        lines.append(json.dumps({"file_name": f"{sub}{i:03d}.png", "text": prompt}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return [json.loads(line)["text"] for line in lines]
 
@@ -118,7 +120,7 @@ def train(out: Path, args) -> Path:
     command = [sys.executable, "-m", "difflab", "train", "--init-from", args.model, "--lora-rank", str(args.rank), "--lora-layers", args.layers,
                "--dataset", "folder", "--data-dir", str(out / "data"), "--resolution", "32",
                "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lr-warmup", "20",
-               "--lr-schedule", "constant", "--ema-decay", str(args.ema), "--max-minutes", str(args.minutes),
+               "--lr-schedule", args.schedule, "--ema-decay", str(args.ema), "--max-minutes", str(args.minutes),
                "--max-steps", str(args.steps), "--threads", str(args.threads), "--seed", str(args.seed),
                "--out", str(out / "run")]
     print(" ".join(command[1:]), file=sys.stderr)
@@ -135,11 +137,14 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--concept", choices=("scenes", "singles", "mixed"), default="scenes",
                         help="what the concept images show (write_folder)")
+    parser.add_argument("--repeats", type=int, default=1, help="each concept image counts this many times (kohya's "
+                        "N_name folder), against the prior images' once")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--layers", default="all", help="what the LoRA adapts: all | attention | cross")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--ema", type=float, default=0.99)
+    parser.add_argument("--schedule", default="constant", choices=("constant", "cosine"), help="the learning rate after warm-up")
     parser.add_argument("--steps", type=int, default=150, help="training steps (batch 16)")
     parser.add_argument("--minutes", type=float, default=15.0, help="at most this many training minutes (the issue's budget)")
     parser.add_argument("--threads", type=int, default=2)
@@ -167,7 +172,7 @@ def main(argv=None) -> int:
     data = args.out / "data"
     captions = None
     if not data.is_dir():
-        captions = write_folder(data, args.images, seed=args.seed, kind=args.concept)
+        captions = write_folder(data, args.images, seed=args.seed, kind=args.concept, repeats=args.repeats)
         if args.prior:
             write_prior(data, args.prior, seed=args.seed, model=args.model, source=args.prior_source)
     adapter = train(args.out, args)

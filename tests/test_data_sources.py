@@ -86,6 +86,34 @@ def test_folder_errors_are_clear(tmp_path):
         ImageFolderDataset(tmp_path)
 
 
+def test_kohya_repeat_folders_weigh_their_images(tmp_path):
+    """kohya's DreamBooth layout: a top-level folder ``N_name`` counts each of its images N times per pass
+    (captions from metadata.jsonl with the sub-path, or .txt beside the image); other folders count once."""
+    (tmp_path / "3_cyan").mkdir()
+    (tmp_path / "reg").mkdir()
+    (tmp_path / "reg" / "2_nested").mkdir()                        # only the top-level folder's name counts
+    Image.new("RGB", (8, 8), (20, 190, 200)).save(tmp_path / "3_cyan" / "a.png")
+    Image.new("RGB", (8, 8), (20, 190, 200)).save(tmp_path / "3_cyan" / "b.png")
+    (tmp_path / "3_cyan" / "b.txt").write_text("a cyan square")
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "reg" / "2_nested" / "r.png")
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(tmp_path / "top.png")
+    lines = [{"file_name": "3_cyan/a.png", "text": "a cyan circle"}, {"file_name": "reg/2_nested/r.png", "text": "red"},
+             {"file_name": "top.png", "text": "blue"}]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    data = ImageFolderDataset(tmp_path)
+    captions = sorted(data[i]["caption"] for i in range(len(data)))
+    assert len(data) == 8
+    assert captions == ["a cyan circle"] * 3 + ["a cyan square"] * 3 + ["blue", "red"]
+    assert "4 images read" in data.summary() and "8 with kohya's folder repeats" in data.summary()
+    (tmp_path / "0_none").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "0_none" / "z.png")
+    with pytest.raises(ValueError, match="0_none.*N must be in \\[1, 1000\\], got 0"):
+        ImageFolderDataset(tmp_path)
+    (tmp_path / "0_none").rename(tmp_path / "99999999999_huge")     # refused before any list is built
+    with pytest.raises(ValueError, match="99999999999_huge"):
+        ImageFolderDataset(tmp_path)
+
+
 def test_load_dataset_and_tensor_round_trip(tmp_path):
     assert len(load_dataset("shapes", "val", 32)) == 1000
     assert load_dataset("digits", "test", 16)[0]["image"].size == (16, 16)

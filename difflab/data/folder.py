@@ -2,7 +2,10 @@
 
 Captions come from ``metadata.jsonl`` (one JSON object per line with ``file_name`` and a ``text`` or
 ``caption`` field, as Hugging Face ``imagefolder``) or from a ``name.txt`` file beside ``name.png``
-(as kohya's trainers); metadata wins when both exist. Every image is decoded once when the dataset is
+(as kohya's trainers); metadata wins when both exist. A top-level sub-folder named ``N_name`` (kohya's
+DreamBooth layout, e.g. ``10_cyan/``) repeats each of its images ``N`` times per pass over the dataset, so a
+handful of concept images weighs as much as a larger folder of regularization images beside them; other
+folders count once. Every image is decoded once when the dataset is
 opened: unreadable, empty or truncated files are skipped with one warning each, never fatal unless
 nothing usable remains. Images without a caption train unconditionally; one warning says how many.
 Other modes (CMYK, palette, grey, alpha) are converted to RGB.
@@ -11,6 +14,7 @@ Other modes (CMYK, palette, grey, alpha) are converted to RGB.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,8 @@ from difflab import limits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CAPTION_FIELDS = ("text", "caption")
+MAX_REPEATS = 1000                      # a kohya folder's N: beyond this it is a typo, not a weighting
+_REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,19 @@ def _read_metadata(root: Path) -> dict[str, str]:
     return captions
 
 
+def repeats(root: Path, path: Path) -> int:
+    """How often ``path`` counts per pass: ``N`` inside a top-level ``N_name`` folder of ``root``, else 1."""
+    parts = path.relative_to(root).parts
+    match = _REPEAT_FOLDER.match(parts[0]) if len(parts) > 1 else None
+    if not match:
+        return 1
+    n = int(match.group(1))
+    if not 1 <= n <= MAX_REPEATS:
+        raise ValueError(f"{root / parts[0]}: a kohya folder name N_name repeats its images N times, and N must be "
+                         f"in [1, {MAX_REPEATS}], got {n}; rename the folder")
+    return n
+
+
 def _probe(path: Path) -> str | None:
     """None if the image decodes completely, else why not."""
     if path.stat().st_size == 0:
@@ -64,7 +83,8 @@ class ImageFolderDataset:
     """Items are ``{"image": PIL RGB image, "caption": str, "path": str}``.
 
     With ``resolution`` set, images are resized (shorter side) and centre-cropped to a square.
-    ``skipped`` lists the files that could not be read and why; ``summary()`` says how many.
+    ``skipped`` lists the files that could not be read and why; ``summary()`` says how many. ``files``
+    lists an image of an ``N_name`` folder ``N`` times (:func:`repeats`); ``len`` counts the repeats.
     """
 
     channels = 3                  # every image is converted to RGB
@@ -80,6 +100,7 @@ class ImageFolderDataset:
         metadata = _read_metadata(self.root)
         pattern = "**/*" if recursive else "*"
         files = sorted(p for p in self.root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        counts = {path: repeats(self.root, path) for path in files}     # every folder name checked before decoding
         if not files:
             raise ValueError(f"no readable images in {str(root)!r}: it holds no files ending in "
                              f"{', '.join(IMAGE_SUFFIXES)}" + (" (sub-folders included)" if recursive else ""))
@@ -91,8 +112,9 @@ class ImageFolderDataset:
             if reason:
                 self.skipped.append(Skipped(str(path), reason))
                 continue
-            self.files.append(path)
-            self.captions.append(self._caption(path, metadata))
+            caption = self._caption(path, metadata)
+            self.files += [path] * counts[path]
+            self.captions += [caption] * counts[path]
         if not self.files:
             reasons = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in self.skipped[:3])
             raise ValueError(f"no readable images in {str(root)!r}: all {len(self.skipped)} image files were "
@@ -100,14 +122,14 @@ class ImageFolderDataset:
         for skipped in self.skipped:
             warnings.warn(f"skipping {skipped.path}: {skipped.reason}", stacklevel=2)
         if self.skipped:
-            warnings.warn(f"{self.root}: {len(self.files)} images read, {len(self.skipped)} skipped", stacklevel=2)
+            warnings.warn(f"{self.root}: {len(set(self.files))} images read, {len(self.skipped)} skipped", stacklevel=2)
         self._warn_uncaptioned()
 
     def _warn_uncaptioned(self) -> None:
-        bare = [path.relative_to(self.root).as_posix() for path, caption in zip(self.files, self.captions)
-                if not caption]
+        bare = list(dict.fromkeys(path.relative_to(self.root).as_posix()
+                                  for path, caption in zip(self.files, self.captions) if not caption))
         if bare:
-            warnings.warn(f"{self.root}: {len(bare)} of {len(self.files)} images have no caption (no metadata.jsonl "
+            warnings.warn(f"{self.root}: {len(bare)} of {len(set(self.files))} images have no caption (no metadata.jsonl "
                           f"entry, no .txt beside them) and train unconditionally: {', '.join(bare[:3])}"
                           + (", ..." if len(bare) > 3 else ""), stacklevel=3)
 
@@ -119,8 +141,9 @@ class ImageFolderDataset:
         return side.read_text(encoding="utf-8", errors="replace").strip() if side.is_file() else ""
 
     def summary(self) -> str:
-        kept = len(self.files)
-        lines = [f"{self.root}: {kept} images read, {len(self.skipped)} skipped"]
+        kept, unique = len(self.files), len(set(self.files))
+        lines = [f"{self.root}: {unique} images read, {len(self.skipped)} skipped"
+                 + (f", {kept} with kohya's folder repeats" if kept != unique else "")]
         lines += [f"  skipped {s.path}: {s.reason}" for s in self.skipped[:20]]
         return "\n".join(lines)
 
