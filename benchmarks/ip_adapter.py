@@ -57,9 +57,9 @@ def text_and_image_cases(n: int, seed: int = 0) -> list[dict]:
     return cases
 
 
-def run(pipe, cases: list[dict], with_image: bool, scale: float = 1.0, batch: int = 16) -> float:
+def run(pipe, cases: list[dict], with_image: bool, scale: float = 1.0, batch: int = 16, guidance=None) -> float:
     """The fraction of ``cases`` the oracle accepts."""
-    oks = verdicts(pipe, cases, with_image, scale, batch)
+    oks = verdicts(pipe, cases, with_image, scale, batch, guidance)
     return sum(oks) / len(oks)
 
 
@@ -69,13 +69,16 @@ def by_kind(cases: list[dict], oks: list[bool]) -> dict:
             for k in kinds}
 
 
-def verdicts(pipe, cases: list[dict], with_image: bool, scale: float = 1.0, batch: int = 16) -> list[bool]:
+def verdicts(pipe, cases: list[dict], with_image: bool, scale: float = 1.0, batch: int = 16,
+             guidance=None) -> list[bool]:
+    """The oracle's verdict on each case; ``guidance`` None: the package's guidance scale."""
     from difflab.metrics.adherence import check
     oks = []
     for start in range(0, len(cases), batch):
         chunk = cases[start:start + batch]
         extra = {"ip_image": [c["image"] for c in chunk], "ip_scale": scale} if with_image else {}
-        images = pipe([c.get("text", "") for c in chunk], seed=[c["seed"] for c in chunk], **extra).images
+        images = pipe([c.get("text", "") for c in chunk], seed=[c["seed"] for c in chunk], guidance_scale=guidance,
+                      **extra).images
         oks += [check(im.convert("RGB"), c["check"])["ok"] for im, c in zip(images, chunk)]
     return oks
 
@@ -86,6 +89,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="shapes")
     parser.add_argument("-n", type=int, default=100, help="cases of each kind")
     parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--guidance", type=float, help="the guidance scale of every call (default: the package's)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -97,11 +101,11 @@ def main(argv=None) -> int:
     pipe = Pipeline.from_pretrained(args.model, ip_adapter=args.adapter)
     rows = {}
     for name, cases in (("image alone", image_only_cases(args.n)), ("text + image", text_and_image_cases(args.n))):
-        oks = verdicts(pipe, cases, True, args.scale)
-        with_image, without = sum(oks) / len(oks), run(pipe, cases, False)
+        oks = verdicts(pipe, cases, True, args.scale, guidance=args.guidance)
+        with_image, without = sum(oks) / len(oks), run(pipe, cases, False, guidance=args.guidance)
         rows[name] = {"with_image": with_image, "without_image": without, "n": len(cases)}
         if name == "image alone":   # the ceiling the base model sets: the same scenes asked for in words
-            as_text = verdicts(pipe, [{**c, "text": c["check"]} for c in cases], False)
+            as_text = verdicts(pipe, [{**c, "text": c["check"]} for c in cases], False, guidance=args.guidance)
             rows[name] |= {"as_text": sum(as_text) / len(as_text), "by_kind": by_kind(cases, oks),
                            "as_text_by_kind": by_kind(cases, as_text)}
             print(f"by kind of scene: {rows[name]['by_kind']} (as text: {rows[name]['as_text_by_kind']})",
@@ -114,6 +118,7 @@ def main(argv=None) -> int:
         print(f"| {name} | **{row['with_image']:.3f}** | {row['without_image']:.3f} | {as_text} | {row['n']} |")
     if args.out:
         args.out.write_text(json.dumps({"model": args.model, "adapter": args.adapter, "scale": args.scale,
+                                        "guidance": args.guidance,
                                         "rows": rows}, indent=1))
     return 0
 
