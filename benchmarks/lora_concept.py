@@ -161,6 +161,8 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, help="write every number as JSON here")
     parser.add_argument("--base-from", type=Path, help="take the base model's rows from this earlier --results file")
     args = parser.parse_args(argv)
+    if not 1 <= args.repeats <= 1000:
+        parser.error(f"--repeats must be in [1, 1000] (an image folder's N_name limit), got {args.repeats}")
 
     import torch
     from difflab.adapters.lora_files import read_lora_file
