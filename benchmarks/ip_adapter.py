@@ -93,6 +93,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.guidance is not None and not 0 <= args.guidance <= 30:
+        parser.error(f"--guidance must be in [0, 30] (1: no guidance), got {args.guidance:g}")
     import torch
 
     from difflab.pipelines import Pipeline
