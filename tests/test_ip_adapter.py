@@ -12,7 +12,7 @@ from difflab.data.shapes import ShapesDataset, render, render_scene
 from difflab.data.shapes_grammar import parse_prompt
 from difflab.guidance import merge_batches
 from difflab.models.image_encoders import ShapesImageEncoder, image_encoder
-from difflab.models.ip_adapter import IPAdapter, attached, cross_attention_layers
+from difflab.models.ip_adapter import IPAdapter, IPAdapterConfig, attached, cross_attention_layers
 from difflab.models.package import load_package
 from difflab.models.unet import UNet
 from difflab.train.ip_pairs import pinned_prompt, reference_image, reference_scene
@@ -167,6 +167,36 @@ def test_the_adapter_saves_and_loads_as_a_package(unet, tmp_path):
         with torch.no_grad(), attached(unet, a, a.image_tokens(features), scale=1.0):
             outputs.append(unet(x, t, context=context, pooled=pooled))
     assert torch.equal(*outputs)
+
+
+def test_an_own_query_starts_as_the_shared_one_then_is_its_own_and_saves(unet, tmp_path):
+    shared = trained_adapter(unet)
+    own = IPAdapter.from_unet(unet, feature_dim=FEATURES, own_query=True)
+    own.load_state_dict(shared.state_dict(), strict=False)                  # all but to_q_ip, which is W_q
+    crosses = [block.cross for _, block in cross_attention_layers(unet)]
+    assert len(own.to_q_ip) == len(crosses) == len(shared.to_kv_ip)
+    assert all(torch.equal(q.weight, c.to_q.weight) and torch.equal(q.bias, c.to_q.bias)
+               for q, c in zip(own.to_q_ip, crosses))
+    x, t, context, pooled = inputs()
+    tokens = shared.image_tokens(torch.randn(2, FEATURES))
+    outputs = []
+    for adapter in (shared, own):
+        with attached(unet, adapter, tokens, scale=1.5):
+            outputs.append(run(unet, x, t, context, pooled))
+    assert torch.equal(*outputs)                                          # the same query: the same image branch
+    with torch.no_grad():
+        own.to_q_ip[0].weight.mul_(-1.0)
+    with attached(unet, own, tokens, scale=1.5):
+        moved = run(unet, x, t, context, pooled)
+    assert (moved - outputs[0]).abs().max() > 1e-3                        # the image branch reads its own W'_q
+    assert not hasattr(shared, "to_q_ip")                                 # a shared-query adapter has none
+    own.save_pretrained(tmp_path / "own")
+    loaded = load_package(tmp_path / "own").model.eval()
+    assert loaded.config.own_query and loaded.config == own.config
+    with attached(unet, loaded, tokens, scale=1.5):
+        assert torch.equal(run(unet, x, t, context, pooled), moved)
+    with pytest.raises(ValueError, match="own_query must be true or false"):
+        IPAdapterConfig(FEATURES, 48, layers=own.config.layers, own_query="yes")
 
 
 def test_the_shapes_encoder_gives_the_same_features_for_pil_and_tensors():

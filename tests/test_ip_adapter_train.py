@@ -115,6 +115,27 @@ def test_a_grid_adapter_trains_on_cell_features_and_steers_the_pipeline(base, ad
                 tmp_path / "x", log=quiet)
 
 
+def test_an_own_query_adapter_trains_its_query_and_keeps_its_kind(base, adapter, tmp_path):
+    from difflab.models.ip_adapter import IPAdapter
+    own = Trainer(TINY.replace(max_steps=2, checkpoint_every=0, init_from=str(base), ip_adapter=True, ip_tokens="grid",
+                               ip_query="own", lr=1e-2, lr_warmup=0, ema_decay=0.0, ema_warmup=False),
+                  tmp_path / "own", log=quiet).fit()
+    model = load_package(own).model
+    assert model.config.own_query and model.config.grid
+    unet = load_package(base).model
+    fresh = IPAdapter.from_unet(unet, model.config.feature_dim, num_tokens=16, grid=True, own_query=True).state_dict()
+    assert any(not torch.equal(v, fresh[k]) for k, v in model.state_dict().items() if k.startswith("to_q_ip."))
+    weights = load_file(next((own.parent / "checkpoints").iterdir()) / "model.safetensors")
+    assert all(torch.equal(weights[f"unet.{k}"], v) for k, v in load_file(base / "model.safetensors").items())
+    for fields, message in [(dict(ip_query="own"), "own with ip_adapter"),
+                            (dict(ip_adapter=True, init_from=str(base), ip_query="mine"), "shared or own")]:
+        with pytest.raises(ValueError, match=message):
+            TINY.replace(**fields)
+    with pytest.raises(ValueError, match="has the shared image query; this run asks for ip_query='own'"):
+        Trainer(TINY.replace(init_from=str(base), ip_adapter=True, ip_query="own", side_from=str(adapter)),
+                tmp_path / "x", log=quiet)
+
+
 def test_the_bundled_ip_adapter_carries_the_reference_colour():
     from difflab.metrics.adherence import check
     from difflab.settings import BUNDLED_MODELS

@@ -10,7 +10,10 @@ are added (their eq. 5; the image branch weighted by lambda at inference, Sec. 3
 The image tokens ``c_i`` come from an image feature through the image projection (Sec. 3.2: a
 linear layer to ``num_tokens`` tokens and a LayerNorm), or, with ``grid=True``, from an encoder's
 feature map, one token per cell (:class:`GridProjection`; the fine-grained features of the paper's
-"plus" variant, Sec. 4.3). ``W'_k, W'_v`` start as the layer's text
+"plus" variant, Sec. 4.3). With ``own_query=True`` the image branch also has its own query projection
+``W'_q`` (a departure from the paper, whose image branch shares the text query ``Q``): it starts as the
+layer's ``W_q`` (and bias), so the adapter computes what the shared-query one does until training moves
+it, and lets a place in the picture learn which image token to read. ``W'_k, W'_v`` start as the layer's text
 ``W_k, W_v`` (weights only: like IP-Adapter's ``to_k_ip``/``to_v_ip`` they have no bias, so all-zero
 image tokens give keys and values of 0 and add exactly nothing)::
 
@@ -52,7 +55,8 @@ class IPAdapterConfig:
     layers adapted: ``(module name, its channels)`` each (:func:`adapted_layers`), in the UNet's module
     order, the name of the image encoder whose features it reads
     (:data:`difflab.models.image_encoders.IMAGE_ENCODERS`, or ``clip-vision``), and whether it reads the
-    encoder's pooled feature (``grid`` False) or its ``num_tokens`` cell features (``grid`` True)."""
+    encoder's pooled feature (``grid`` False) or its ``num_tokens`` cell features (``grid`` True), and whether the
+    image branch has its own query projection (``own_query``) or shares the layer's."""
 
     feature_dim: int
     context_dim: int
@@ -60,6 +64,7 @@ class IPAdapterConfig:
     layers: tuple[tuple[str, int], ...] = ()
     image_encoder: str = "shapes"
     grid: bool = False
+    own_query: bool = False
 
     def __post_init__(self):
         for name in ("feature_dim", "context_dim", "num_tokens"):
@@ -71,6 +76,7 @@ class IPAdapterConfig:
         require(isinstance(self.image_encoder, str) and self.image_encoder != "",
                 f"image_encoder must be an image encoder's name, got {self.image_encoder!r}")
         require(isinstance(self.grid, bool), f"grid must be true or false, got {self.grid!r}")
+        require(isinstance(self.own_query, bool), f"own_query must be true or false, got {self.own_query!r}")
 
 
 def cross_attention_layers(model: nn.Module) -> list[tuple[str, AttentionBlock]]:
@@ -136,8 +142,9 @@ class GridProjection(nn.Module):
 class IPAdapter(ModelMixin):
     """IPAdapter(config=IPAdapterConfig(...)); build one for a UNet with :meth:`from_unet`.
 
-    Weights: ``image_proj.{proj,norm}`` (and ``image_proj.position`` [T, D] with ``grid``) and ``to_kv_ip.{i}.weight`` [2 C_i, context_dim], the fused
-    image key/value projection of ``config.layers[i]`` (keys first, as ``Attention.to_kv``).
+    Weights: ``image_proj.{proj,norm}`` (and ``image_proj.position`` [T, D] with ``grid``) and ``to_kv_ip.{i}.weight``
+    [2 C_i, context_dim], the fused image key/value projection of ``config.layers[i]`` (keys first, as
+    ``Attention.to_kv``); with ``own_query`` also ``to_q_ip.{i}.{weight,bias}`` [C_i, C_i], [C_i].
     """
 
     config_class = IPAdapterConfig
@@ -147,23 +154,30 @@ class IPAdapter(ModelMixin):
                                                                             cfg.num_tokens)
         self.to_kv_ip = nn.ModuleList(nn.Linear(cfg.context_dim, 2 * channels, bias=False)
                                       for _, channels in cfg.layers)
+        if cfg.own_query:
+            self.to_q_ip = nn.ModuleList(nn.Linear(channels, channels) for _, channels in cfg.layers)
 
     @classmethod
     def from_unet(cls, unet: UNet | SDUNet, feature_dim: int, num_tokens: int = 4,
-                  image_encoder: str = "shapes", grid: bool = False) -> "IPAdapter":
+                  image_encoder: str = "shapes", grid: bool = False, own_query: bool = False) -> "IPAdapter":
         """An adapter for every cross-attention layer of ``unet``, its ``W'_k, W'_v`` copied from the
         layer's ``W_k, W_v`` (Sec. 3.2); the image projection is freshly initialised. ``grid``: it reads
-        ``num_tokens`` cell features (the encoder's ``grid_tokens``), one token each."""
+        ``num_tokens`` cell features (the encoder's ``grid_tokens``), one token each; ``own_query``: the image
+        branch's own ``W'_q``, copied from the layer's ``W_q`` (its bias, or zero where the layer has none)."""
         require(type(unet) in ADAPTABLE, f"an IP-Adapter is built for difflab's UNet or SDUNet, got a "
                                          f"{type(unet).__name__}")
         layers = adapted_layers(unet)
         require(len(layers) > 0, "this UNet has no cross-attention (no context_dim): an IP-Adapter has nothing "
                                  "to attach to")
         adapter = cls(config=IPAdapterConfig(feature_dim, unet.config.context_dim, num_tokens, layer_spec(unet),
-                                             image_encoder, grid))
+                                             image_encoder, grid, own_query))
         with torch.no_grad():
-            for kv_ip, (_, attention) in zip(adapter.to_kv_ip, layers):
+            for i, (kv_ip, (_, attention)) in enumerate(zip(adapter.to_kv_ip, layers)):
                 kv_ip.weight.copy_(text_kv_weight(attention))
+                if own_query:
+                    adapter.to_q_ip[i].weight.copy_(attention.to_q.weight)
+                    bias = attention.to_q.bias
+                    adapter.to_q_ip[i].bias.copy_(bias if bias is not None else torch.zeros_like(adapter.to_q_ip[i].bias))
         return adapter.to(next(unet.parameters()).device)
 
     def steers(self, model) -> bool:
@@ -194,14 +208,17 @@ class IPAdapter(ModelMixin):
                              f"(IPAdapter.image_tokens), got {shape}")
 
 
-def decoupled_attention(cross: nn.Module, kv_ip: nn.Linear, x: torch.Tensor, tokens: torch.Tensor):
+def decoupled_attention(cross: nn.Module, kv_ip: nn.Linear, x: torch.Tensor, tokens: torch.Tensor,
+                        q_ip: nn.Linear | None = None):
     """``W_out Attention(Q, K', V')`` of one layer, without ``W_out``'s bias (the text branch has added it):
-    ``Q = x W_q (+ b_q)`` by the layer's own query projection, ``K', V' = tokens W'_k, tokens W'_v``.
+    ``Q = x W_q (+ b_q)`` by the layer's own query projection (or by ``q_ip``, the adapter's own ``W'_q``),
+    ``K', V' = tokens W'_k, tokens W'_v``.
     ``x`` [B, N, C] (the layer's input), tokens [B, T, D] -> [B, N, C]."""
     B, N, C = x.shape
     heads = lambda z: z.reshape(B, z.shape[1], cross.heads, C // cross.heads).transpose(1, 2)  # [B, h, L, d]
     k, v = kv_ip(tokens.to(kv_ip.weight.dtype)).chunk(2, dim=-1)              # [B, T, C] each
-    h = F.scaled_dot_product_attention(heads(cross.to_q(x)), heads(k), heads(v))  # [B, h, N, d]
+    q = (cross.to_q if q_ip is None else q_ip)(x)                                             # [B, N, C]
+    h = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))          # [B, h, N, d]
     return F.linear(h.transpose(1, 2).reshape(B, N, C), cross.to_out.weight)  # [B, N, C]
 
 
@@ -232,15 +249,16 @@ def attached(unet: UNet | SDUNet, adapter: IPAdapter, tokens: torch.Tensor, scal
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"scale must be a finite number (lambda; 0 turns the image prompt off), got {scale!r}")
 
-    def hook(cross, args, output, kv_ip):
+    def hook(cross, args, output, kv_ip, q_ip):
         x = args[0]                                                           # the layer's input [B, N, C]
-        return output + scale * decoupled_attention(cross, kv_ip, x, batch_tokens(tokens, x.shape[0]))
+        return output + scale * decoupled_attention(cross, kv_ip, x, batch_tokens(tokens, x.shape[0]), q_ip)
 
-    layers = zip(adapted_layers(unet), adapter.to_kv_ip) if scale != 0 else ()
+    queries = adapter.to_q_ip if adapter.config.own_query else [None] * len(adapter.to_kv_ip)
+    layers = zip(adapted_layers(unet), adapter.to_kv_ip, queries) if scale != 0 else ()
     handles = []
     try:
-        for (_, cross), kv_ip in layers:
-            handles.append(cross.register_forward_hook(partial(hook, kv_ip=kv_ip)))
+        for (_, cross), kv_ip, q_ip in layers:
+            handles.append(cross.register_forward_hook(partial(hook, kv_ip=kv_ip, q_ip=q_ip)))
         yield unet
     finally:
         for handle in handles:

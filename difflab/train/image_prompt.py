@@ -32,9 +32,14 @@ def adapted(model, config, start=None):
     if start and config.ip_tokens != ("grid" if grid else "pooled"):
         raise ValueError(f"--side-from {config.side_from} reads {'grid' if grid else 'pooled'} image features; this "
                          f"run asks for ip_tokens={config.ip_tokens!r}")
+    own_query = start.config.own_query if start else config.ip_query == "own"
+    if start and config.ip_query != ("own" if own_query else "shared"):
+        raise ValueError(f"--side-from {config.side_from} has {'its own' if own_query else 'the shared'} image query; "
+                         f"this run asks for ip_query={config.ip_query!r}")
     encoder = image_encoder(start.config.image_encoder if start else DEFAULT_IMAGE_ENCODER, grid=grid)
     adapter = start or IPAdapter.from_unet(model, encoder.feature_dim, num_tokens=encoder.grid_tokens if grid else 4,
-                                           image_encoder=DEFAULT_IMAGE_ENCODER, grid=grid)
+                                           image_encoder=DEFAULT_IMAGE_ENCODER, grid=grid,
+                                           own_query=own_query)
     return IPAdaptedUNet(model, adapter), encoder
 
 
