@@ -136,6 +136,36 @@ def test_an_own_query_adapter_trains_its_query_and_keeps_its_kind(base, adapter,
                 tmp_path / "x", log=quiet)
 
 
+def test_a_same_image_fraction_feeds_the_training_image_itself(base):
+    from difflab.models.image_encoders import image_encoder
+    from difflab.train.batches import TrainingData
+    from difflab.train.image_prompt import ReferenceFeatures
+    from difflab.train.ip_pairs import reference_image
+    encoder = image_encoder("shapes-objects", grid=True)
+    feeds = {}
+    for fraction in (0.0, 0.5, 1.0):
+        config = TINY.replace(init_from=str(base), ip_adapter=True, ip_tokens="grid", ip_same_image=fraction)
+        feeds[fraction] = ReferenceFeatures(config, TrainingData(config), encoder)
+    positions = list(range(40))
+    for position in positions:
+        index, dropped, same = feeds[1.0].choice(position)
+        item = feeds[1.0].data.dataset[index]
+        own, other = encoder(item["image"])[0], encoder(reference_image(item, TINY.resolution, TINY.seed, index))[0]
+        expected = {0.0: other, 1.0: own}
+        for fraction in (0.0, 1.0):
+            got = feeds[fraction].item(position)
+            assert torch.equal(got, torch.zeros_like(own) if dropped else expected[fraction])
+        assert feeds[0.0].choice(position)[:2] == (index, dropped)          # the same dropout whatever the fraction
+    same = [feeds[0.5].choice(p)[2] for p in range(400)]
+    assert 0.4 < sum(same) / len(same) < 0.6
+    assert not torch.equal(own, other)                                      # another render: other features
+    for value in (-0.1, 1.5, True):
+        with pytest.raises(ValueError, match="ip_same_image"):
+            TINY.replace(init_from=str(base), ip_adapter=True, ip_same_image=value)
+    with pytest.raises(ValueError, match="non-zero with ip_adapter"):
+        TINY.replace(ip_same_image=0.5)
+
+
 def test_the_bundled_ip_adapter_carries_the_reference_colour():
     from difflab.metrics.adherence import check
     from difflab.settings import BUNDLED_MODELS

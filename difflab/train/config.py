@@ -89,6 +89,7 @@ class TrainConfig:
     train_only: str = ""                  # train only the weights whose names start with this (e.g. temporal: a video UNet's motion blocks); "": all
     ip_adapter: bool = False              # with init_from: train an IP-Adapter on reference renders of each shapes item, the model frozen
     ip_tokens: str = "pooled"             # ip_adapter: what it reads, the encoder's pooled feature (4 tokens) | grid (one token per cell)
+    ip_same_image: float = 0.0            # ip_adapter: the fraction of samples whose image prompt is the training image itself (the paper's pairs), not another render
     ip_query: str = "shared"              # ip_adapter: the image branch's query, the layer's own (shared, as the paper) | own (its own W'_q, trained)
     side_from: str | None = None          # with controlnet / ip_adapter: a package of that network (difflab's export) to go on training, instead of a fresh one
     distill: str = ""                     # set by difflab distill: lcm | cd | reflow ("": plain training)
@@ -180,6 +181,9 @@ class TrainConfig:
                self.ip_adapter, "used with init_from and dataset=shapes, without controlnet, lora_rank, distill or vae")
         _check(self.ip_tokens in ("pooled", "grid") and (self.ip_adapter or self.ip_tokens == "pooled"), "ip_tokens",
                self.ip_tokens, "pooled or grid (grid with ip_adapter)")
+        _check(isinstance(self.ip_same_image, (int, float)) and not isinstance(self.ip_same_image, bool)
+               and 0 <= self.ip_same_image <= 1 and (self.ip_adapter or self.ip_same_image == 0), "ip_same_image",
+               self.ip_same_image, "a fraction in [0, 1] (non-zero with ip_adapter)")
         _check(self.ip_query in ("shared", "own") and (self.ip_adapter or self.ip_query == "shared"), "ip_query",
                self.ip_query, "shared or own (own with ip_adapter)")
         _check(self.side_from is None or (isinstance(self.side_from, str) and self.side_from

@@ -2,8 +2,9 @@
 
 The network the trainer optimises is an :class:`~difflab.models.ip_adapter.IPAdaptedUNet`: the
 package's UNet, frozen, and an adapter whose image key/value projections start as the text ones.
-Each item's image prompt is another render of the same objects (:mod:`difflab.train.ip_pairs`),
-encoded once by the image encoder (``shapes-objects``, :mod:`difflab.models.image_encoders`). As in
+Each item's image prompt is another render of the same objects (:mod:`difflab.train.ip_pairs`), or,
+for a fraction ``ip_same_image`` of the samples, the training image itself (the paper's pairs, Sec.
+3.3: an image prompt then also carries its layout and its count of objects), encoded once by the image encoder (``shapes-objects``, :mod:`difflab.models.image_encoders`). As in
 the paper (Sec. 3.3) the image condition is dropped for a fraction of the samples (its features set
 to zero, what the unconditional half of classifier-free guidance then uses), beside the text dropout
 of ``cond_dropout``.
@@ -49,21 +50,28 @@ class ReferenceFeatures:
 
     def __init__(self, config, data, encoder):
         self.data, self.encoder, self.config = data, encoder, config
-        self._cache: dict[int, torch.Tensor] = {}
+        self._cache: dict[tuple[int, bool], torch.Tensor] = {}
+
+    def choice(self, position: int) -> tuple[int, bool, bool]:
+        """(item index, image dropped, image prompt = the training image itself) of ``position``."""
+        draw = random.Random(f"difflab-ip-drop-{self.config.seed}-{position}")
+        dropped = draw.random() < IMAGE_DROPOUT
+        return self.data.item_index(position), dropped, draw.random() < self.config.ip_same_image
 
     def item(self, position: int) -> torch.Tensor:
-        index = self.data.item_index(position)
-        if index not in self._cache:
-            image = reference_image(self.data.dataset[index], self.config.resolution, self.config.seed, index)
-            self._cache[index] = self.encoder(image)[0]
-        if random.Random(f"difflab-ip-drop-{self.config.seed}-{position}").random() < IMAGE_DROPOUT:
-            return torch.zeros_like(self._cache[index])
-        return self._cache[index]
+        index, dropped, same = self.choice(position)
+        if (index, same) not in self._cache:
+            self._cache[index, same] = self.encoder(self.image(index, same))[0]
+        return torch.zeros_like(self._cache[index, same]) if dropped else self._cache[index, same]
+
+    def image(self, index: int, same: bool):
+        """Item ``index``'s image prompt: the training image itself (``same``) or another render of it."""
+        item = self.data.dataset[index]
+        return item["image"] if same else reference_image(item, self.config.resolution, self.config.seed, index)
 
     def batch(self, positions: list[int]) -> torch.Tensor:
         return torch.stack([self.item(p) for p in positions])
 
     def images(self, positions: list[int]) -> list:
-        """The reference images themselves (for preview grids)."""
-        return [reference_image(self.data.dataset[self.data.item_index(p)], self.config.resolution,
-                                self.config.seed, self.data.item_index(p)) for p in positions]
+        """The image prompts themselves (for preview grids)."""
+        return [self.image(index, same) for index, _, same in map(self.choice, positions)]
