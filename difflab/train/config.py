@@ -90,7 +90,7 @@ class TrainConfig:
     ip_adapter: bool = False              # with init_from: train an IP-Adapter on reference renders of each shapes item, the model frozen
     ip_tokens: str = "pooled"             # ip_adapter: what it reads, the encoder's pooled feature (4 tokens) | grid (one token per cell)
     ip_same_image: float = 0.0            # ip_adapter: the fraction of samples whose image prompt is the training image itself (the paper's pairs), not another render
-    ip_query: str = "shared"              # ip_adapter: the image branch's query, the layer's own (shared, as the paper) | own (its own W'_q, trained)
+    ip_query: str = "shared"              # ip_adapter: the image branch's query projection, shared (the layer's, as in the paper) | own (its own W'_q, trained)
     side_from: str | None = None          # with controlnet / ip_adapter: a package of that network (difflab's export) to go on training, instead of a fresh one
     distill: str = ""                     # set by difflab distill: lcm | cd | reflow ("": plain training)
     teacher: str | None = None            # distill: the teacher package (or a bundled model's name)
