@@ -22,11 +22,21 @@ def base(tiny_base):
     return tiny_base
 
 
+def fit_adapter(base, out, steps=2, **fields):
+    """A few fast steps of an IP-Adapter run on ``base`` (weights move visibly); its package folder."""
+    return Trainer(TINY.replace(max_steps=steps, checkpoint_every=0, init_from=str(base), ip_adapter=True, lr=1e-2,
+                                lr_warmup=0, ema_decay=0.0, ema_warmup=False, **fields), out, log=quiet).fit()
+
+
+def assert_configs_refused(cases):
+    for fields, message in cases:
+        with pytest.raises(ValueError, match=message):
+            TINY.replace(**fields)
+
+
 @pytest.fixture(scope="module")
 def adapter(base, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ip") / "run"
-    return Trainer(TINY.replace(max_steps=3, checkpoint_every=0, init_from=str(base), ip_adapter=True, lr=1e-2,
-                                lr_warmup=0, ema_decay=0.0, ema_warmup=False), out, log=quiet).fit()
+    return fit_adapter(base, tmp_path_factory.mktemp("ip") / "run", steps=3)
 
 
 def test_training_moves_only_the_adapter_and_exports_it_alone(base, adapter):
@@ -97,8 +107,7 @@ def test_new_adapters_read_the_object_encoder_and_a_run_goes_on_from_one(base, a
 
 
 def test_a_grid_adapter_trains_on_cell_features_and_steers_the_pipeline(base, adapter, tmp_path):
-    grid = Trainer(TINY.replace(max_steps=2, checkpoint_every=0, init_from=str(base), ip_adapter=True, ip_tokens="grid",
-                                lr=1e-2, lr_warmup=0, ema_decay=0.0, ema_warmup=False), tmp_path / "grid", log=quiet).fit()
+    grid = fit_adapter(base, tmp_path / "grid", ip_tokens="grid")
     config = load_package(grid).model.config
     assert config.grid and config.num_tokens == 16 and config.image_encoder == "shapes-objects"
     plain = difflab.Pipeline.from_pretrained(base)("", seed=3, steps=4).images[0]
@@ -106,10 +115,8 @@ def test_a_grid_adapter_trains_on_cell_features_and_steers_the_pipeline(base, ad
     ref = render("a red circle and a blue square", 4, 16)
     assert np.array_equal(np.asarray(pipe("", seed=3, steps=4, ip_image=ref, ip_scale=0.0).images[0]), np.asarray(plain))
     assert not np.array_equal(np.asarray(pipe("", seed=3, steps=4, ip_image=ref).images[0]), np.asarray(plain))
-    for fields, message in [(dict(ip_tokens="grid"), "grid with ip_adapter"),
-                            (dict(ip_adapter=True, init_from=str(base), ip_tokens="cells"), "pooled or grid")]:
-        with pytest.raises(ValueError, match=message):
-            TINY.replace(**fields)
+    assert_configs_refused([(dict(ip_tokens="grid"), "grid with ip_adapter"),
+                            (dict(ip_adapter=True, init_from=str(base), ip_tokens="cells"), "pooled or grid")])
     with pytest.raises(ValueError, match="reads pooled image features; this run asks for ip_tokens='grid'"):
         Trainer(TINY.replace(init_from=str(base), ip_adapter=True, ip_tokens="grid", side_from=str(adapter)),
                 tmp_path / "x", log=quiet)
@@ -117,9 +124,7 @@ def test_a_grid_adapter_trains_on_cell_features_and_steers_the_pipeline(base, ad
 
 def test_an_own_query_adapter_trains_its_query_and_keeps_its_kind(base, adapter, tmp_path):
     from difflab.models.ip_adapter import IPAdapter
-    own = Trainer(TINY.replace(max_steps=2, checkpoint_every=0, init_from=str(base), ip_adapter=True, ip_tokens="grid",
-                               ip_query="own", lr=1e-2, lr_warmup=0, ema_decay=0.0, ema_warmup=False),
-                  tmp_path / "own", log=quiet).fit()
+    own = fit_adapter(base, tmp_path / "own", ip_tokens="grid", ip_query="own")
     model = load_package(own).model
     assert model.config.own_query and model.config.grid
     unet = load_package(base).model
@@ -127,10 +132,8 @@ def test_an_own_query_adapter_trains_its_query_and_keeps_its_kind(base, adapter,
     assert any(not torch.equal(v, fresh[k]) for k, v in model.state_dict().items() if k.startswith("to_q_ip."))
     weights = load_file(next((own.parent / "checkpoints").iterdir()) / "model.safetensors")
     assert all(torch.equal(weights[f"unet.{k}"], v) for k, v in load_file(base / "model.safetensors").items())
-    for fields, message in [(dict(ip_query="own"), "own with ip_adapter"),
-                            (dict(ip_adapter=True, init_from=str(base), ip_query="mine"), "shared or own")]:
-        with pytest.raises(ValueError, match=message):
-            TINY.replace(**fields)
+    assert_configs_refused([(dict(ip_query="own"), "own with ip_adapter"),
+                            (dict(ip_adapter=True, init_from=str(base), ip_query="mine"), "shared or own")])
     with pytest.raises(ValueError, match="has the shared image query; this run asks for ip_query='own'"):
         Trainer(TINY.replace(init_from=str(base), ip_adapter=True, ip_query="own", side_from=str(adapter)),
                 tmp_path / "x", log=quiet)
@@ -159,11 +162,8 @@ def test_a_same_image_fraction_feeds_the_training_image_itself(base):
     same = [feeds[0.5].choice(p)[2] for p in range(400)]
     assert 0.4 < sum(same) / len(same) < 0.6
     assert not torch.equal(own, other)                                      # another render: other features
-    for value in (-0.1, 1.5, True):
-        with pytest.raises(ValueError, match="ip_same_image"):
-            TINY.replace(init_from=str(base), ip_adapter=True, ip_same_image=value)
-    with pytest.raises(ValueError, match="non-zero with ip_adapter"):
-        TINY.replace(ip_same_image=0.5)
+    assert_configs_refused([(dict(init_from=str(base), ip_adapter=True, ip_same_image=value), "ip_same_image")
+                            for value in (-0.1, 1.5, True)] + [(dict(ip_same_image=0.5), "non-zero with ip_adapter")])
 
 
 def test_the_bundled_ip_adapter_carries_the_reference_colour():
