@@ -175,9 +175,9 @@ class IPAdapter(ModelMixin):
             for i, (kv_ip, (_, attention)) in enumerate(zip(adapter.to_kv_ip, layers)):
                 kv_ip.weight.copy_(text_kv_weight(attention))
                 if own_query:
-                    adapter.to_q_ip[i].weight.copy_(attention.to_q.weight)
-                    bias = attention.to_q.bias
-                    adapter.to_q_ip[i].bias.copy_(bias if bias is not None else torch.zeros_like(adapter.to_q_ip[i].bias))
+                    q_ip, bias = adapter.to_q_ip[i], attention.to_q.bias
+                    q_ip.weight.copy_(attention.to_q.weight)
+                    q_ip.bias.copy_(bias if bias is not None else torch.zeros_like(q_ip.bias))
         return adapter.to(next(unet.parameters()).device)
 
     def steers(self, model) -> bool:
@@ -217,7 +217,7 @@ def decoupled_attention(cross: nn.Module, kv_ip: nn.Linear, x: torch.Tensor, tok
     B, N, C = x.shape
     heads = lambda z: z.reshape(B, z.shape[1], cross.heads, C // cross.heads).transpose(1, 2)  # [B, h, L, d]
     k, v = kv_ip(tokens.to(kv_ip.weight.dtype)).chunk(2, dim=-1)              # [B, T, C] each
-    q = (cross.to_q if q_ip is None else q_ip)(x)                                             # [B, N, C]
+    q = (cross.to_q if q_ip is None else q_ip)(x)                            # [B, N, C]
     h = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))          # [B, h, N, d]
     return F.linear(h.transpose(1, 2).reshape(B, N, C), cross.to_out.weight)  # [B, N, C]
 

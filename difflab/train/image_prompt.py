@@ -4,10 +4,11 @@ The network the trainer optimises is an :class:`~difflab.models.ip_adapter.IPAda
 package's UNet, frozen, and an adapter whose image key/value projections start as the text ones.
 Each item's image prompt is another render of the same objects (:mod:`difflab.train.ip_pairs`), or,
 for a fraction ``ip_same_image`` of the samples, the training image itself (the paper's pairs, Sec.
-3.3: an image prompt then also carries its layout and its count of objects), encoded once by the image encoder (``shapes-objects``, :mod:`difflab.models.image_encoders`). As in
-the paper (Sec. 3.3) the image condition is dropped for a fraction of the samples (its features set
-to zero, what the unconditional half of classifier-free guidance then uses), beside the text dropout
-of ``cond_dropout``.
+3.3: an image prompt then also carries its layout and its count of objects), encoded once by the
+image encoder (``shapes-objects``, :mod:`difflab.models.image_encoders`). As in the paper (Sec.
+3.3) the image condition is dropped for a fraction of the samples (its features set to zero, what
+the unconditional half of classifier-free guidance then uses), beside the text dropout of
+``cond_dropout``.
 """
 
 from __future__ import annotations
