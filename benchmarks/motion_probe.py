@@ -13,7 +13,9 @@ clips whose true caption has the lower loss. Seconds, not the minutes of samplin
 ``--flip relation`` asks the same of an image model of the shapes world: real renders of shapes-bench's
 relation prompts ("X above Y", each with its bench seed), against the prompt with the relation turned
 around ("X below Y"), which the same image contradicts; ``--flip position`` moves a placed object to
-the opposite cell ("in the top left" -> "in the bottom right"). ``--data-gap`` adds the gap of the best
+the opposite cell ("in the top left" -> "in the bottom right"). ``--flip colours`` asks about binding: shapes-bench's two-object prompts of two colours and two
+shapes ("a red circle and a blue square") against the same objects with their colours traded ("a blue
+circle and a red square"), which holds the same colours and shapes bound the other way. ``--data-gap`` adds the gap of the best
 prediction from the caption alone at pure noise: the mean of renders of each caption (other seeds), so
 the model's gap at the noisiest steps can be read against what the data offers.
 """
@@ -21,6 +23,7 @@ the model's gap at the noisiest steps can be read against what the data offers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 import torch
@@ -34,7 +37,14 @@ RELATION_FLIP = {"above": "below", "below": "above", "to the left of": "to the r
 
 def _flipped(prompt: str, flip: str) -> str | None:
     """The prompt with its relation turned, or its placed object moved to the opposite cell (None: no flip)."""
-    from difflab.data.shapes_grammar import POSITIONS, parse_prompt
+    from difflab.data.shapes_grammar import POSITIONS, format_prompt, parse_prompt
+    if flip == "colours":                                     # two objects: each takes the other's colour
+        parsed = parse_prompt(prompt)
+        first, second = parsed.objects
+        if first.colour == second.colour or first.shape == second.shape or parsed.background:
+            return None
+        swapped = (dataclasses.replace(first, colour=second.colour), dataclasses.replace(second, colour=first.colour))
+        return format_prompt(dataclasses.replace(parsed, objects=swapped))
     if flip in ("relation", "order"):
         relation = parse_prompt(prompt).relation
         if prompt.endswith(" background"):                    # shapes-bench's relations have none
@@ -60,7 +70,7 @@ def probe_images(n: int, resolution: int, flip: str, word: str | None = None) ->
     from difflab.data.shapes_grammar import COLOURS, SHAPES, ObjectSpec, format_object
     from difflab.metrics.bench import bench_prompts
     out = []
-    category = "relation" if flip == "order" else flip
+    category = {"order": "relation", "colours": "two_objects"}.get(flip, flip)
     for entry in [e for e in bench_prompts() if e["category"] == category]:
         flipped = _flipped(entry["prompt"], flip)
         if flipped is not None and len(out) < n and (word is None or f" {word} " in entry["prompt"]):
@@ -111,9 +121,10 @@ def main(argv=None) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--t", default="950,800,600,400", help="model timesteps, comma-separated")
-    parser.add_argument("--flip", default="direction", choices=("direction", "relation", "order", "position"),
+    parser.add_argument("--flip", default="direction", choices=("direction", "relation", "order", "position", "colours"),
                         help="direction: a video model's motion word; relation, position: an image model's; "
-                             "order: the two objects of a relation prompt swapped")
+                             "order: the two objects of a relation prompt swapped; colours: the two objects "
+                             "of a two-object prompt trade colours (binding)")
     parser.add_argument("--data-gap", action="store_true", help="image flips: add the caption-only predictor's gap")
     parser.add_argument("--relation-word", choices=tuple(RELATION_FLIP), help="relation/order: only this relation")
     parser.add_argument("--weights", help="a training checkpoint's ema.safetensors for --model's network (follow a run)")
@@ -127,8 +138,6 @@ def main(argv=None) -> None:
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     pipe = difflab.Pipeline.from_pretrained(args.model)
     if args.weights:
-        import dataclasses
-
         from safetensors.torch import load_file
         weights = load_file(args.weights)
         layers = len({k.split(".")[2] for k in weights if k.startswith("context_refiner.blocks.")})
