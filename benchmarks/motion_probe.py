@@ -61,9 +61,9 @@ def _flipped(prompt: str, flip: str) -> str | None:
 
 
 def probe_images(n: int, resolution: int, flip: str, word: str | None = None) -> list[tuple[torch.Tensor, str, str]]:
-    """(image [3, H, W] in [-1, 1], prompt, flipped prompt) for shapes-bench's relation or position prompts;
-    ``word``: only relation prompts with that relation, topped up to ``n`` with canonical prompts of two
-    random objects (seeds from 50,000 on, a fixed draw)."""
+    """(image [3, H, W] in [-1, 1], prompt, flipped prompt) for shapes-bench's relation, position or
+    two-object prompts; ``word``: only relation prompts with that relation; with a word or ``colours``,
+    topped up to ``n`` with canonical prompts of two random objects (seeds from 50,000 on, a fixed draw)."""
     import random
 
     from difflab.data.shapes import render
@@ -76,10 +76,11 @@ def probe_images(n: int, resolution: int, flip: str, word: str | None = None) ->
         if flipped is not None and len(out) < n and (word is None or f" {word} " in entry["prompt"]):
             out.append((_tensor(render(entry["prompt"], entry["seed"], resolution)), entry["prompt"], flipped))
     rng, objects = random.Random(3), [ObjectSpec(s, c) for c in COLOURS for s in SHAPES]
-    while word is not None and len(out) < n:
+    while (word is not None or flip == "colours") and len(out) < n:
         first, second = rng.sample(objects, 2)
-        prompt = f"{format_object(first, False)} {word} {format_object(second, False)}"
-        out.append((_tensor(render(prompt, 50_000 + len(out), resolution)), prompt, _flipped(prompt, flip)))
+        prompt = f"{format_object(first, False)} {word or 'and'} {format_object(second, False)}"
+        if _flipped(prompt, flip) is not None:
+            out.append((_tensor(render(prompt, 50_000 + len(out), resolution)), prompt, _flipped(prompt, flip)))
     return out
 
 
