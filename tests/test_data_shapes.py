@@ -157,6 +157,31 @@ def test_a_curriculum_draws_one_relation_with_canonical_captions(relation):
     assert check(data[0]["image"], data[0]["caption"])["ok"]
 
 
+@pytest.mark.parametrize("captions", ["canonical", "paraphrase"])
+def test_reading_order_puts_the_first_named_object_first(captions):
+    """and_order="reading": an unplaced pair lies in the caption's order (an earlier row, or the same row
+    further left); the draw is otherwise the one the default makes."""
+    forms = {"and": 1}
+    data = shapes.ShapesDataset("train", forms=forms, captions=captions, and_order="reading")
+    free = shapes.ShapesDataset("train", forms=forms, captions=captions)
+    unplaced = 0
+    for i in range(200):
+        (scene, caption), (other, _) = data.scene(i), free.scene(i)
+        assert scene.prompt == other.prompt and scene.background == other.background
+        assert sorted(o.cell for o in scene.objects) == sorted(o.cell for o in other.objects)
+        first, second = scene.objects
+        if not any(spec.cell for spec in parse_prompt(scene.prompt).objects):
+            unplaced += 1
+            assert first.cell < second.cell                          # (row, column): reading order
+            if first.shape != second.shape:                          # the caption names them in that order
+                assert caption.index(first.shape) < caption.index(second.shape), caption
+        else:
+            assert [o.cell for o in scene.objects] == [o.cell for o in other.objects]
+    assert unplaced > 30
+    assert sum(a.cell > b.cell for a, b in (free.scene(i)[0].objects for i in range(200))) > 40   # the default: either way
+    assert check(data[0]["image"], data[0]["prompt"])["ok"]
+
+
 def test_a_curriculum_mixes_forms_by_weight():
     data = shapes.ShapesDataset("train", forms={"relation": 3, "count": 1, "single": 0})
     kinds = [parse_prompt(data.scene(i)[0].prompt).kind for i in range(400)]
@@ -170,7 +195,8 @@ def test_a_curriculum_mixes_forms_by_weight():
     (dict(forms={"relation": -1}), "forms must map"), (dict(forms={}), "forms must map"),
     (dict(forms={"single": 0}), "positive sum"), (dict(forms={"single": True}), "forms must map"),
     (dict(relations=("on top of",)), "relations must be some of"), (dict(relations=()), "relations must be"),
-    (dict(captions="plain"), "captions must be one of paraphrase, canonical")])
+    (dict(captions="plain"), "captions must be one of paraphrase, canonical"),
+    (dict(and_order="random"), "and_order must be one of any, reading")])
 def test_a_bad_curriculum_is_refused_in_one_line(options, message):
     with pytest.raises(ValueError, match=message):
         shapes.ShapesDataset("train", **options)

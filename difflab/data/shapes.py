@@ -31,6 +31,7 @@ CELLS = tuple(POSITIONS.values())
 HELD_OUT = (("green", "circle"), ("purple", "triangle"), ("orange", "square"), ("yellow", "cross"))
 FORM_WEIGHTS = {"single": 0.3, "and": 0.2, "count": 0.2, "relation": 0.3}
 CAPTION_STYLES = ("paraphrase", "canonical")
+AND_ORDERS = ("any", "reading")   # where an unplaced pair's first-named object lies: anywhere, or first in reading order
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,14 @@ def _pick_cells(prompt: Prompt, rng: random.Random) -> list[tuple[int, int]]:
     return [cell if cell is not None else free.pop() for cell in fixed]
 
 
-def realize(prompt: Prompt, rng: random.Random) -> Scene:
-    """Draw every attribute the prompt leaves free; the result satisfies the prompt."""
+def realize(prompt: Prompt, rng: random.Random, and_order: str = "any") -> Scene:
+    """Draw every attribute the prompt leaves free; the result satisfies the prompt. ``and_order="reading"``:
+    an "and" prompt that places neither object puts the first-named one first in reading order (an
+    earlier row, or the same row further left); the draw is otherwise the same."""
     specs = prompt.objects * (prompt.count or 1)
     cells = _pick_cells(prompt, rng)
+    if and_order == "reading" and prompt.kind == "and" and not any(spec.cell for spec in prompt.objects):
+        cells = sorted(cells)                                   # cells are (row, column)
     if prompt.kind == "count":  # counted objects share every attribute, free ones included
         specs = (_fill(specs[0], rng),) * prompt.count
     objects = []
@@ -182,11 +187,11 @@ def has_held_out(scene: Scene) -> bool:
     return any((o.colour, o.shape) in HELD_OUT for o in scene.objects)
 
 
-CURRICULUM_OPTIONS = ("forms", "relations", "captions")
+CURRICULUM_OPTIONS = ("forms", "relations", "captions", "and_order")
 
 
-def check_curriculum(forms=None, relations=None, captions: str = "paraphrase") -> tuple:
-    """``(forms, relations, captions)`` validated, as :class:`ShapesDataset` keeps them."""
+def check_curriculum(forms=None, relations=None, captions: str = "paraphrase", and_order: str = "any") -> tuple:
+    """``(forms, relations, captions, and_order)`` validated, as :class:`ShapesDataset` keeps them."""
     if forms is not None:
         if not isinstance(forms, dict) or not forms or any(
                 k not in FORM_WEIGHTS or isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0
@@ -200,7 +205,9 @@ def check_curriculum(forms=None, relations=None, captions: str = "paraphrase") -
             raise ValueError(f"relations must be some of {', '.join(map(repr, RELATIONS))}, got {relations!r}")
     if captions not in CAPTION_STYLES:
         raise ValueError(f"captions must be one of {', '.join(CAPTION_STYLES)}, got {captions!r}")
-    return forms, relations, captions
+    if and_order not in AND_ORDERS:
+        raise ValueError(f"and_order must be one of {', '.join(AND_ORDERS)}, got {and_order!r}")
+    return forms, relations, captions, and_order
 
 
 class ShapesDataset(ProceduralSplit):
@@ -215,7 +222,10 @@ class ShapesDataset(ProceduralSplit):
     ``relations`` (e.g. ``("above",)``) and ``captions="canonical"`` (train captions are the canonical
     prompts, so the first-named object of "X above Y" is always the upper one). The bundled model's
     relation section in BENCHMARKS.md shows why: over paraphrases, only word order times relation word
-    says which object goes where, an XOR that gradient descent does not start on.
+    says which object goes where, an XOR that gradient descent does not start on. ``and_order="reading"``:
+    a pair of unplaced objects ("X and Y") lies in the caption's order, X first in reading order, and
+    paraphrases keep that order; word order then says which colour goes with which shape (BENCHMARKS.md,
+    "Binding two objects").
     """
 
     world = "shapes"
@@ -225,18 +235,22 @@ class ShapesDataset(ProceduralSplit):
                        "a small purple square in the top left")   # the trainer's sample grids
 
     def __init__(self, split: str = "train", resolution: int = 32, length: int | None = None,
-                 forms: dict | None = None, relations=None, captions: str = "paraphrase"):
+                 forms: dict | None = None, relations=None, captions: str = "paraphrase", and_order: str = "any"):
         self.init_split(split, length)
         if not isinstance(resolution, int) or resolution < 16:
             raise ValueError(f"resolution must be an integer >= 16, got {resolution!r}")
         self.resolution = resolution
-        self.forms, self.relations, self.captions = check_curriculum(forms, relations, captions)
+        self.forms, self.relations, self.captions, self.and_order = check_curriculum(forms, relations, captions,
+                                                                                      and_order)
 
     def scene(self, index: int) -> tuple[Scene, str]:
         """The scene and caption of item ``index`` (cheap: nothing is drawn)."""
-        caption = paraphrase if self.captions == "paraphrase" else lambda prompt, _: format_prompt(prompt)
-        return self.draw(index, lambda rng: sample_prompt(rng, self.forms, self.relations), realize,
-                         lambda scene, _: has_held_out(scene), caption)
+        keep = self.and_order == "reading"
+        caption = (lambda prompt, rng: paraphrase(prompt, rng, keep_order=keep)) if self.captions == "paraphrase" \
+            else lambda prompt, _: format_prompt(prompt)
+        return self.draw(index, lambda rng: sample_prompt(rng, self.forms, self.relations),
+                         lambda prompt, rng: realize(prompt, rng, self.and_order), lambda scene, _: has_held_out(scene),
+                         caption)
 
     def __getitem__(self, index: int) -> dict:
         scene, caption = self.scene(index)

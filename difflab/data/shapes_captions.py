@@ -47,7 +47,7 @@ def _object(spec: ObjectSpec, rng: random.Random, with_cell: bool = True) -> str
     return text
 
 
-def _scene(p: Prompt, rng: random.Random) -> str:
+def _scene(p: Prompt, rng: random.Random, keep_order: bool = False) -> str:
     if p.kind == "single":
         spec = p.objects[0]
         if spec.cell and rng.random() < 0.25:  # "in the top left, a red circle"
@@ -55,7 +55,7 @@ def _scene(p: Prompt, rng: random.Random) -> str:
         return _object(spec, rng)
     if p.kind == "and":
         first, second = (_object(o, rng) for o in p.objects)
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 and not keep_order:
             first, second = second, first
         return f"{first} {rng.choice(('and', 'and', 'with', 'together with'))} {second}"
     if p.kind == "count":
@@ -69,11 +69,12 @@ def _scene(p: Prompt, rng: random.Random) -> str:
     return f"{first} {rng.choice(same)} {second}"
 
 
-def paraphrase(prompt: Prompt, rng: random.Random) -> str:
-    """One training caption for ``prompt``: the canonical text a third of the time, else a paraphrase."""
+def paraphrase(prompt: Prompt, rng: random.Random, keep_order: bool = False) -> str:
+    """One training caption for ``prompt``: the canonical text a third of the time, else a paraphrase.
+    ``keep_order``: a pair ("X and Y") is named in the prompt's order (the same draws are made)."""
     if rng.random() < 1 / 3:
         return format_prompt(prompt)
-    text = rng.choice(FRAMES).format(_scene(prompt, rng))
+    text = rng.choice(FRAMES).format(_scene(prompt, rng, keep_order))
     if prompt.background:
         text = f"{text} {rng.choice(BACKGROUND_PHRASES).format(prompt.background)}"
     return text

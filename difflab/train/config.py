@@ -44,7 +44,7 @@ class TrainConfig:
     task: str = "denoise"                 # denoise: a diffusion model; vae: the autoencoder of latent diffusion
     dataset: str = "shapes"               # what to train on (folder: an image folder, set data_dir)
     data_dir: str | None = None           # the image folder of dataset=folder (captions: metadata.jsonl or .txt)
-    data: dict = field(default_factory=dict)  # dataset=shapes options, [data] in --config: forms, relations, captions (a curriculum)
+    data: dict = field(default_factory=dict)  # dataset=shapes options, [data] in --config: forms, relations, captions, and_order (a curriculum)
     resolution: int = 32                  # training image side in pixels (a multiple of 4)
     model: dict = field(default_factory=lambda: dict(DENOISER_MODEL))  # network: [model] in --config
     vae: str | None = None                # denoise: a VAE package (or a package with vae/): train in its latent space
