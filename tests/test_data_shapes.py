@@ -238,3 +238,18 @@ def test_the_relation_curriculum_configs_build(phase):
     config = build_config("shapes", str(path), {"init_from": None})
     kinds = {parse_prompt(build_dataset(config).scene(i)[0].prompt).kind for i in range(50)}
     assert kinds == ({"relation"} if phase < 3 else {"single", "and", "count", "relation"})
+
+
+def test_the_binding_phase2_config_builds():
+    """benchmarks/configs/binding_phase2.toml: the dataset's own mixture, unplaced pairs in reading order."""
+    from pathlib import Path
+
+    from difflab.train.config import build_config, build_dataset
+
+    path = Path(__file__).parents[1] / "benchmarks" / "configs" / "binding_phase2.toml"
+    data = build_dataset(build_config("shapes", str(path), {"init_from": None}))
+    scenes = [data.scene(i)[0] for i in range(300)]
+    assert {parse_prompt(s.prompt).kind for s in scenes} == {"single", "and", "count", "relation"}
+    pairs = [s for s in scenes if parse_prompt(s.prompt).kind == "and"
+             and not any(o.cell for o in parse_prompt(s.prompt).objects)]
+    assert pairs and all(s.objects[0].cell < s.objects[1].cell for s in pairs)
