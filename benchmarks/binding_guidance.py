@@ -27,9 +27,9 @@ import torch
 class Composed(torch.nn.Module):
     """The network with extra prompts folded into the conditional half of a CFG batch ``[cond; uncond]``.
 
-    ``halves``: the extra prompts' keyword sets (each for the B images); ``mode``: ``conjunction`` returns
-    ``u + (h / 1) * sum_k (c_k - u)`` as the conditional output (CFG scales it by g), ``whole`` returns
-    ``c + (h / g) * sum_k (c_k - u)`` (so CFG gives ``u + g (c - u) + h sum_k (c_k - u)``)."""
+    ``halves``: the extra prompts' keyword sets (each for the B images). As the conditional output,
+    ``conjunction`` returns ``u + h * sum_k (c_k - u)`` (CFG then gives ``u + g h sum_k (c_k - u)``) and
+    ``whole`` returns ``c + (h / g) * sum_k (c_k - u)`` (CFG then gives ``u + g (c - u) + h sum_k (c_k - u)``)."""
 
     def __init__(self, network, mode: str, weight: float, scale: float):
         super().__init__()
@@ -68,7 +68,7 @@ def score(pipe, cases, composed=None, negative=False, guidance=None, batch: int 
         chunk = cases[start:start + batch]
         prompts = [c["prompt"] for c in chunk]
         if composed is not None:
-            composed.halves = [pipe._encode([p.split(" and ")[k] for p in prompts]) for k in range(2)]
+            composed.halves = [pipe.conditioner([p.split(" and ")[k] for p in prompts], pipe.device) for k in range(2)]
         images = pipe(prompts, seed=[c["seed"] for c in chunk], guidance_scale=guidance,
                       negative_prompt=[traded(p) for p in prompts] if negative else None).images
         oks += [check(im.convert("RGB"), p)["ok"] for im, p in zip(images, prompts)]
@@ -97,7 +97,8 @@ def main(argv=None) -> int:
             print(rows[-1], file=sys.stderr, flush=True)
     pipe.model = network
     for guidance in (g, 1.5):
-        rows.append((f"traded-colour negative, guidance {guidance:g}", score(pipe, cases, negative=True, guidance=guidance)))
+        rows.append((f"traded-colour negative, guidance {guidance:g}",
+                     score(pipe, cases, negative=True, guidance=guidance)))
     print(f"model {args.model}, {len(cases)} two-object prompts of shapes-bench, default sampling (guidance {g:g})\n")
     print("| guidance | two objects |\n|---|---|")
     for name, value in rows:

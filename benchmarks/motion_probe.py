@@ -13,11 +13,12 @@ clips whose true caption has the lower loss. Seconds, not the minutes of samplin
 ``--flip relation`` asks the same of an image model of the shapes world: real renders of shapes-bench's
 relation prompts ("X above Y", each with its bench seed), against the prompt with the relation turned
 around ("X below Y"), which the same image contradicts; ``--flip position`` moves a placed object to
-the opposite cell ("in the top left" -> "in the bottom right"). ``--flip colours`` asks about binding: shapes-bench's two-object prompts of two colours and two
-shapes ("a red circle and a blue square") against the same objects with their colours traded ("a blue
-circle and a red square"), which holds the same colours and shapes bound the other way. ``--data-gap`` adds the gap of the best
-prediction from the caption alone at pure noise: the mean of renders of each caption (other seeds), so
-the model's gap at the noisiest steps can be read against what the data offers.
+the opposite cell ("in the top left" -> "in the bottom right"). ``--flip colours`` asks about binding:
+shapes-bench's two-object prompts of two colours and two shapes ("a red circle and a blue square")
+against the same objects with their colours traded ("a blue circle and a red square"): the same colours
+and shapes, bound the other way. ``--data-gap`` adds the gap of the best prediction from the caption
+alone at pure noise: the mean of renders of each caption (other seeds), so the model's gap at the
+noisiest steps can be read against what the data offers.
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ def probe_images(n: int, resolution: int, flip: str, word: str | None = None) ->
     while (word is not None or flip == "colours") and len(out) < n:
         first, second = rng.sample(objects, 2)
         prompt = f"{format_object(first, False)} {word or 'and'} {format_object(second, False)}"
-        if _flipped(prompt, flip) is not None:
-            out.append((_tensor(render(prompt, 50_000 + len(out), resolution)), prompt, _flipped(prompt, flip)))
+        flipped = _flipped(prompt, flip)
+        if flipped is not None:
+            out.append((_tensor(render(prompt, 50_000 + len(out), resolution)), prompt, flipped))
     return out
 
 
@@ -122,7 +124,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--t", default="950,800,600,400", help="model timesteps, comma-separated")
-    parser.add_argument("--flip", default="direction", choices=("direction", "relation", "order", "position", "colours"),
+    parser.add_argument("--flip", default="direction",
+                        choices=("direction", "relation", "order", "position", "colours"),
                         help="direction: a video model's motion word; relation, position: an image model's; "
                              "order: the two objects of a relation prompt swapped; colours: the two objects "
                              "of a two-object prompt trade colours (binding)")

@@ -178,7 +178,8 @@ def test_reading_order_puts_the_first_named_object_first(captions):
         else:
             assert [o.cell for o in scene.objects] == [o.cell for o in other.objects]
     assert unplaced > 30
-    assert sum(a.cell > b.cell for a, b in (free.scene(i)[0].objects for i in range(200))) > 40   # the default: either way
+    either_way = sum(a.cell > b.cell for a, b in (free.scene(i)[0].objects for i in range(200)))
+    assert either_way > 40                                           # the default lays a pair out either way
     assert check(data[0]["image"], data[0]["prompt"])["ok"]
 
 

@@ -31,7 +31,7 @@ CELLS = tuple(POSITIONS.values())
 HELD_OUT = (("green", "circle"), ("purple", "triangle"), ("orange", "square"), ("yellow", "cross"))
 FORM_WEIGHTS = {"single": 0.3, "and": 0.2, "count": 0.2, "relation": 0.3}
 CAPTION_STYLES = ("paraphrase", "canonical")
-AND_ORDERS = ("any", "reading")   # where an unplaced pair's first-named object lies: anywhere, or first in reading order
+AND_ORDERS = ("any", "reading")   # an unplaced pair's first-named object: anywhere, or first in reading order
 
 
 @dataclass(frozen=True)
