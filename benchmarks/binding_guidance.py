@@ -81,6 +81,10 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=100, help="the first N two-object prompts")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if not 1 <= args.limit <= 100:
+        parser.error(f"--limit must be in [1, 100] (shapes-bench has 100 two-object prompts), got {args.limit}")
+    if not 1 <= args.threads <= 64:
+        parser.error(f"--threads must be in [1, 64], got {args.threads}")
     from difflab.metrics.bench import bench_prompts
     from difflab.pipelines import Pipeline
     torch.set_num_threads(args.threads)
