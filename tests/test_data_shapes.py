@@ -191,8 +191,31 @@ def test_a_curriculum_mixes_forms_by_weight():
     assert sum(c != data.scene(i)[0].prompt for i, c in enumerate(captions)) > 150
 
 
+def test_the_benchmark_forms_draw_unplaced_pairs_and_bare_singles():
+    """forms "pair" and "bare" (never drawn by default): shapes-bench's two-object and single-object forms."""
+    data = shapes.ShapesDataset("train", forms={"pair": 1, "bare": 1}, and_order="reading")
+    prompts = [parse_prompt(data.scene(i)[0].prompt) for i in range(300)]
+    pairs = [p for p in prompts if p.kind == "and"]
+    bare = [p for p in prompts if p.kind == "single"]
+    assert len(pairs) + len(bare) == 300 and 100 < len(pairs) < 200
+    for p in pairs:
+        assert all(o.colour and o.cell is None for o in p.objects)
+        assert (p.objects[0].shape, p.objects[0].colour) != (p.objects[1].shape, p.objects[1].colour)
+    assert all(p.objects[0].colour is None and p.objects[0].cell is None for p in bare)
+    assert {p.objects[0].size for p in bare} == {None, "small", "large"}
+    for i in range(300):
+        scene = data.scene(i)[0]
+        if len(scene.objects) == 2:
+            assert scene.objects[0].cell < scene.objects[1].cell     # laid out as and_order says
+            assert not shapes.has_held_out(scene)
+    image, caption = data[0]["image"], data[0]["prompt"]
+    assert check(image, caption)["ok"]
+    assert shapes.ShapesDataset("train", forms={"single": 1}).scene(7) == shapes.ShapesDataset(
+        "train", forms={"single": 1, "pair": 0}).scene(7)                # a zero weight draws as before
+
+
 @pytest.mark.parametrize("options, message", [
-    (dict(forms={"relations": 1}), "forms must map some of single, and, count, relation"),
+    (dict(forms={"relations": 1}), "forms must map some of single, and, count, relation, pair, bare"),
     (dict(forms={"relation": -1}), "forms must map"), (dict(forms={}), "forms must map"),
     (dict(forms={"single": 0}), "positive sum"), (dict(forms={"single": True}), "forms must map"),
     (dict(relations=("on top of",)), "relations must be some of"), (dict(relations=()), "relations must be"),
@@ -239,6 +262,20 @@ def test_the_relation_curriculum_configs_build(phase):
     config = build_config("shapes", str(path), {"init_from": None})
     kinds = {parse_prompt(build_dataset(config).scene(i)[0].prompt).kind for i in range(50)}
     assert kinds == ({"relation"} if phase < 3 else {"single", "and", "count", "relation"})
+
+
+def test_the_binding_mixed_config_builds():
+    """benchmarks/configs/binding_mixed.toml: the mixture plus the benchmark's forms, pairs in reading order."""
+    from pathlib import Path
+
+    from difflab.train.config import build_config, build_dataset
+
+    path = Path(__file__).parents[1] / "benchmarks" / "configs" / "binding_mixed.toml"
+    data = build_dataset(build_config("shapes", str(path), {"init_from": None}))
+    prompts = [parse_prompt(data.scene(i)[0].prompt) for i in range(400)]
+    unplaced = [p for p in prompts if p.kind == "and" and not any(o.cell for o in p.objects)]
+    bare = [p for p in prompts if p.kind == "single" and not p.objects[0].colour and not p.objects[0].cell]
+    assert 0.15 < len(unplaced) / 400 < 0.35 and 0.04 < len(bare) / 400 < 0.15
 
 
 def test_the_binding_phase2_config_builds():

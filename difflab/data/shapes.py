@@ -30,6 +30,9 @@ CROSS_ARM = 1 / 3  # arm width of a cross as a fraction of its extent
 CELLS = tuple(POSITIONS.values())
 HELD_OUT = (("green", "circle"), ("purple", "triangle"), ("orange", "square"), ("yellow", "cross"))
 FORM_WEIGHTS = {"single": 0.3, "and": 0.2, "count": 0.2, "relation": 0.3}
+# Forms a curriculum may add (never drawn by default): "pair", two objects with colours and no places ("X and Y",
+# shapes-bench's two-object form); "bare", one object named by shape (and maybe size) alone, its single-object form.
+EXTRA_FORMS = ("pair", "bare")
 CAPTION_STYLES = ("paraphrase", "canonical")
 AND_ORDERS = ("any", "reading")   # an unplaced pair's first-named object: anywhere, or first in reading order
 
@@ -170,6 +173,8 @@ def sample_prompt(rng: random.Random, forms: dict | None = None, relations: tupl
     """
     forms = FORM_WEIGHTS if forms is None else forms
     kind = rng.choices(tuple(forms), weights=tuple(forms.values()))[0]
+    if kind in EXTRA_FORMS:
+        return _extra_prompt(kind, rng)
     n_objects = {"single": 1, "and": 2, "count": 1, "relation": 2}[kind]
     with_cell = kind in ("single", "and")
     objects = tuple(ObjectSpec(rng.choice(SHAPES), _maybe(rng, 0.9, rng.choice(tuple(COLOURS))),
@@ -183,6 +188,20 @@ def sample_prompt(rng: random.Random, forms: dict | None = None, relations: tupl
     return Prompt(kind, objects, count, relation, _maybe(rng, 0.3, rng.choice(tuple(BACKGROUNDS))))
 
 
+def _extra_prompt(kind: str, rng: random.Random) -> Prompt:
+    """A prompt of one of :data:`EXTRA_FORMS`: the benchmark's own forms, which the default draw makes rarely
+    (an unplaced pair with both colours: 0.2 x 0.81 x 0.25 of items; a bare single: 0.3 x 0.1 x 0.5)."""
+    background = _maybe(rng, 0.3, rng.choice(tuple(BACKGROUNDS)))
+    if kind == "bare":
+        return Prompt("single", (ObjectSpec(rng.choice(SHAPES), None, _maybe(rng, 2 / 3, rng.choice(SIZES))),),
+                      background=background)
+    first, second = (ObjectSpec(rng.choice(SHAPES), rng.choice(tuple(COLOURS)), _maybe(rng, 0.4, rng.choice(SIZES)))
+                     for _ in range(2))
+    while (second.shape, second.colour) == (first.shape, first.colour):   # the bench's pairs differ in one or both
+        second = ObjectSpec(rng.choice(SHAPES), rng.choice(tuple(COLOURS)), second.size)
+    return Prompt("and", (first, second), background=background)
+
+
 def has_held_out(scene: Scene) -> bool:
     return any((o.colour, o.shape) in HELD_OUT for o in scene.objects)
 
@@ -194,10 +213,10 @@ def check_curriculum(forms=None, relations=None, captions: str = "paraphrase", a
     """``(forms, relations, captions, and_order)`` validated, as :class:`ShapesDataset` keeps them."""
     if forms is not None:
         if not isinstance(forms, dict) or not forms or any(
-                k not in FORM_WEIGHTS or isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0
+                k not in (*FORM_WEIGHTS, *EXTRA_FORMS) or isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0
                 for k, v in forms.items()) or not sum(forms.values()) > 0:
-            raise ValueError(f"forms must map some of {', '.join(FORM_WEIGHTS)} to non-negative weights with a "
-                             f"positive sum, got {forms!r}")
+            raise ValueError(f"forms must map some of {', '.join((*FORM_WEIGHTS, *EXTRA_FORMS))} to non-negative "
+                             f"weights with a positive sum, got {forms!r}")
         forms = {k: float(v) for k, v in forms.items()}
     if relations is not None:
         relations = (relations,) if isinstance(relations, str) else tuple(relations)
