@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from difflab.data import to_tensor
 from difflab.models.vae import AutoencoderKL, AutoencoderKLConfig
-from difflab.pipelines import Pipeline, cascade
+from difflab.pipelines import Pipeline, base_of, cascade
 from difflab.train import Trainer, TrainConfig, preset, train
 from test_train import held_out_loss  # pytest puts tests/ on sys.path (prepend mode)
 
@@ -103,6 +103,23 @@ def test_cascade_refuses_parts_that_do_not_fit(stacked, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "again").exists()
     with pytest.raises(FileExistsError, match="exists"):
         cascade(base, vae, package)                                     # never over a folder
+
+
+def test_base_of_takes_the_network_back_out_of_a_cascade(stacked, tmp_path):
+    """base_of inverts cascade: the same weights, the small size, pixel space, and the same samples."""
+    base, vae, package = stacked
+    plain = base_of(package, tmp_path / "base")
+    low, again = Pipeline.from_pretrained(base), Pipeline.from_pretrained(plain)
+    assert again.vae is None and again.resolution == low.resolution
+    assert all(torch.equal(a, b) for a, b in zip(low.model.state_dict().values(), again.model.state_dict().values()))
+    assert json.loads((plain / "config.json").read_text())["training"]["task"] == "base_of"
+    assert torch.equal(to_tensor(low("a red circle", seed=3, steps=3).images),
+                       to_tensor(again("a red circle", seed=3, steps=3).images))
+    with pytest.raises(ValueError, match="not a cascade"):
+        base_of(base, tmp_path / "twice")                               # a pixel model has no decoder to drop
+    with pytest.raises(FileExistsError, match="exists"):
+        base_of(package, plain)
+    assert not (tmp_path / "twice").exists()
 
 
 def test_the_bundled_shapes_v2_draws_its_32x32_samples_at_64x64():

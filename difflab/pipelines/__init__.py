@@ -12,7 +12,7 @@ import importlib
 
 _EXPORTS = {
     "Pipeline": "image", "BUNDLED_MODEL": "image", "DEFAULTS": "packaging", "sampling_defaults": "packaging",
-    "save_pipeline": "packaging", "cascade": "cascades",
+    "save_pipeline": "packaging", "cascade": "cascades", "base_of": "cascades",
     "Result": "recipes", "read_recipe": "recipes", "validate_recipe": "recipes", "save_png": "recipes",
     "weights_hash": "recipes", "RECIPE_KEY": "recipes",
 }

@@ -41,3 +41,20 @@ def cascade(base, vae, folder) -> Path:
                 "vae_training": read_config(vae_folder).get("training")}
     stacked = dataclasses.replace(pipe, codec=VAECodec(decoder), resolution=pipe.resolution * decoder.config.downscale)
     return save_pipeline(stacked, folder, training=training)
+
+
+def base_of(package, folder) -> Path:
+    """Write, at ``folder``, the pixel model inside a cascade ``package`` (a package folder or bundled name whose
+    VAE is an area VAE): the same network and weights at the latent size, in plain pixel space. The inverse of
+    :func:`cascade`, for what trains only in pixel space (an IP-Adapter, a ControlNet) on a cascade's network."""
+    if Path(folder).exists():
+        raise FileExistsError(f"base_of: {folder} exists; it writes a new folder")
+    pipe = Pipeline.from_pretrained(package)
+    vae = getattr(pipe.codec, "vae", None)
+    if not isinstance(pipe.codec, VAECodec) or vae.config.encoder != "area" or (
+            vae.config.scaling_factor, vae.config.shift_factor) != (1.0, 0.0):
+        raise ValueError(f"base_of: {package} is not a cascade (a model behind an unscaled area VAE's decoder)")
+    plain = dataclasses.replace(pipe, codec=PixelCodec(vae.config.latent_channels),
+                                resolution=pipe.resolution // vae.config.downscale)
+    return save_pipeline(plain, folder, training={"task": "base_of", "cascade": str(package),
+                                                  "cascade_training": read_config(pipe.folder).get("training")})
