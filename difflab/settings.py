@@ -151,6 +151,7 @@ BUNDLED_MODELS["sounds"] = BUNDLED_MODELS["shapes"].parent / "sounds"           
 BUNDLED_MODELS["shapes-fast"] = BUNDLED_MODELS["shapes"].parent / "shapes-fast"     # LCM student of shapes-v2: 4 steps, 64x64
 BUNDLED_MODELS["shapes-layout"] = BUNDLED_MODELS["shapes"].parent / "shapes-layout"  # layout ControlNet of shapes
 BUNDLED_MODELS["shapes-ip"] = BUNDLED_MODELS["shapes"].parent / "shapes-ip"          # IP-Adapter of shapes
+BUNDLED_MODELS["shapes-v2.1"] = BUNDLED_MODELS["shapes"].parent / "shapes-v2.1"      # shapes-v2 taught binding: 64x64
 
 
 def package_folder(folder) -> Path:

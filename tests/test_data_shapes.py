@@ -264,18 +264,21 @@ def test_the_relation_curriculum_configs_build(phase):
     assert kinds == ({"relation"} if phase < 3 else {"single", "and", "count", "relation"})
 
 
-def test_the_binding_mixed_config_builds():
-    """benchmarks/configs/binding_mixed.toml: the mixture plus the benchmark's forms, pairs in reading order."""
+@pytest.mark.parametrize("name", ["binding_mixed", "binding_mixed_2"])
+def test_the_binding_mixed_configs_build(name):
+    """benchmarks/configs/binding_mixed*.toml (shapes-v2.1's recipe): the mixture plus the benchmark's forms."""
     from pathlib import Path
 
     from difflab.train.config import build_config, build_dataset
 
-    path = Path(__file__).parents[1] / "benchmarks" / "configs" / "binding_mixed.toml"
+    path = Path(__file__).parents[1] / "benchmarks" / "configs" / f"{name}.toml"
     data = build_dataset(build_config("shapes", str(path), {"init_from": None}))
     prompts = [parse_prompt(data.scene(i)[0].prompt) for i in range(400)]
     unplaced = [p for p in prompts if p.kind == "and" and not any(o.cell for o in p.objects)]
     bare = [p for p in prompts if p.kind == "single" and not p.objects[0].colour and not p.objects[0].cell]
-    assert 0.15 < len(unplaced) / 400 < 0.35 and 0.04 < len(bare) / 400 < 0.15
+    assert 0.25 < len(unplaced) / 400 < 0.5 and 0.05 < len(bare) / 400 < 0.2
+    assert all(s.objects[0].cell < s.objects[1].cell for s in (data.scene(i)[0] for i in range(400))
+               if parse_prompt(s.prompt).kind == "and" and not any(o.cell for o in parse_prompt(s.prompt).objects))
 
 
 def test_the_binding_phase2_config_builds():

@@ -122,15 +122,16 @@ def test_base_of_takes_the_network_back_out_of_a_cascade(stacked, tmp_path):
     assert not (tmp_path / "twice").exists()
 
 
-def test_the_bundled_shapes_v2_draws_its_32x32_samples_at_64x64():
+@pytest.mark.parametrize("name", ["shapes-v2", "shapes-v2.1"])
+def test_the_bundled_shapes_v2_draws_its_32x32_samples_at_64x64(name):
     import dataclasses
     from difflab.codecs import PixelCodec
     from difflab.settings import BUNDLED_MODELS
 
-    folder = BUNDLED_MODELS["shapes-v2"]
+    folder = BUNDLED_MODELS[name]
     assert (folder / "MODEL_CARD.md").is_file()
     assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 40 * 2**20     # the issue's ~40 MB
-    v2 = Pipeline.from_pretrained("shapes-v2")
+    v2 = Pipeline.from_pretrained(name)
     assert v2.resolution == 64 and v2.vae.config.encoder == "area" and v2.vae.config.downscale == 2
     small = dataclasses.replace(v2, codec=PixelCodec(3), resolution=32)   # the same network, in pixel space
     prompt = "a red circle above a blue square"
@@ -139,6 +140,10 @@ def test_the_bundled_shapes_v2_draws_its_32x32_samples_at_64x64():
     assert b.shape[-2:] == (64, 64)
     # the decoder keeps what the sample drew (it smooths the sample's grain: a few levels per pixel)
     assert (F.avg_pool2d(b, 2) - a).abs().mean() < 0.15 * (other - a).abs().mean()
+    if name == "shapes-v2.1":                     # v2's decoder, v2's network taught binding (its model card)
+        parent = Pipeline.from_pretrained("shapes-v2")
+        assert torch.equal(parent.vae.decoder.conv_out.weight, v2.vae.decoder.conv_out.weight)
+        assert json.loads((folder / "config.json").read_text())["training"]["data"]["and_order"] == "reading"
 
 
 def test_a_latent_package_trains_on_only_in_its_latent_space(stacked, tmp_path):
