@@ -33,6 +33,7 @@ FORM_WEIGHTS = {"single": 0.3, "and": 0.2, "count": 0.2, "relation": 0.3}
 # Forms a curriculum may add (never drawn by default): "pair", two objects with colours and no places ("X and Y",
 # shapes-bench's two-object form); "bare", one object named by shape (and maybe size) alone, its single-object form.
 EXTRA_FORMS = ("pair", "bare")
+ALL_FORMS = (*FORM_WEIGHTS, *EXTRA_FORMS)
 CAPTION_STYLES = ("paraphrase", "canonical")
 AND_ORDERS = ("any", "reading")   # an unplaced pair's first-named object: anywhere, or first in reading order
 
@@ -213,10 +214,10 @@ def check_curriculum(forms=None, relations=None, captions: str = "paraphrase", a
     """``(forms, relations, captions, and_order)`` validated, as :class:`ShapesDataset` keeps them."""
     if forms is not None:
         if not isinstance(forms, dict) or not forms or any(
-                k not in (*FORM_WEIGHTS, *EXTRA_FORMS) or isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0
+                k not in ALL_FORMS or isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0
                 for k, v in forms.items()) or not sum(forms.values()) > 0:
-            raise ValueError(f"forms must map some of {', '.join((*FORM_WEIGHTS, *EXTRA_FORMS))} to non-negative "
-                             f"weights with a positive sum, got {forms!r}")
+            raise ValueError(f"forms must map some of {', '.join(ALL_FORMS)} to non-negative weights with a "
+                             f"positive sum, got {forms!r}")
         forms = {k: float(v) for k, v in forms.items()}
     if relations is not None:
         relations = (relations,) if isinstance(relations, str) else tuple(relations)
