@@ -49,11 +49,14 @@ def base_of(package, folder) -> Path:
     :func:`cascade`, for what trains only in pixel space (an IP-Adapter, a ControlNet) on a cascade's network."""
     if Path(folder).exists():
         raise FileExistsError(f"base_of: {folder} exists; it writes a new folder")
+    refusal = f"base_of: {package} is not a cascade (a model behind an unscaled area VAE's decoder)"
+    if (read_config(package_folder(package)).get("codec") or {}).get("type") != "vae":
+        raise ValueError(refusal)                                        # before any weights load
     pipe = Pipeline.from_pretrained(package)
-    vae = getattr(pipe.codec, "vae", None)
+    vae = pipe.codec.vae
     if not isinstance(pipe.codec, VAECodec) or vae.config.encoder != "area" or (
             vae.config.scaling_factor, vae.config.shift_factor) != (1.0, 0.0):
-        raise ValueError(f"base_of: {package} is not a cascade (a model behind an unscaled area VAE's decoder)")
+        raise ValueError(refusal)
     plain = dataclasses.replace(pipe, codec=PixelCodec(vae.config.latent_channels),
                                 resolution=pipe.resolution // vae.config.downscale)
     return save_pipeline(plain, folder, training={"task": "base_of", "cascade": str(package),
