@@ -23,7 +23,7 @@ import typer.core
 from difflab.cli_checks import (check_edit_flags, check_outpaint_canvas, check_settings, one_line, open_image,
                                 parse_loras, read_prompts, check_control_flags, check_ip_flags)
 from difflab.outputs import COUNTER, check_output_folder, write_file
-from difflab.settings import BUNDLED_MODELS, validate_block_cache, validate_deep_cache, validate_guidance_flags
+from difflab.settings import BUNDLED_MODELS, DEFAULT_MODEL, validate_block_cache, validate_deep_cache, validate_guidance_flags
 from difflab.train.config import DATASETS, PRESETS
 from difflab.train.flags import parse_field_flags, training_fields_help
 
@@ -107,7 +107,8 @@ def info(path: str = typer.Argument(None, help="a model package (or a bundled mo
     typer.echo("schedules: " + ", ".join(KINDS))
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     typer.echo("devices: cpu" + (f", cuda x{cuda} ({torch.cuda.get_device_name(0)})" if cuda else ""))
-    typer.echo("bundled models: " + ", ".join(BUNDLED_MODELS) + " (difflab info NAME describes one)")
+    typer.echo("bundled models: " + ", ".join(BUNDLED_MODELS) + f" (the default: {DEFAULT_MODEL}; difflab info NAME "
+               "describes one)")
 
 
 # --- train ---------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ def generate(
     ip_scale: float = typer.Option(1.0, help="the image prompt's weight (0..5)"),
 ):
     """Generate images (a video model: MP4 or GIF clips; an audio model: WAV); each file carries the recipe that replays it."""
-    from difflab.pipelines.recipes import bundled_model_with_weights, read_recipe  # torch: once every flag is checked
+    from difflab.pipelines.recipes import adapters_base, bundled_model_with_weights, read_recipe  # torch: after flags
     from difflab.settings import package_folder
 
     if recipe is None and prompt is None and prompts is None:
@@ -251,6 +252,8 @@ def generate(
     replay = read_recipe(recipe) if recipe is not None else None
     if replay is not None and model is None:   # a recipe made with a bundled model replays on that one
         model = bundled_model_with_weights(replay.get("weights"))
+    if model is None:          # a bundled adapter (or LoRA) named alone runs on the model it was made for
+        model = adapters_base(controlnet, ip_adapter, [path for path, _ in loras])
     if model is not None:
         package_folder(model)
     check_output_folder(out)

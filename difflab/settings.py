@@ -142,7 +142,7 @@ def validate_block_cache(threshold, name: str = "block_cache") -> float | None:
 
 # Models that ship inside difflab, by name: ``--model shapes-v1`` works from any folder. A path that
 # exists wins over a name, so a local folder called "shapes" is still that folder.
-BUNDLED_MODELS = {"shapes": Path(__file__).parent / "assets" / "models" / "shapes"}   # the default: v1.1
+BUNDLED_MODELS = {"shapes": Path(__file__).parent / "assets" / "models" / "shapes"}   # v1.1, 32x32 (default until v2.1)
 BUNDLED_MODELS["shapes-v1"] = BUNDLED_MODELS["shapes"].parent / "shapes-v1"   # the first bundled model (default until v1.1)
 BUNDLED_MODELS["shapes-v1.1"] = BUNDLED_MODELS["shapes"]    # v1 taught the relation word (a curriculum), kept by name
 BUNDLED_MODELS["shapes-v2"] = BUNDLED_MODELS["shapes"].parent / "shapes-v2"   # a 32x32 model behind a 2x decoder: 64x64
@@ -152,6 +152,9 @@ BUNDLED_MODELS["shapes-fast"] = BUNDLED_MODELS["shapes"].parent / "shapes-fast" 
 BUNDLED_MODELS["shapes-layout"] = BUNDLED_MODELS["shapes"].parent / "shapes-layout"  # layout ControlNet of shapes
 BUNDLED_MODELS["shapes-ip"] = BUNDLED_MODELS["shapes"].parent / "shapes-ip"          # IP-Adapter of shapes
 BUNDLED_MODELS["shapes-v2.1"] = BUNDLED_MODELS["shapes"].parent / "shapes-v2.1"      # shapes-v2 taught binding: 64x64
+# The model that runs when none is named (the CLI, the web app, ``Pipeline.from_pretrained()``); a bundled
+# adapter or LoRA named without a model brings its own base instead (difflab.pipelines.recipes.adapters_base).
+DEFAULT_MODEL = "shapes-v2.1"
 
 
 def package_folder(folder) -> Path:

@@ -26,7 +26,10 @@ from PIL import Image, PngImagePlugin
 import difflab
 from difflab import limits
 from difflab.limits import LimitError
-from difflab.pipelines import BUNDLED_MODEL, Pipeline, edit, read_recipe
+from difflab.pipelines import Pipeline, edit, read_recipe
+from difflab.settings import BUNDLED_MODELS
+
+SHAPES = BUNDLED_MODELS["shapes"]   # the 32x32 pixel model: the sizes in the messages below are its
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULE = difflab.NoiseSchedule.cosine()
@@ -42,12 +45,12 @@ def package(tmp: Path, edit_header=None, weights: bytes | None = None, name: str
     """A copy of the bundled package with config.json edited and (optionally) other weights bytes."""
     folder = tmp / name
     folder.mkdir()
-    header = json.loads((BUNDLED_MODEL / "config.json").read_text())
+    header = json.loads((SHAPES / "config.json").read_text())
     if edit_header is not None:
         edit_header(header)
     (folder / "config.json").write_text(json.dumps(header))
     if weights is None:
-        os.symlink((BUNDLED_MODEL / "model.safetensors").resolve(), folder / "model.safetensors")
+        os.symlink((SHAPES / "model.safetensors").resolve(), folder / "model.safetensors")
     else:
         (folder / "model.safetensors").write_bytes(weights)
     return folder
@@ -232,7 +235,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def pipe():
-    return Pipeline.from_pretrained()
+    return Pipeline.from_pretrained("shapes")
 
 
 class ReachedCompute(Exception):
@@ -273,7 +276,7 @@ except Exception as error:
     sys.exit(2)
 print("accepted")
 """
-PIPE = "pipe = Pipeline.from_pretrained()"
+PIPE = "pipe = Pipeline.from_pretrained('shapes')"
 MEMORY_CASES = [
     ("-n 10000", PIPE, "pipe('a red circle', num_images=10000)", "LimitError", r"images in one call.*10,000 asked"),
     ("--steps 10**9", PIPE, "pipe('a red circle', steps=10**9)", "LimitError", r"sampling steps: 1,000,000,000 asked"),

@@ -81,7 +81,7 @@ def test_pngs_carry_a1111_parameters_and_a1111_sampler_names_get_a_hint(pipe, tm
     assert parameters[:2] == ["a red circle", "Negative prompt: a blue square"]
     fields = dict(field.split(": ", 1) for field in parameters[2].split(", "))
     assert fields["Steps"] == "3" and fields["Sampler"] == "DPM++ 2M Karras" and fields["CFG scale"] == "2.5"
-    assert fields["Seed"] == "4" and fields["Size"] == "32x32" and fields["Model"] == "shapes"
+    assert fields["Seed"] == "4" and fields["Size"] == "64x64" and fields["Model"] == "shapes-v2.1"
     assert read_recipe(path) == result.recipes[0]  # difflab's JSON recipe stays the source of truth
     with pytest.raises(ValueError, match=r"AUTOMATIC1111's name for sampler 'dpmpp_2m' with spacing 'karras'"):
         pipe("a red circle", sampler="DPM++ 2M Karras")

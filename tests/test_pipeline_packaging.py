@@ -55,7 +55,9 @@ def test_a_diffusers_loaded_pipeline_says_how_to_keep_it(tmp_path):
 def test_bundled_models_load_by_name_and_a_real_path_wins(tmp_path, monkeypatch):
     from difflab.pipelines import BUNDLED_MODEL, Pipeline
     from difflab.settings import BUNDLED_MODELS, package_folder
-    assert package_folder("shapes") == package_folder("shapes-v1.1") == BUNDLED_MODEL == BUNDLED_MODELS["shapes"]
+    from difflab.settings import DEFAULT_MODEL
+    assert package_folder("shapes") == package_folder("shapes-v1.1") == BUNDLED_MODELS["shapes"]   # the 32x32 v1.1
+    assert DEFAULT_MODEL == "shapes-v2.1" and BUNDLED_MODEL == package_folder(DEFAULT_MODEL) != package_folder("shapes")
     assert package_folder("shapes-v1") == BUNDLED_MODEL.parent / "shapes-v1"   # the first default, kept by name
     pipe = Pipeline.from_pretrained("shapes-v1")
     assert Path(pipe.folder) == BUNDLED_MODELS["shapes-v1"] and pipe.weights != Pipeline.from_pretrained().weights
@@ -87,3 +89,25 @@ def test_a_recipe_of_an_earlier_default_replays_on_that_model(tmp_path):
     assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(again[0])))
     with pytest.raises(ValueError, match="they are the bundled model 'shapes-v1'"):
         Pipeline.from_pretrained().replay(read_recipe(path))
+
+
+def test_an_adapter_named_without_a_model_brings_the_base_it_records(tmp_path):
+    """No model named: a bundled ControlNet or IP-Adapter runs on the model it was trained for, as does a
+    difflab LoRA file (its ``base`` header); a base that is not here, or a file with none, leaves the default."""
+    import torch
+    from safetensors.torch import save_file
+
+    from difflab.pipelines import BUNDLED_MODEL, Pipeline
+    from difflab.pipelines.recipes import adapters_base
+    from difflab.settings import BUNDLED_MODELS
+    pipe = Pipeline.from_pretrained(controlnet="shapes-layout")
+    assert Path(pipe.folder) == BUNDLED_MODELS["shapes-v1"] != BUNDLED_MODEL and len(pipe.controlnets) == 1
+    assert adapters_base(ip_adapter="shapes-ip") == "shapes-v1"
+    tensor = {"unet.mid_attn.to_q.lora_A.weight": torch.zeros(4, 8)}
+    for name, header, base in (("ours", {"base": "shapes"}, "shapes"), ("gone", {"base": str(tmp_path / "x")}, None),
+                               ("kohya", {}, None)):
+        save_file(tensor, tmp_path / f"{name}.safetensors", metadata=header)
+        assert adapters_base(loras=[tmp_path / f"{name}.safetensors"]) == base, name
+    save_file(tensor, tmp_path / "broken.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"\xff" * 20)      # unreadable: its loader will say why
+    assert adapters_base(None, None, [tmp_path / "broken.safetensors", tmp_path / "ours.safetensors"]) == "shapes"

@@ -27,7 +27,13 @@ TOKEN = "a-test-token-0123456789"
 
 @pytest.fixture(scope="module")
 def pipelines():
-    return load_pipelines([None])
+    return load_pipelines(["shapes"])   # the 32x32 pixel model: the sizes below are its
+
+
+def test_the_web_app_serves_the_default_model_when_none_is_named():
+    from difflab.settings import DEFAULT_MODEL
+    (name,) = load_pipelines([None])
+    assert name == DEFAULT_MODEL
 
 
 class Gated:

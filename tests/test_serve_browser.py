@@ -64,7 +64,8 @@ def server(tmp_path_factory):
     _browser_or_skip()
     from difflab.serve import ServeConfig, background_server
     outputs = tmp_path_factory.mktemp("serve")
-    with background_server(ServeConfig(outputs=outputs, token=None, queue_size=16, port=0)) as url:
+    config = ServeConfig(outputs=outputs, token=None, queue_size=16, port=0, models=["shapes"])   # 32x32: sizes below
+    with background_server(config) as url:
         yield Server(url, outputs)
 
 

@@ -16,7 +16,7 @@ def media_server(tmp_path_factory):
     _browser_or_skip()
     from difflab.serve import ServeConfig, background_server
     config = ServeConfig(outputs=tmp_path_factory.mktemp("serve"), token=None, port=0,
-                         models=[None, "shapes-video", "sounds"])
+                         models=["shapes", "shapes-video", "sounds"])
     with background_server(config) as url:
         yield url
 

@@ -21,7 +21,7 @@ from test_serve_api import client, wait
 
 @pytest.fixture(scope="module")
 def pipelines():
-    return load_pipelines([None, "shapes-video", "sounds"])
+    return load_pipelines(["shapes", "shapes-video", "sounds"])
 
 
 def run(c, **fields) -> tuple[dict, list[Image.Image]]:

@@ -27,7 +27,7 @@ from difflab import limits
 from difflab.codecs import Codec, PixelCodec
 from difflab.conditioning import Conditioner
 from difflab.data import shapes_grammar as shapes
-from difflab.settings import (BUNDLED_MODELS, package_folder, validate_block_cache, validate_deep_cache,
+from difflab.settings import (BUNDLED_MODELS, DEFAULT_MODEL, package_folder, validate_block_cache, validate_deep_cache,
                               validate_guidance_pairing, validate_text)
 from difflab.pipelines import edit
 from difflab.pipelines.arguments import as_list, check_count, check_latents, from_diffusers_names, image_seeds
@@ -36,12 +36,13 @@ from difflab.pipelines.image_prompt import ImagePromptMethods
 from difflab.pipelines.lora import LoraMethods
 from difflab.pipelines.packaging import (DEFAULTS, check_pipeline_sections, codec_from_header, sampling_defaults,
                                         save_pipeline)
-from difflab.pipelines.recipes import Result, bundled_model_with_weights, validate_recipe, weights_hash
+from difflab.pipelines.recipes import (Result, adapters_base, bundled_model_with_weights, validate_recipe,
+                                      weights_hash)
 from difflab.sampling import (sample, validate_device, validate_dtype, validate_guidance_method,
                               validate_guidance_rescale, validate_settings)
 from difflab.schedules import NoiseSchedule
 
-BUNDLED_MODEL = BUNDLED_MODELS["shapes"]
+BUNDLED_MODEL = BUNDLED_MODELS[DEFAULT_MODEL]
 # Every word the shapes world's grammar uses (difflab.data.shapes_grammar): a prompt with others is
 # outside what a shapes model has seen.
 SHAPES_WORDS = frozenset(" ".join([*shapes.SHAPES, *shapes.PLURALS.values(), *shapes.COLOURS, *shapes.SIZES,
@@ -82,11 +83,14 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
     @classmethod
     def from_pretrained(cls, folder=None, prediction_type: str | None = None, controlnet=None,
                         ip_adapter=None) -> "Pipeline":
-        """The pipeline of a model package folder (default: the bundled shapes model). Its sections,
+        """The pipeline of a model package folder (default: the bundled ``DEFAULT_MODEL``, or the base an
+        adapter given here records). Its sections,
         sampling defaults and network size are checked before the network is built. ``controlnet``:
         a ControlNet package (or a list of them) to load (:meth:`load_controlnet`); ``ip_adapter``: an
         IP-Adapter package, or an official IP-Adapter file with ``image_encoder/`` beside it
         (:meth:`load_ip_adapter`)."""
+        if folder is None:
+            folder = adapters_base(controlnet, ip_adapter)
         pipe = cls._from_folder(folder, prediction_type)
         for path in [] if controlnet is None else controlnet if isinstance(controlnet, (list, tuple)) else [controlnet]:
             pipe.load_controlnet(path)

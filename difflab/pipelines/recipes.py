@@ -171,6 +171,41 @@ def weights_hash(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def adapters_base(controlnet=None, ip_adapter=None, loras=()) -> str | None:
+    """The model to load when none is named but adapters are: the base the first of them records (a
+    difflab ControlNet or IP-Adapter package's ``config.json``, a difflab LoRA file's ``base`` header) if
+    it names a bundled model or a package that exists here; else None (the default model). So
+    ``--controlnet shapes-layout`` alone runs on the model that ControlNet was trained for."""
+    from difflab.settings import BUNDLED_MODELS
+    paths = []
+    for given in (controlnet, ip_adapter, loras):
+        paths += [] if given is None else list(given) if isinstance(given, (list, tuple)) else [given]
+    for given in paths:
+        if not isinstance(given, (str, os.PathLike)):
+            continue        # the loaders refuse it with their own message
+        path = BUNDLED_MODELS.get(given, Path(given)) if isinstance(given, str) and not Path(given).exists() \
+            else Path(given).expanduser()
+        base = _recorded_base(path)
+        if isinstance(base, str) and (base in BUNDLED_MODELS or (Path(base).expanduser() / "config.json").is_file()):
+            return base
+    return None
+
+
+def _recorded_base(path: Path):
+    from safetensors import SafetensorError, safe_open
+    try:
+        if (path / "config.json").is_file():
+            header = json.loads((path / "config.json").read_text())
+            section = header.get("controlnet") or header.get("ip_adapter") or {}
+            return section.get("base") if isinstance(section, dict) else None
+        if path.is_file() and path.suffix == ".safetensors":
+            with safe_open(str(path), "pt") as f:
+                return (f.metadata() or {}).get("base")
+    except (OSError, ValueError, AttributeError, SafetensorError):   # unreadable here: its loader says why
+        return None
+    return None
+
+
 def bundled_model_with_weights(weights) -> str | None:
     """The name of the bundled model whose weights hash is ``weights`` (a recipe's), or None: a recipe
     made with an earlier default (``shapes-v1``) replays on it, not on today's default."""
