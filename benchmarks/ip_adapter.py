@@ -57,9 +57,10 @@ def text_and_image_cases(n: int, seed: int = 0) -> list[dict]:
     return cases
 
 
-def run(pipe, cases: list[dict], with_image: bool, scale: float = 1.0, batch: int = 16, guidance=None) -> float:
+def run(pipe, cases: list[dict], with_image: bool, scale: float = 1.0, batch: int = 16, guidance=None,
+        **sampling) -> float:
     """The fraction of ``cases`` the oracle accepts."""
-    oks = verdicts(pipe, cases, with_image, scale, batch, guidance)
+    oks = verdicts(pipe, cases, with_image, scale, batch, guidance, **sampling)
     return sum(oks) / len(oks)
 
 
@@ -70,15 +71,16 @@ def by_kind(cases: list[dict], oks: list[bool]) -> dict:
 
 
 def verdicts(pipe, cases: list[dict], with_image: bool, scale: float = 1.0, batch: int = 16,
-             guidance=None) -> list[bool]:
-    """The oracle's verdict on each case; ``guidance`` None: the package's guidance scale."""
+             guidance=None, **sampling) -> list[bool]:
+    """The oracle's verdict on each case; ``guidance`` None: the package's guidance scale; ``sampling``:
+    ``sampler`` and ``steps`` (None: the package's)."""
     from difflab.metrics.adherence import check
     oks = []
     for start in range(0, len(cases), batch):
         chunk = cases[start:start + batch]
         extra = {"ip_image": [c["image"] for c in chunk], "ip_scale": scale} if with_image else {}
         images = pipe([c.get("text", "") for c in chunk], seed=[c["seed"] for c in chunk], guidance_scale=guidance,
-                      **extra).images
+                      **extra, **sampling).images
         oks += [check(im.convert("RGB"), c["check"])["ok"] for im, c in zip(images, chunk)]
     return oks
 
@@ -90,6 +92,8 @@ def main(argv=None) -> int:
     parser.add_argument("-n", type=int, default=100, help="cases of each kind")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--guidance", type=float, help="the guidance scale of every call (default: the package's)")
+    parser.add_argument("--sampler", help="every call's sampler (default: the package's)")
+    parser.add_argument("--steps", type=int, help="every call's steps (default: the package's)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -101,26 +105,29 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = Pipeline.from_pretrained(args.model, ip_adapter=args.adapter)
+    sampling = {"sampler": args.sampler, "steps": args.steps}
     rows = {}
     for name, cases in (("image alone", image_only_cases(args.n)), ("text + image", text_and_image_cases(args.n))):
-        oks = verdicts(pipe, cases, True, args.scale, guidance=args.guidance)
-        with_image, without = sum(oks) / len(oks), run(pipe, cases, False, guidance=args.guidance)
+        oks = verdicts(pipe, cases, True, args.scale, guidance=args.guidance, **sampling)
+        with_image, without = sum(oks) / len(oks), run(pipe, cases, False, guidance=args.guidance, **sampling)
         rows[name] = {"with_image": with_image, "without_image": without, "n": len(cases)}
         if name == "image alone":   # the ceiling the base model sets: the same scenes asked for in words
-            as_text = verdicts(pipe, [{**c, "text": c["check"]} for c in cases], False, guidance=args.guidance)
+            as_text = verdicts(pipe, [{**c, "text": c["check"]} for c in cases], False, guidance=args.guidance,
+                               **sampling)
             rows[name] |= {"as_text": sum(as_text) / len(as_text), "by_kind": by_kind(cases, oks),
                            "as_text_by_kind": by_kind(cases, as_text)}
             print(f"by kind of scene: {rows[name]['by_kind']} (as text: {rows[name]['as_text_by_kind']})",
                   file=sys.stderr)
         print(f"{name}: {with_image:.3f} with the image prompt, {without:.3f} without", file=sys.stderr, flush=True)
-    print(f"model {args.model}, IP-Adapter {args.adapter}, scale {args.scale:g}, {args.n} cases each\n")
+    print(f"model {args.model}, IP-Adapter {args.adapter}, scale {args.scale:g}, {args.n} cases each, "
+          f"sampler {args.sampler or 'of the package'}, steps {args.steps or 'of the package'}\n")
     print("| task | with the image prompt | without it | the scene as text, no image | cases |\n|---|---|---|---|---|")
     for name, row in rows.items():
         as_text = f"{row['as_text']:.3f}" if "as_text" in row else ""
         print(f"| {name} | **{row['with_image']:.3f}** | {row['without_image']:.3f} | {as_text} | {row['n']} |")
     if args.out:
         args.out.write_text(json.dumps({"model": args.model, "adapter": args.adapter, "scale": args.scale,
-                                        "guidance": args.guidance,
+                                        "guidance": args.guidance, **sampling,
                                         "rows": rows}, indent=1))
     return 0
 

@@ -1,0 +1,74 @@
+"""Sampler, steps and guidance against prompt adherence, on chosen shapes-bench categories.
+
+Each setting draws the same entries (shapes-bench's prompts of ``--categories``, each under ``--seeds``
+seeds, as ``difflab eval --seeds`` does) and the oracle judges them; one JSON row per setting, with
+every miss and its reasons. A quick way to choose a package's sampling defaults before running the
+whole ``difflab eval`` on the winner.
+
+    python benchmarks/sampler_adherence.py --model shapes-v2.1 --settings "deis:20:2,dpmpp_2m_sde:30:2"
+    python benchmarks/sampler_adherence.py --categories single_object,two_objects --seeds 2 \\
+        --settings "deis:40:2,euler_ancestral:30:2,dpmpp_2m_sde:20:2" --out benchmarks/results/x.json
+
+A setting is SAMPLER:STEPS:GUIDANCE; an empty field keeps the package's default ("::1.5").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def parse_settings(text: str) -> list[dict]:
+    settings = []
+    for item in text.split(","):
+        sampler, steps, guidance = (item.split(":") + ["", ""])[:3]
+        settings.append({k: v for k, v in (("sampler", sampler or None), ("steps", int(steps) if steps else None),
+                                           ("guidance_scale", float(guidance) if guidance else None)) if v is not None})
+    return settings
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="shapes-v2.1", help="a package or a bundled model's name")
+    parser.add_argument("--categories", default="single_object,two_objects")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--settings", required=True, help="SAMPLER:STEPS:GUIDANCE,...")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    from difflab.metrics.adherence import check
+    from difflab.metrics.bench import bench_prompts, with_seeds
+    from difflab.pipelines import Pipeline
+
+    settings = parse_settings(args.settings)       # a bad setting fails before the model loads
+    categories = args.categories.split(",")
+    entries = with_seeds([e for e in bench_prompts() if e["category"] in categories], args.seeds)
+    if not entries:
+        parser.error(f"no shapes-bench entries in categories {categories}")
+    pipe = Pipeline.from_pretrained(args.model)
+    rows = []
+    for setting in settings:
+        started, verdicts = time.perf_counter(), []
+        for start in range(0, len(entries), args.batch_size):
+            batch = entries[start: start + args.batch_size]
+            result = pipe([e["prompt"] for e in batch], seed=[e["seed"] for e in batch], **setting)
+            verdicts += [check(image.convert("RGB"), e["prompt"]) for image, e in zip(result.images, batch)]
+        accuracy = {c: sum(v["ok"] for v, e in zip(verdicts, entries) if e["category"] == c)
+                    / sum(e["category"] == c for e in entries) for c in categories}
+        misses = [[e["prompt"], e["seed"], [r["reason"] for r in v["requirements"] if not r["ok"]]]
+                  for v, e in zip(verdicts, entries) if not v["ok"]]
+        recipe = result.recipes[0]                 # the settings the pipeline used, defaults filled in
+        rows.append({"settings": {k: recipe[k] for k in ("sampler", "steps", "guidance_scale", "spacing")},
+                     "accuracy": accuracy, "n": {c: sum(e["category"] == c for e in entries) for c in categories},
+                     "seconds": round(time.perf_counter() - started, 1), "misses": misses})
+        print(json.dumps({k: rows[-1][k] for k in ("settings", "accuracy", "seconds")}), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps({"model": args.model, "seeds": args.seeds, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
