@@ -120,6 +120,7 @@ def test_cli_advertises_serve_which_exists_and_info_prints_schedules_and_devices
     assert "schedules: " + ", ".join(KINDS) in result.output
     assert "devices: cpu" in result.output
     assert "bundled models: shapes, shapes-v1, shapes-v1.1, shapes-v2, shapes-video, sounds" in result.output
+    assert "(the default: shapes-v2.1;" in result.output
 
 
 def test_info_describes_a_bundled_model_by_name_without_torch():
