@@ -188,4 +188,4 @@ def test_vae_tiling_and_slicing_on_a_latent_pipeline(tmp_path):
     difference = np.abs(np.asarray(tiled.images[0], dtype=float) - np.asarray(whole.images[0], dtype=float))
     assert difference.mean() < 40  # tiles see only their neighbourhood: close, not equal
     with pytest.raises(ValueError, match="pixel space; it has no VAE"):
-        difflab.Pipeline.from_pretrained().enable_vae_tiling()
+        difflab.Pipeline.from_pretrained("shapes").enable_vae_tiling()   # the 32x32 pixel model
