@@ -183,8 +183,8 @@ def adapters_base(controlnet=None, ip_adapter=None, loras=()) -> str | None:
     for given in paths:
         if not isinstance(given, (str, os.PathLike)):
             continue        # the loaders refuse it with their own message
-        path = BUNDLED_MODELS.get(given, Path(given)) if isinstance(given, str) and not Path(given).exists() \
-            else Path(given).expanduser()
+        named = isinstance(given, str) and given in BUNDLED_MODELS and not Path(given).exists()
+        path = BUNDLED_MODELS[given] if named else Path(given).expanduser()     # as package_folder reads it
         base = _recorded_base(path)
         if isinstance(base, str) and (base in BUNDLED_MODELS or (Path(base).expanduser() / "config.json").is_file()):
             return base
