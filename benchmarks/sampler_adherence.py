@@ -22,11 +22,19 @@ from pathlib import Path
 
 
 def parse_settings(text: str) -> list[dict]:
+    """``SAMPLER:STEPS:GUIDANCE,...`` as pipeline keywords, every one checked before any model loads."""
+    from difflab.settings import validate_settings
     settings = []
     for item in text.split(","):
         sampler, steps, guidance = (item.split(":") + ["", ""])[:3]
-        settings.append({k: v for k, v in (("sampler", sampler or None), ("steps", int(steps) if steps else None),
-                                           ("guidance_scale", float(guidance) if guidance else None)) if v is not None})
+        try:
+            setting = {k: v for k, v in (("sampler", sampler or None), ("steps", int(steps) if steps else None),
+                                         ("guidance_scale", float(guidance) if guidance else None)) if v is not None}
+            validate_settings(setting.get("sampler", "deis"), setting.get("steps", 1), None,
+                              setting.get("guidance_scale", 1.0))
+        except ValueError as error:
+            raise ValueError(f"--settings {item!r}: {error} (SAMPLER:STEPS:GUIDANCE)") from None
+        settings.append(setting)
     return settings
 
 
@@ -43,7 +51,10 @@ def main(argv=None) -> int:
     from difflab.metrics.bench import bench_prompts, with_seeds
     from difflab.pipelines import Pipeline
 
-    settings = parse_settings(args.settings)       # a bad setting fails before the model loads
+    try:
+        settings = parse_settings(args.settings)   # a bad setting fails before the model loads
+    except ValueError as error:
+        parser.error(str(error))
     categories = args.categories.split(",")
     entries = with_seeds([e for e in bench_prompts() if e["category"] in categories], args.seeds)
     if not entries:
