@@ -176,15 +176,15 @@ def adapters_base(controlnet=None, ip_adapter=None, loras=()) -> str | None:
     difflab ControlNet or IP-Adapter package's ``config.json``, a difflab LoRA file's ``base`` header) if
     it names a bundled model or a package that exists here; else None (the default model). So
     ``--controlnet shapes-layout`` alone runs on the model that ControlNet was trained for."""
-    from difflab.settings import BUNDLED_MODELS
+    from difflab.settings import BUNDLED_MODELS, package_folder
     paths = []
     for given in (controlnet, ip_adapter, loras):
         paths += [] if given is None else list(given) if isinstance(given, (list, tuple)) else [given]
     for given in paths:
-        if not isinstance(given, (str, os.PathLike)):
-            continue        # the loaders refuse it with their own message
-        named = isinstance(given, str) and given in BUNDLED_MODELS and not Path(given).exists()
-        path = BUNDLED_MODELS[given] if named else Path(given).expanduser()     # as package_folder reads it
+        try:
+            path = package_folder(given)      # a bundled name, a package folder or a file, as the loaders read it
+        except ValueError:
+            continue                          # the loaders refuse it with their own message
         base = _recorded_base(path)
         if isinstance(base, str) and (base in BUNDLED_MODELS or (Path(base).expanduser() / "config.json").is_file()):
             return base
