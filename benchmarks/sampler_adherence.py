@@ -9,7 +9,8 @@ whole ``difflab eval`` on the winner.
     python benchmarks/sampler_adherence.py --categories single_object,two_objects --seeds 2 \\
         --settings "deis:40:2,euler_ancestral:30:2,dpmpp_2m_sde:20:2" --out benchmarks/results/x.json
 
-A setting is SAMPLER:STEPS:GUIDANCE; an empty field keeps the package's default ("::1.5").
+A setting is SAMPLER:STEPS:GUIDANCE[:SPACING]; an empty field keeps the package's default ("::1.5",
+"ddpm:50::trailing"). SPACING is one of difflab.settings.SPACINGS.
 """
 
 from __future__ import annotations
@@ -22,18 +23,23 @@ from pathlib import Path
 
 
 def parse_settings(text: str) -> list[dict]:
-    """``SAMPLER:STEPS:GUIDANCE,...`` as pipeline keywords, every one checked before any model loads."""
+    """``SAMPLER:STEPS:GUIDANCE[:SPACING],...`` as pipeline keywords, every one checked before any model
+    loads."""
     from difflab.settings import validate_settings
     settings = []
     for item in text.split(","):
-        sampler, steps, guidance = (item.split(":") + ["", ""])[:3]
+        fields = item.split(":")
         try:
+            if len(fields) > 4:
+                raise ValueError("too many fields")
+            sampler, steps, guidance, spacing = (fields + ["", "", ""])[:4]
             setting = {k: v for k, v in (("sampler", sampler or None), ("steps", int(steps) if steps else None),
-                                         ("guidance_scale", float(guidance) if guidance else None)) if v is not None}
-            validate_settings(setting.get("sampler", "deis"), setting.get("steps", 1), None,
+                                         ("guidance_scale", float(guidance) if guidance else None),
+                                         ("spacing", spacing or None)) if v is not None}
+            validate_settings(setting.get("sampler", "deis"), setting.get("steps", 1), setting.get("spacing"),
                               setting.get("guidance_scale", 1.0))
         except ValueError as error:
-            raise ValueError(f"--settings {item!r}: {error} (SAMPLER:STEPS:GUIDANCE)") from None
+            raise ValueError(f"--settings {item!r}: {error} (SAMPLER:STEPS:GUIDANCE[:SPACING])") from None
         settings.append(setting)
     return settings
 
@@ -43,7 +49,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="shapes-v2.1", help="a package or a bundled model's name")
     parser.add_argument("--categories", default="single_object,two_objects")
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--settings", required=True, help="SAMPLER:STEPS:GUIDANCE,...")
+    parser.add_argument("--from-seed", type=int, default=0,
+                        help="skip the first K of the --seeds seeds (add seeds to an earlier run's)")
+    parser.add_argument("--settings", required=True, help="SAMPLER:STEPS:GUIDANCE[:SPACING],...")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -56,7 +64,10 @@ def main(argv=None) -> int:
     except ValueError as error:
         parser.error(str(error))
     categories = args.categories.split(",")
-    entries = with_seeds([e for e in bench_prompts() if e["category"] in categories], args.seeds)
+    if not 0 <= args.from_seed < args.seeds:
+        parser.error(f"--from-seed must be in [0, --seeds), got {args.from_seed}")
+    chosen = [e for e in bench_prompts() if e["category"] in categories]
+    entries = with_seeds(chosen, args.seeds)[args.from_seed * len(chosen):]
     if not entries:
         parser.error(f"no shapes-bench entries in categories {categories}")
     pipe = Pipeline.from_pretrained(args.model)
@@ -77,7 +88,8 @@ def main(argv=None) -> int:
                      "seconds": round(time.perf_counter() - started, 1), "misses": misses})
         print(json.dumps({k: rows[-1][k] for k in ("settings", "accuracy", "seconds")}), flush=True)
         if args.out:
-            args.out.write_text(json.dumps({"model": args.model, "seeds": args.seeds, "rows": rows}, indent=1))
+            args.out.write_text(json.dumps({"model": args.model, "seeds": args.seeds, "from_seed": args.from_seed,
+                                             "rows": rows}, indent=1))
     return 0
 
 
