@@ -73,7 +73,7 @@ def by_kind(cases: list[dict], oks: list[bool]) -> dict:
 def verdicts(pipe, cases: list[dict], with_image: bool, scale: float = 1.0, batch: int = 16,
              guidance=None, **sampling) -> list[bool]:
     """The oracle's verdict on each case; ``guidance`` None: the package's guidance scale; ``sampling``:
-    ``sampler`` and ``steps`` (None: the package's)."""
+    ``sampler``, ``steps`` and ``spacing`` (None: the package's)."""
     from difflab.metrics.adherence import check
     oks = []
     for start in range(0, len(cases), batch):
@@ -94,18 +94,22 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance", type=float, help="the guidance scale of every call (default: the package's)")
     parser.add_argument("--sampler", help="every call's sampler (default: the package's)")
     parser.add_argument("--steps", type=int, help="every call's steps (default: the package's)")
+    parser.add_argument("--spacing", help="every call's sigma spacing (default: the package's)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.guidance is not None and not 0 <= args.guidance <= 30:
         parser.error(f"--guidance must be in [0, 30] (1: no guidance), got {args.guidance:g}")
+    from difflab.settings import SPACINGS
+    if args.spacing is not None and args.spacing not in SPACINGS:
+        parser.error(f"--spacing must be one of {', '.join(SPACINGS)}, got {args.spacing!r}")
     import torch
 
     from difflab.pipelines import Pipeline
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = Pipeline.from_pretrained(args.model, ip_adapter=args.adapter)
-    sampling = {"sampler": args.sampler, "steps": args.steps}
+    sampling = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing}
     rows = {}
     for name, cases in (("image alone", image_only_cases(args.n)), ("text + image", text_and_image_cases(args.n))):
         oks = verdicts(pipe, cases, True, args.scale, guidance=args.guidance, **sampling)
@@ -120,7 +124,8 @@ def main(argv=None) -> int:
                   file=sys.stderr)
         print(f"{name}: {with_image:.3f} with the image prompt, {without:.3f} without", file=sys.stderr, flush=True)
     print(f"model {args.model}, IP-Adapter {args.adapter}, scale {args.scale:g}, {args.n} cases each, "
-          f"sampler {args.sampler or 'of the package'}, steps {args.steps or 'of the package'}\n")
+          f"sampler {args.sampler or 'of the package'}, steps {args.steps or 'of the package'}, "
+          f"spacing {args.spacing or 'of the package'}\n")
     print("| task | with the image prompt | without it | the scene as text, no image | cases |\n|---|---|---|---|---|")
     for name, row in rows.items():
         as_text = f"{row['as_text']:.3f}" if "as_text" in row else ""
