@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from difflab.data.shapes import Scene, ShapeObject, render_scene, scene_for
-from difflab.models.image_encoders import DEFAULT_IMAGE_ENCODER, IMAGE_ENCODERS, image_encoder
+from difflab.models.image_encoders import DEFAULT_IMAGE_ENCODER, IMAGE_ENCODERS, MAX_SLOTS, image_encoder, object_images
 from difflab.train import image_encoder as trainer
 
 
@@ -31,7 +31,7 @@ def test_a_short_run_learns_and_returns_a_frozen_network():
 
 def test_the_shipped_encoder_names_the_objects_wherever_they_lie():
     encoder = image_encoder(DEFAULT_IMAGE_ENCODER)
-    assert DEFAULT_IMAGE_ENCODER == "shapes-objects" and set(IMAGE_ENCODERS) == {"shapes", "shapes-objects"}
+    assert DEFAULT_IMAGE_ENCODER == "shapes-objects" and set(IMAGE_ENCODERS) == {"shapes", "shapes-objects", "shapes-slots"}
     images = [render_scene(scene_for("a red circle and a blue square", seed)) for seed in range(4)]
     features = encoder(images)
     assert features.shape == (4, encoder.feature_dim) == (4, 128) and torch.isfinite(features).all()
@@ -41,3 +41,47 @@ def test_the_shipped_encoder_names_the_objects_wherever_they_lie():
     # its head names the exact set of colour-shape pairs in most fresh scenes (the FID network's: 3%)
     rates = trainer.held_out(encoder.net, n=300)
     assert rates["pairs"] >= 0.8, rates
+
+
+def test_slots_hold_one_object_each_largest_first_and_zero_past_the_last():
+    slots_of, pooled_of = image_encoder("shapes-slots", grid=True), image_encoder("shapes-objects")
+    assert slots_of.grid_tokens == 1 + MAX_SLOTS == 5
+    red_cross = ShapeObject("cross", "red", "large", (0, 0))
+    blue_square = ShapeObject("square", "blue", "small", (2, 2))
+    both, swapped = (render_scene(Scene(pair, "white", "")) for pair in (
+        (red_cross, blue_square), (ShapeObject("cross", "blue", "large", (0, 0)), ShapeObject("square", "red", "small", (2, 2)))))
+    alone = [render_scene(Scene((obj,), "white", "")) for obj in (red_cross, blue_square)]
+    slots = slots_of([both, swapped])
+    assert slots.shape == (2, 5, 128)
+    assert torch.allclose(slots[:, 0], pooled_of([both, swapped]), atol=1e-4)       # the picture's own feature first
+    # each slot is the encoder's feature of its object drawn alone, the large cross before the small square
+    assert torch.allclose(slots[0, 1:3], pooled_of(alone), atol=1e-3)
+    assert slots[:, 3:].abs().max() == 0                                             # two objects: two slots
+    # the colours swapped between the shapes: each slot moves as far as a colour change moves an object
+    assert (slots[0, 1] - slots[1, 1]).norm() > 5 and (slots[0, 2] - slots[1, 2]).norm() > 5
+    three = render_scene(scene_for("three green triangles", 1))
+    blank = render_scene(Scene((), "gray", ""))
+    counted = slots_of([three, blank])
+    assert (counted[0, 1:].abs().sum(-1) > 0).tolist() == [True, True, True, False]
+    assert counted[1, 1:].abs().max() == 0 and torch.allclose(counted[1, 0], pooled_of([blank])[0], atol=1e-4)
+    # a float tensor gives what its pixels give; the pooled reading is shapes-objects'
+    pixels = torch.from_numpy(np.array(both)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    assert torch.allclose(slots_of(pixels), slots[:1], atol=1e-4)
+    assert torch.allclose(image_encoder("shapes-slots")([both]), pooled_of([both]))
+
+
+def test_object_images_keep_each_object_on_its_background_and_the_largest_when_there_are_more():
+    objects = (ShapeObject("circle", "red", "small", (0, 0)), ShapeObject("square", "green", "large", (1, 1)),
+               ShapeObject("cross", "blue", "small", (2, 2)))
+    picture = torch.from_numpy(np.array(render_scene(Scene(objects, "black", "")))).permute(2, 0, 1)
+    alone = object_images(picture)
+    assert len(alone) == 3 and all(a.dtype == torch.uint8 and a.shape == picture.shape for a in alone)
+    background = (picture.sum(0) == 0)                                               # black ground
+    assert int((alone[0].sum(0) > 0).sum()) > int((alone[1].sum(0) > 0).sum())       # the large square first
+    covered = sum((a.sum(0) > 0).int() for a in alone)
+    assert covered.max() == 1 and torch.equal(covered.bool(), ~background)          # each pixel in one picture
+    for a in alone:                                                                  # an object's own pixels, as drawn
+        mine = a.sum(0) > 0
+        assert torch.equal(a[:, mine], picture[:, mine])
+    largest = object_images(picture, limit=1)
+    assert len(largest) == 1 and torch.equal(largest[0], alone[0])

@@ -34,6 +34,16 @@ def assert_configs_refused(cases):
             TINY.replace(**fields)
 
 
+def assert_it_steers_the_pipeline(base, package):
+    """``package`` on ``base``: at ip_scale 0 the plain model's image, otherwise another; the pipeline."""
+    plain = difflab.Pipeline.from_pretrained(base)("", seed=3, steps=4).images[0]
+    pipe = difflab.Pipeline.from_pretrained(base, ip_adapter=package)
+    ref = render("a red circle and a blue square", 4, 16)
+    assert np.array_equal(np.asarray(pipe("", seed=3, steps=4, ip_image=ref, ip_scale=0.0).images[0]), np.asarray(plain))
+    assert not np.array_equal(np.asarray(pipe("", seed=3, steps=4, ip_image=ref).images[0]), np.asarray(plain))
+    return pipe
+
+
 @pytest.fixture(scope="module")
 def adapter(base, tmp_path_factory):
     return fit_adapter(base, tmp_path_factory.mktemp("ip") / "run", steps=3)
@@ -110,16 +120,26 @@ def test_a_grid_adapter_trains_on_cell_features_and_steers_the_pipeline(base, ad
     grid = fit_adapter(base, tmp_path / "grid", ip_tokens="grid")
     config = load_package(grid).model.config
     assert config.grid and config.num_tokens == 16 and config.image_encoder == "shapes-objects"
-    plain = difflab.Pipeline.from_pretrained(base)("", seed=3, steps=4).images[0]
-    pipe = difflab.Pipeline.from_pretrained(base, ip_adapter=grid)
-    ref = render("a red circle and a blue square", 4, 16)
-    assert np.array_equal(np.asarray(pipe("", seed=3, steps=4, ip_image=ref, ip_scale=0.0).images[0]), np.asarray(plain))
-    assert not np.array_equal(np.asarray(pipe("", seed=3, steps=4, ip_image=ref).images[0]), np.asarray(plain))
-    assert_configs_refused([(dict(ip_tokens="grid"), "grid with ip_adapter"),
-                            (dict(ip_adapter=True, init_from=str(base), ip_tokens="cells"), "pooled or grid")])
+    assert_it_steers_the_pipeline(base, grid)
+    assert_configs_refused([(dict(ip_tokens="grid"), "grid and objects with ip_adapter"),
+                            (dict(ip_adapter=True, init_from=str(base), ip_tokens="cells"), "pooled, grid or objects")])
     with pytest.raises(ValueError, match="reads pooled image features; this run asks for ip_tokens='grid'"):
         Trainer(TINY.replace(init_from=str(base), ip_adapter=True, ip_tokens="grid", side_from=str(adapter)),
                 tmp_path / "x", log=quiet)
+
+
+def test_an_objects_adapter_reads_a_slot_per_object_and_keeps_its_kind(base, adapter, tmp_path):
+    slots = fit_adapter(base, tmp_path / "slots", ip_tokens="objects")
+    config = load_package(slots).model.config
+    assert config.grid and config.num_tokens == 5 and config.image_encoder == "shapes-slots"
+    assert assert_it_steers_the_pipeline(base, slots).ip_adapter[2].grid_tokens == 5
+    more = Trainer(TINY.replace(max_steps=3, init_from=str(base), ip_adapter=True, ip_tokens="objects",
+                                side_from=str(slots)), tmp_path / "more", log=quiet)
+    assert more.unwrapped.adapter.config == config                                      # goes on from it
+    for tokens, kind in (("grid", "objects"), ("objects", "pooled")):
+        with pytest.raises(ValueError, match=f"reads {kind} image features; this run asks for ip_tokens='{tokens}'"):
+            Trainer(TINY.replace(init_from=str(base), ip_adapter=True, ip_tokens=tokens,
+                                 side_from=str(slots if kind == "objects" else adapter)), tmp_path / "x", log=quiet)
 
 
 def test_an_own_query_adapter_trains_its_query_and_keeps_its_kind(base, adapter, tmp_path):

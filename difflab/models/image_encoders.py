@@ -31,6 +31,7 @@ from difflab.data.images import to_images
 from difflab.metrics.features import ASSETS, as_uint8_batch, load_feature_file, load_feature_net
 
 DEFAULT_IMAGE_ENCODER = "shapes-objects"
+MAX_SLOTS = 4          # objects a shapes-slots encoder reads one by one (the shapes world draws at most 3)
 OBJECTS_WEIGHTS = ASSETS / "image_encoder_shapes_objects.safetensors"   # written by difflab.train.image_encoder
 
 
@@ -52,18 +53,23 @@ class ShapesImageEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, images) -> torch.Tensor:
-        """Images -> [B, feature_dim]. A float tensor is read as pixels ``v / 127.5 - 1`` (difflab's image
-        convention, :mod:`difflab.data.images`) and rounded to them, as saving it would, so a tensor and
-        the PIL images it came from give the same features."""
+        """Images -> [B, feature_dim] (:meth:`pixels` says what images may be)."""
+        pixels = self.pixels(images)                                         # [B, 3, H, W] uint8
+        if not self.grid:
+            return self.net(pixels).float()                                   # [B, feature_dim]
+        return self.net.cells(pixels).float()                                # [B, grid_tokens, feature_dim]
+
+
+    def pixels(self, images) -> torch.Tensor:
+        """Images -> uint8 [B, 3, H, W] on the network's device. A float tensor is read as pixels
+        ``v / 127.5 - 1`` (difflab's image convention, :mod:`difflab.data.images`) and rounded to them, as
+        saving it would, so a tensor and the PIL images it came from give the same features."""
         if isinstance(images, torch.Tensor) and images.is_floating_point():
             if images.dim() != 4 or images.shape[1] != 3 or not torch.isfinite(images).all():
                 raise ValueError(f"image tensors must be finite floats [B, 3, H, W] in [-1, 1], got "
                                  f"{images.dtype} {list(images.shape)}")
             images = to_images(images)                                       # clipped, rounded pixels
-        pixels = as_uint8_batch(images).to(self.net.feature_mean.device)    # [B, 3, H, W] uint8
-        if not self.grid:
-            return self.net(pixels).float()                                   # [B, feature_dim]
-        return self.net.cells(pixels).float()                                # [B, grid_tokens, feature_dim]
+        return as_uint8_batch(images).to(self.net.feature_mean.device)
 
 
 class ShapesObjectsEncoder(ShapesImageEncoder):
@@ -74,6 +80,57 @@ class ShapesObjectsEncoder(ShapesImageEncoder):
         if not OBJECTS_WEIGHTS.is_file():
             raise FileNotFoundError(f"{OBJECTS_WEIGHTS} is missing; run `python -m difflab.train.image_encoder`")
         return load_feature_file(OBJECTS_WEIGHTS)[0]
+
+
+class ShapesSlotsEncoder(ShapesObjectsEncoder):
+    """The object encoder read one object at a time (``shapes-slots``): images -> [B, 128], the whole
+    picture's feature, as ``shapes-objects``; ``grid=True``: -> [B, 1 + MAX_SLOTS, 128], that feature and
+    then one *slot* per object, largest first: the encoder's feature of the picture with only that object
+    on its background (:func:`object_images`), zero where there are fewer objects.
+
+    A slot holds one object's colour and shape and nothing else, so an adapter reading slots is told
+    which colour goes with which shape; the cells of ``grid`` (:class:`ShapesImageEncoder`) cut objects
+    apart and put neighbours together. Slots carry no place: an image prompt here says what to draw (and
+    how many), not where. This is the object-centric reading of an image prompt (one token per object,
+    as in slot attention, Locatello et al. 2020), with objects found by segmentation instead of learned."""
+
+    def __init__(self, grid: bool = False):
+        super().__init__(grid=False)
+        self.grid, self.grid_tokens = bool(grid), 1 + MAX_SLOTS
+
+    @torch.no_grad()
+    def forward(self, images) -> torch.Tensor:
+        pixels = self.pixels(images)
+        whole = self.net(pixels).float()                                      # [B, feature_dim]
+        if not self.grid:
+            return whole
+        slots = whole.new_zeros(len(pixels), MAX_SLOTS, self.feature_dim)
+        for i, picture in enumerate(pixels):
+            alone = object_images(picture)
+            if alone:
+                slots[i, :len(alone)] = self.net(torch.stack(alone)).float()
+        return torch.cat([whole[:, None], slots], dim=1)                      # [B, 1 + MAX_SLOTS, feature_dim]
+
+
+def object_images(picture: torch.Tensor, limit: int = None) -> list[torch.Tensor]:
+    """uint8 [3, H, W] -> one picture per object (at most ``limit``, default ``MAX_SLOTS``, largest first),
+    each the input with every pixel outside that object set to the background. Objects are the shapes
+    oracle's first segmentation (:mod:`difflab.metrics.detect`, steps 1-2): the border's median is the
+    background, pixels far from it seed components, and each component owns the pixels near it (its
+    anti-aliased edge); components smaller than the oracle's smallest object are noise and dropped."""
+    import numpy as np
+
+    from difflab.metrics.detect import MIN_AREA, SEED_DISTANCE, background_colour, owners
+    rgb = picture.permute(1, 2, 0).cpu().numpy().astype(np.float64) / 255.0   # [H, W, 3] in [0, 1]
+    height, width = rgb.shape[:2]
+    background = background_colour(rgb)
+    seeds = np.linalg.norm(rgb - background, axis=2) > SEED_DISTANCE
+    labels, n = owners(seeds, 2.5 * width / 32)
+    sizes = [(int((seeds & (labels == k)).sum()), k) for k in range(1, n + 1)]
+    kept = sorted(((size, k) for size, k in sizes if size >= MIN_AREA * height * width), key=lambda sk: -sk[0])
+    fill = torch.from_numpy(np.round(background * 255)).to(picture)[:, None, None]   # [3, 1, 1]
+    masks = [torch.from_numpy(labels == k).to(picture.device) for _, k in kept[:limit or MAX_SLOTS]]
+    return [torch.where(mask, picture, fill) for mask in masks]
 
 
 class CLIPVisionEncoder(nn.Module):
@@ -121,7 +178,8 @@ class CLIPVisionEncoder(nn.Module):
 
 
 # name (an IPAdapterConfig's image_encoder) -> class
-IMAGE_ENCODERS = {"shapes": ShapesImageEncoder, "shapes-objects": ShapesObjectsEncoder}
+IMAGE_ENCODERS = {"shapes": ShapesImageEncoder, "shapes-objects": ShapesObjectsEncoder,
+                  "shapes-slots": ShapesSlotsEncoder}
 
 
 def image_encoder(name: str, grid: bool = False) -> nn.Module:

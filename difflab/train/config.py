@@ -88,7 +88,7 @@ class TrainConfig:
     controlnet: str = ""                  # with init_from: train a ControlNet on each image's layout map or edges, the model frozen
     train_only: str = ""                  # train only the weights whose names start with this (e.g. temporal: a video UNet's motion blocks); "": all
     ip_adapter: bool = False              # with init_from: train an IP-Adapter on reference renders of each shapes item, the model frozen
-    ip_tokens: str = "pooled"             # ip_adapter: what it reads, the encoder's pooled feature (4 tokens) | grid (one token per cell)
+    ip_tokens: str = "pooled"             # ip_adapter: what it reads, the encoder's pooled feature (4 tokens) | grid (one token per cell) | objects (the picture's and one per object)
     ip_same_image: float = 0.0            # ip_adapter: the fraction of samples whose image prompt is the training image itself (the paper's pairs), not another render
     ip_query: str = "shared"              # ip_adapter: the image branch's query projection, shared (the layer's, as in the paper) | own (its own W'_q, trained)
     side_from: str | None = None          # with controlnet / ip_adapter: a package of that network (difflab's export) to go on training, instead of a fresh one
@@ -179,8 +179,8 @@ class TrainConfig:
         _check(not self.ip_adapter or (self.init_from and self.dataset == "shapes" and not self.controlnet
                                        and not self.lora_rank and not self.distill and not self.vae), "ip_adapter",
                self.ip_adapter, "used with init_from and dataset=shapes, without controlnet, lora_rank, distill or vae")
-        _check(self.ip_tokens in ("pooled", "grid") and (self.ip_adapter or self.ip_tokens == "pooled"), "ip_tokens",
-               self.ip_tokens, "pooled or grid (grid with ip_adapter)")
+        _check(self.ip_tokens in ("pooled", "grid", "objects") and (self.ip_adapter or self.ip_tokens == "pooled"),
+               "ip_tokens", self.ip_tokens, "pooled, grid or objects (grid and objects with ip_adapter)")
         _check(isinstance(self.ip_same_image, (int, float)) and not isinstance(self.ip_same_image, bool)
                and 0 <= self.ip_same_image <= 1 and (self.ip_adapter or self.ip_same_image == 0), "ip_same_image",
                self.ip_same_image, "a fraction in [0, 1] (non-zero with ip_adapter)")

@@ -19,6 +19,7 @@ import torch
 
 from difflab.train.ip_pairs import reference_image
 
+SLOTS_ENCODER = "shapes-slots"   # the encoder of --ip-tokens objects
 IMAGE_DROPOUT = 0.1   # samples trained without their image prompt (zero features)
 
 
@@ -30,19 +31,26 @@ def adapted(model, config, start=None):
     from difflab.models.unet import UNet
     if type(model) is not UNet:
         raise ValueError(f"--ip-adapter adapts difflab's UNet; {config.init_from} holds a {type(model).__name__}")
-    grid = start.config.grid if start else config.ip_tokens == "grid"
-    if start and config.ip_tokens != ("grid" if grid else "pooled"):
-        raise ValueError(f"--side-from {config.side_from} reads {'grid' if grid else 'pooled'} image features; this "
-                         f"run asks for ip_tokens={config.ip_tokens!r}")
+    tokens = token_kind(start.config) if start else config.ip_tokens
+    if start and config.ip_tokens != tokens:
+        raise ValueError(f"--side-from {config.side_from} reads {tokens} image features; this run asks for "
+                         f"ip_tokens={config.ip_tokens!r}")
+    grid = tokens != "pooled"
     own_query = start.config.own_query if start else config.ip_query == "own"
     if start and config.ip_query != ("own" if own_query else "shared"):
         raise ValueError(f"--side-from {config.side_from} has {'its own' if own_query else 'the shared'} image query; "
                          f"this run asks for ip_query={config.ip_query!r}")
-    encoder = image_encoder(start.config.image_encoder if start else DEFAULT_IMAGE_ENCODER, grid=grid)
+    name = start.config.image_encoder if start else SLOTS_ENCODER if tokens == "objects" else DEFAULT_IMAGE_ENCODER
+    encoder = image_encoder(name, grid=grid)
     adapter = start or IPAdapter.from_unet(model, encoder.feature_dim, num_tokens=encoder.grid_tokens if grid else 4,
-                                           image_encoder=DEFAULT_IMAGE_ENCODER, grid=grid,
-                                           own_query=own_query)
+                                           image_encoder=name, grid=grid, own_query=own_query)
     return IPAdaptedUNet(model, adapter), encoder
+
+
+def token_kind(config) -> str:
+    """What an adapter (its :class:`~difflab.models.ip_adapter.IPAdapterConfig`) reads, as ``--ip-tokens`` names
+    it: ``pooled``, ``grid`` (cells) or ``objects`` (the ``shapes-slots`` encoder's slots)."""
+    return "pooled" if not config.grid else "objects" if config.image_encoder == SLOTS_ENCODER else "grid"
 
 
 class ReferenceFeatures:
