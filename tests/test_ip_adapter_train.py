@@ -200,3 +200,35 @@ def test_the_bundled_ip_adapter_carries_the_reference_colour():
     assert red[0] >= 6 and red[1] <= 2, red        # the text leaves the colour free; the image says red
     with pytest.raises(ValueError, match="is an IP-Adapter for shapes-v1, not a model"):
         difflab.Pipeline.from_pretrained("shapes-ip")
+
+
+def test_a_scene_teacher_targets_the_frozen_model_given_the_pinned_prompt(base, tmp_path):
+    from difflab.train.image_prompt import SceneTeacher
+    from difflab.train.ip_pairs import pinned_prompt
+    from difflab.train.objectives.denoising import diffusion_loss
+    trainer = Trainer(TINY.replace(max_steps=2, init_from=str(base), ip_adapter=True, ip_teacher=True, lr=1e-2,
+                                   lr_warmup=0, ema_decay=0.0, ema_warmup=False, checkpoint_every=0), tmp_path / "t",
+                      log=quiet)
+    teacher = trainer.objective.teacher
+    assert isinstance(teacher, SceneTeacher) and teacher.unet is trainer.unwrapped.unet
+    positions = list(range(40))
+    chosen = [trainer.controls.choice(p) for p in positions]
+    assert any(dropped for _, dropped, _ in chosen) and not all(dropped for _, dropped, _ in chosen)
+    own = [f"own text {p}" for p in positions]
+    prompts = teacher.prompts(positions, own)
+    for (index, dropped, _), prompt, mine in zip(chosen, prompts, own):
+        assert prompt == (mine if dropped else pinned_prompt(trainer.data.dataset[index]))
+    # the target is the frozen UNet (no image branch) given those prompts
+    x, t = torch.randn(4, 3, 16, 16), torch.tensor([100.0, 400.0, 700.0, 950.0])
+    with torch.no_grad():
+        expected = trainer.unwrapped.unet(x, t, **trainer.conditioner(prompts[:4], "cpu"))
+    assert torch.equal(teacher(x, t, positions[:4], own[:4]), expected)
+    # a model equal to its teacher has zero loss: the teacher's output replaces the noise target
+    unet, cond = trainer.unwrapped.unet, trainer.conditioner(["a red circle"] * 4, "cpu")
+    same = diffusion_loss(unet, torch.randn(4, 3, 16, 16), cond, t, torch.randn(4, 3, 16, 16), trainer.schedule,
+                          "v_prediction", teacher=lambda x_in, t_in: unet(x_in, t_in, **cond))
+    assert same.item() == 0.0
+    package = trainer.fit()
+    assert load_package(package).metadata["training"]["ip_teacher"] is True
+    with pytest.raises(ValueError, match="ip_teacher"):
+        TINY.replace(ip_teacher=True)

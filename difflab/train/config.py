@@ -90,6 +90,7 @@ class TrainConfig:
     ip_adapter: bool = False              # with init_from: train an IP-Adapter on reference renders of each shapes item, the model frozen
     ip_tokens: str = "pooled"             # ip_adapter: what it reads, the encoder's pooled feature (4 tokens) | grid (one token per cell) | objects (the picture's and one per object)
     ip_same_image: float = 0.0            # ip_adapter: the fraction of samples whose image prompt is the training image itself (the paper's pairs), not another render
+    ip_teacher: bool = False              # ip_adapter: the target is the frozen model's own prediction for the scene in words (its pinned prompt), not the image's noise
     ip_query: str = "shared"              # ip_adapter: the image branch's query projection, shared (the layer's, as in the paper) | own (its own W'_q, trained)
     side_from: str | None = None          # with controlnet / ip_adapter: a package of that network (difflab's export) to go on training, instead of a fresh one
     distill: str = ""                     # set by difflab distill: lcm | cd | reflow ("": plain training)
@@ -184,6 +185,8 @@ class TrainConfig:
         _check(isinstance(self.ip_same_image, (int, float)) and not isinstance(self.ip_same_image, bool)
                and 0 <= self.ip_same_image <= 1 and (self.ip_adapter or self.ip_same_image == 0), "ip_same_image",
                self.ip_same_image, "a fraction in [0, 1] (non-zero with ip_adapter)")
+        _check(isinstance(self.ip_teacher, bool) and (self.ip_adapter or not self.ip_teacher), "ip_teacher",
+               self.ip_teacher, "true or false (true with ip_adapter)")
         _check(self.ip_query in ("shared", "own") and (self.ip_adapter or self.ip_query == "shared"), "ip_query",
                self.ip_query, "shared or own (own with ip_adapter)")
         _check(self.side_from is None or (isinstance(self.side_from, str) and self.side_from

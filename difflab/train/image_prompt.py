@@ -17,7 +17,7 @@ import random
 
 import torch
 
-from difflab.train.ip_pairs import reference_image
+from difflab.train.ip_pairs import pinned_prompt, reference_image
 
 SLOTS_ENCODER = "shapes-slots"   # the encoder of --ip-tokens objects
 IMAGE_DROPOUT = 0.1   # samples trained without their image prompt (zero features)
@@ -84,3 +84,27 @@ class ReferenceFeatures:
     def images(self, positions: list[int]) -> list:
         """The image prompts themselves (for preview grids)."""
         return [self.image(index, same) for index, _, same in map(self.choice, positions)]
+
+
+class SceneTeacher:
+    """``--ip-teacher``: the adapter's target is the frozen model's own prediction for the scene *in words*,
+    a lower-variance target than the training image's (a distillation of the model's text conditioning into
+    the image branch). At ``(x_t, t)`` of a sample whose image prompt is kept, the target is the UNet's output
+    for the item's pinned prompt (:func:`~difflab.train.ip_pairs.pinned_prompt`: its caption with every
+    colour and the background fixed, what the reference shows); where the image is dropped, for the
+    sample's own (possibly dropped) text, so no image means the model as it is. The denoising loss has
+    the same minimiser in the limit (the image determines the pinned prompt); the teacher removes the
+    noise of one training image per sample from the target."""
+
+    def __init__(self, unet, conditioner, references: ReferenceFeatures):
+        self.unet, self.conditioner, self.references = unet, conditioner, references
+
+    def prompts(self, positions: list[int], conditions: list) -> list:
+        """The teacher's text for each sample: its pinned prompt, or its own text where the image is dropped."""
+        chosen = [self.references.choice(p) for p in positions]
+        return [own if dropped else pinned_prompt(self.references.data.dataset[index])
+                for (index, dropped, _), own in zip(chosen, conditions)]
+
+    @torch.no_grad()
+    def __call__(self, x_in: torch.Tensor, t: torch.Tensor, positions: list[int], conditions: list) -> torch.Tensor:
+        return self.unet(x_in, t, **self.conditioner(self.prompts(positions, conditions), x_in.device))

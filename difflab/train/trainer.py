@@ -166,6 +166,9 @@ class Trainer:
             self.teacher = Teacher(config, self.conditioner, self.accelerator.device)
         self.objective = make_objective(config, self.schedule, self.conditioner, self.accelerator, self.channels_last,
                                         self.teacher)
+        if config.ip_teacher:   # the target: the frozen model's prediction for the scene in words
+            from difflab.train.image_prompt import SceneTeacher
+            self.objective.teacher = SceneTeacher(model.unet, self.conditioner, self.controls)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}

@@ -8,6 +8,7 @@ gradient-accumulation split or an interruption, which makes resumed and multi-pr
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 
 import torch
 
@@ -77,11 +78,13 @@ def loss_weights(schedule: NoiseSchedule, t: torch.Tensor, prediction_type, weig
 
 def diffusion_loss(model, x0: torch.Tensor, cond: dict, t: torch.Tensor, noise: torch.Tensor,
                    schedule: NoiseSchedule, prediction_type, weighting: str = "uniform",
-                   snr_gamma: float = 5.0, distance: str = "l2", perceptual=None) -> torch.Tensor:
+                   snr_gamma: float = 5.0, distance: str = "l2", perceptual=None, teacher=None) -> torch.Tensor:
     """Weighted MSE between the model's output at x_in and the target of its parameterization
     (``distance="l1"``: the mean absolute error, whose minimiser is each pixel's median, not its mean).
     ``perceptual = (weight, d)`` adds ``weight * d(x0_hat, x0)`` per sample, with x0_hat the model's
-    estimate of x0 (``c_skip x_in + c_out F``): a distance on the image, not on the prediction."""
+    estimate of x0 (``c_skip x_in + c_out F``): a distance on the image, not on the prediction. ``teacher``:
+    a callable ``(x_in, t) -> target`` that replaces the parameterization's target (a frozen network's
+    prediction, :class:`difflab.train.image_prompt.SceneTeacher`)."""
     parameterization = get_parameterization(prediction_type)
     noise = noise.to(x0)
     alpha, sigma_t = schedule.native_scales(t, x0)
@@ -89,8 +92,9 @@ def diffusion_loss(model, x0: torch.Tensor, cond: dict, t: torch.Tensor, noise: 
         x_in = alpha * x0 + sigma_t * noise                      # x_t, q(x_t | x0)
     else:
         x_in = parameterization.c_in(alpha, sigma_t) * (x0 + sigma_t / alpha * noise)
-    target = parameterization.target(x0, noise, alpha, sigma_t)
-    prediction = model(x_in, t.to(device=x0.device, dtype=torch.float32), **cond)
+    t_in = t.to(device=x0.device, dtype=torch.float32)
+    target = parameterization.target(x0, noise, alpha, sigma_t) if teacher is None else teacher(x_in, t_in)
+    prediction = model(x_in, t_in, **cond)
     error = prediction.float() - target.float()
     per_sample = (error.abs() if distance == "l1" else error.pow(2)).mean(dim=tuple(range(1, x0.ndim)))
     if perceptual is not None:
@@ -121,6 +125,7 @@ class DenoisingObjective(Objective):
         self.timestep_sampling, self.cond_dropout, self.seed = timestep_sampling, cond_dropout, seed
         self.channels_last, self.autocast, self.logit_mean = channels_last, autocast, logit_mean
         self.distance, self.perceptual = "l2", None
+        self.teacher = None   # (x_in, t, positions, conditions) -> target; None: the parameterization's target
 
     def loss(self, model, batch: Batch) -> torch.Tensor:
         x0 = batch.x0
@@ -133,9 +138,11 @@ class DenoisingObjective(Objective):
             noise = noise.contiguous(memory_format=torch.channels_last)
         conditions = self.conditioner.dropped(batch.conditions, (u < self.cond_dropout).tolist())
         cond = self.conditioner(conditions, x0.device)
+        teacher = None if self.teacher is None else partial(self.teacher, positions=batch.positions,
+                                                            conditions=conditions)
         with self.autocast():
             return diffusion_loss(model, x0, cond, t, noise.to(x0.device), self.schedule, self.parameterization,
-                                  self.weighting, self.snr_gamma, self.distance, self.perceptual)
+                                  self.weighting, self.snr_gamma, self.distance, self.perceptual, teacher)
 
 
 class ReflowObjective(DenoisingObjective):
