@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from difflab.data.shapes import realize, render, render_scene, sample_prompt
-from difflab.data.shapes_grammar import (CELL_NAMES, COLOURS, SHAPES, SIZES, ObjectSpec, Prompt, article,
+from difflab.data.shapes_grammar import (CELL_NAMES, COLOURS, COUNTS, SHAPES, SIZES, ObjectSpec, Prompt, article,
                                          format_prompt)
 
 
@@ -70,11 +70,20 @@ def by_kind(cases: list[dict], oks: list[bool]) -> dict:
             for k in kinds}
 
 
+def count_misses(cases: list[dict], oks: list[bool], found: list[int]) -> dict:
+    """For the n-equal-objects cases the oracle refused: how many had each (objects found - n)."""
+    misses = Counter(k - COUNTS[c["check"].split()[0]] for c, ok, k in zip(cases, oks, found)
+                     if c["kind"] == "n equal objects" and not ok)
+    return {f"{d:+d}": misses[d] for d in sorted(misses)}
+
+
 def verdicts(pipe, cases: list[dict], with_image: bool, scale: float = 1.0, batch: int = 16,
-             guidance=None, **sampling) -> list[bool]:
+             guidance=None, found: list | None = None, **sampling) -> list[bool]:
     """The oracle's verdict on each case; ``guidance`` None: the package's guidance scale; ``sampling``:
-    ``sampler``, ``steps`` and ``spacing`` (None: the package's)."""
+    ``sampler``, ``steps`` and ``spacing`` (None: the package's). ``found``: a list to extend with the
+    number of objects the oracle finds in each output."""
     from difflab.metrics.adherence import check
+    from difflab.metrics.detect import detect
     oks = []
     for start in range(0, len(cases), batch):
         chunk = cases[start:start + batch]
@@ -82,6 +91,8 @@ def verdicts(pipe, cases: list[dict], with_image: bool, scale: float = 1.0, batc
         images = pipe([c.get("text", "") for c in chunk], seed=[c["seed"] for c in chunk], guidance_scale=guidance,
                       **extra, **sampling).images
         oks += [check(im.convert("RGB"), c["check"])["ok"] for im, c in zip(images, chunk)]
+        if found is not None:
+            found += [len(detect(im.convert("RGB"))[0]) for im in images]
     return oks
 
 
@@ -95,6 +106,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sampler", help="every call's sampler (default: the package's)")
     parser.add_argument("--steps", type=int, help="every call's steps (default: the package's)")
     parser.add_argument("--spacing", help="every call's sigma spacing (default: the package's)")
+    parser.add_argument("--image-alone-only", action="store_true",
+                        help="only the image-alone outputs (no baselines, no text + image): a quick sweep")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -111,15 +124,24 @@ def main(argv=None) -> int:
     pipe = Pipeline.from_pretrained(args.model, ip_adapter=args.adapter)
     sampling = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing}
     rows = {}
-    for name, cases in (("image alone", image_only_cases(args.n)), ("text + image", text_and_image_cases(args.n))):
-        oks = verdicts(pipe, cases, True, args.scale, guidance=args.guidance, **sampling)
-        with_image, without = sum(oks) / len(oks), run(pipe, cases, False, guidance=args.guidance, **sampling)
+    tasks = (("image alone", image_only_cases(args.n)), ("text + image", text_and_image_cases(args.n)))
+    for name, cases in tasks[:1] if args.image_alone_only else tasks:
+        found = []
+        oks = verdicts(pipe, cases, True, args.scale, guidance=args.guidance, found=found, **sampling)
+        with_image = sum(oks) / len(oks)
+        if args.image_alone_only:
+            rows[name] = {"with_image": with_image, "n": len(cases), "by_kind": by_kind(cases, oks),
+                          "count_misses": count_misses(cases, oks, found)}
+            print(f"by kind of scene: {rows[name]['by_kind']}; n equal objects refused, by objects found - n: "
+                  f"{rows[name]['count_misses']}", file=sys.stderr)
+            break
+        without = run(pipe, cases, False, guidance=args.guidance, **sampling)
         rows[name] = {"with_image": with_image, "without_image": without, "n": len(cases)}
         if name == "image alone":   # the ceiling the base model sets: the same scenes asked for in words
             as_text = verdicts(pipe, [{**c, "text": c["check"]} for c in cases], False, guidance=args.guidance,
                                **sampling)
             rows[name] |= {"as_text": sum(as_text) / len(as_text), "by_kind": by_kind(cases, oks),
-                           "as_text_by_kind": by_kind(cases, as_text)}
+                           "as_text_by_kind": by_kind(cases, as_text), "count_misses": count_misses(cases, oks, found)}
             print(f"by kind of scene: {rows[name]['by_kind']} (as text: {rows[name]['as_text_by_kind']})",
                   file=sys.stderr)
         print(f"{name}: {with_image:.3f} with the image prompt, {without:.3f} without", file=sys.stderr, flush=True)
@@ -129,7 +151,8 @@ def main(argv=None) -> int:
     print("| task | with the image prompt | without it | the scene as text, no image | cases |\n|---|---|---|---|---|")
     for name, row in rows.items():
         as_text = f"{row['as_text']:.3f}" if "as_text" in row else ""
-        print(f"| {name} | **{row['with_image']:.3f}** | {row['without_image']:.3f} | {as_text} | {row['n']} |")
+        without = f"{row['without_image']:.3f}" if "without_image" in row else ""
+        print(f"| {name} | **{row['with_image']:.3f}** | {without} | {as_text} | {row['n']} |")
     if args.out:
         args.out.write_text(json.dumps({"model": args.model, "adapter": args.adapter, "scale": args.scale,
                                         "guidance": args.guidance, **sampling,
