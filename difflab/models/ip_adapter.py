@@ -55,7 +55,8 @@ class IPAdapterConfig:
     layers adapted: ``(module name, its channels)`` each (:func:`adapted_layers`), in the UNet's module
     order, the name of the image encoder whose features it reads
     (:data:`difflab.models.image_encoders.IMAGE_ENCODERS`, or ``clip-vision``), and whether it reads the
-    encoder's pooled feature (``grid`` False) or its ``num_tokens`` cell features (``grid`` True), and whether the
+    encoder's pooled feature (``grid`` False) or its ``num_tokens`` features (``grid`` True: cells, or with the
+    ``shapes-slots`` encoder the picture and one slot per object), and whether the
     image branch has its own query projection (``own_query``) or shares the layer's."""
 
     feature_dim: int
