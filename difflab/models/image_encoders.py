@@ -59,7 +59,6 @@ class ShapesImageEncoder(nn.Module):
             return self.net(pixels).float()                                   # [B, feature_dim]
         return self.net.cells(pixels).float()                                # [B, grid_tokens, feature_dim]
 
-
     def pixels(self, images) -> torch.Tensor:
         """Images -> uint8 [B, 3, H, W] on the network's device. A float tensor is read as pixels
         ``v / 127.5 - 1`` (difflab's image convention, :mod:`difflab.data.images`) and rounded to them, as
@@ -112,7 +111,7 @@ class ShapesSlotsEncoder(ShapesObjectsEncoder):
         return torch.cat([whole[:, None], slots], dim=1)                      # [B, 1 + MAX_SLOTS, feature_dim]
 
 
-def object_images(picture: torch.Tensor, limit: int = None) -> list[torch.Tensor]:
+def object_images(picture: torch.Tensor, limit: int | None = None) -> list[torch.Tensor]:
     """uint8 [3, H, W] -> one picture per object (at most ``limit``, default ``MAX_SLOTS``, largest first),
     each the input with every pixel outside that object set to the background. Objects are the shapes
     oracle's first segmentation (:mod:`difflab.metrics.detect`, steps 1-2): the border's median is the
