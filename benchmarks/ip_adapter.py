@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     rows = {}
     tasks = (("image alone", image_only_cases(args.n)), ("text + image", text_and_image_cases(args.n)))
     for name, cases in tasks[:1] if args.image_alone_only else tasks:
-        found = []
+        found = [] if name == "image alone" else None   # objects per output, for the count misses
         oks = verdicts(pipe, cases, True, args.scale, guidance=args.guidance, found=found, **sampling)
         with_image = sum(oks) / len(oks)
         if args.image_alone_only:
