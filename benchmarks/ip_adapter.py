@@ -41,7 +41,7 @@ def image_only_cases(n: int, seed: int = 0) -> list[dict]:
             judge = Prompt("and", tuple(ObjectSpec(s, c) for s, c in kinds))
         else:
             continue
-        cases.append({"image": render_scene(scene), "check": format_prompt(judge), "seed": len(cases),
+        cases.append({"image": render_scene(scene), "check": format_prompt(judge), "seed": 1_000_000 * seed + len(cases),
                       "kind": {"single": "one object", "count": "n equal objects", "and": "two objects"}[judge.kind]})
     return cases
 
@@ -53,7 +53,7 @@ def text_and_image_cases(n: int, seed: int = 0) -> list[dict]:
         cell = rng.choice(tuple(CELL_NAMES))
         text = f"{article(size)} {size} {shape} {CELL_NAMES[cell]}"
         cases.append({"image": render(f"a {colour} {shape}", 500 + i), "text": text,
-                      "check": f"{article(size)} {size} {colour} {shape} {CELL_NAMES[cell]}", "seed": 10_000 + i})
+                      "check": f"{article(size)} {size} {colour} {shape} {CELL_NAMES[cell]}", "seed": 1_000_000 * seed + 10_000 + i})
     return cases
 
 
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--adapter", required=True, help="an IP-Adapter package trained on the model")
     parser.add_argument("--model", default="shapes")
-    parser.add_argument("-n", type=int, default=100, help="cases of each kind")
+    parser.add_argument("-n", type=int, default=100, help="cases of each task")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--guidance", type=float, help="the guidance scale of every call (default: the package's)")
     parser.add_argument("--sampler", help="every call's sampler (default: the package's)")
@@ -108,9 +108,13 @@ def main(argv=None) -> int:
     parser.add_argument("--spacing", help="every call's sigma spacing (default: the package's)")
     parser.add_argument("--image-alone-only", action="store_true",
                         help="only the image-alone outputs (no baselines, no text + image): a quick sweep")
+    parser.add_argument("--case-seed", type=int, default=0,
+                        help="which scenes: 0 the cases settings were chosen on; another seed, fresh ones to confirm")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.case_seed < 0:
+        parser.error(f"--case-seed must be a non-negative integer, got {args.case_seed}")
     if args.guidance is not None and not 0 <= args.guidance <= 30:
         parser.error(f"--guidance must be in [0, 30] (1: no guidance), got {args.guidance:g}")
     from difflab.settings import SPACINGS
@@ -124,7 +128,8 @@ def main(argv=None) -> int:
     pipe = Pipeline.from_pretrained(args.model, ip_adapter=args.adapter)
     sampling = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing}
     rows = {}
-    tasks = (("image alone", image_only_cases(args.n)), ("text + image", text_and_image_cases(args.n)))
+    tasks = (("image alone", image_only_cases(args.n, args.case_seed)),
+             ("text + image", text_and_image_cases(args.n, args.case_seed)))
     for name, cases in tasks[:1] if args.image_alone_only else tasks:
         found = [] if name == "image alone" else None   # objects per output, for the count misses
         oks = verdicts(pipe, cases, True, args.scale, guidance=args.guidance, found=found, **sampling)
@@ -145,7 +150,8 @@ def main(argv=None) -> int:
             print(f"by kind of scene: {rows[name]['by_kind']} (as text: {rows[name]['as_text_by_kind']})",
                   file=sys.stderr)
         print(f"{name}: {with_image:.3f} with the image prompt, {without:.3f} without", file=sys.stderr, flush=True)
-    print(f"model {args.model}, IP-Adapter {args.adapter}, scale {args.scale:g}, {args.n} cases each, "
+    print(f"model {args.model}, IP-Adapter {args.adapter}, scale {args.scale:g}, {args.n} cases each "
+          f"(case seed {args.case_seed}), "
           f"sampler {args.sampler or 'of the package'}, steps {args.steps or 'of the package'}, "
           f"spacing {args.spacing or 'of the package'}\n")
     print("| task | with the image prompt | without it | the scene as text, no image | cases |\n|---|---|---|---|---|")
@@ -155,6 +161,7 @@ def main(argv=None) -> int:
         print(f"| {name} | **{row['with_image']:.3f}** | {without} | {as_text} | {row['n']} |")
     if args.out:
         args.out.write_text(json.dumps({"model": args.model, "adapter": args.adapter, "scale": args.scale,
+                                        "case_seed": args.case_seed,
                                         "guidance": args.guidance, **sampling,
                                         "rows": rows}, indent=1))
     return 0

@@ -216,7 +216,7 @@ def generate(
     ip_adapter: str = typer.Option(None, help="an IP-Adapter package (difflab train --ip-adapter), a bundled "
                                               "one, or an official .safetensors file; with --ip-image"),
     ip_image: str = typer.Option(None, help="the image prompt (the text may then be empty: \"\")"),
-    ip_scale: float = typer.Option(1.0, help="the image prompt's weight (0..5)"),
+    ip_scale: float | None = typer.Option(None, help="the image prompt's weight (0..5; default: the adapter's)"),
 ):
     """Generate images (a video model: MP4 or GIF clips; an audio model: WAV); each file carries the recipe that replays it."""
     from difflab.pipelines.recipes import adapters_base, bundled_model_with_weights, read_recipe  # torch: after flags

@@ -162,8 +162,9 @@ def check_control_flags(controlnets: list[str] | None, images: list[str] | None,
             "control_start": start, "control_end": end}
 
 
-def check_ip_flags(adapter: str | None, image: str | None, scale: float) -> dict:
-    """``--ip-adapter``/``--ip-image``/``--ip-scale`` -> the pipeline's image-prompt arguments."""
+def check_ip_flags(adapter: str | None, image: str | None, scale: float | None) -> dict:
+    """``--ip-adapter``/``--ip-image``/``--ip-scale`` -> the pipeline's image-prompt arguments (no ``ip_scale``
+    where ``--ip-scale`` is not given: the adapter's own default)."""
     if adapter is None:
         if image is not None:
             raise ValueError("--ip-image needs an --ip-adapter")
@@ -175,6 +176,6 @@ def check_ip_flags(adapter: str | None, image: str | None, scale: float) -> dict
     if not (where.is_dir() or adapter in BUNDLED_MODELS or where.is_file() and where.suffix == ".safetensors"):
         raise ValueError(f"--ip-adapter {adapter}: not a folder (an IP-Adapter package), a bundled one, nor an "
                          f"official IP-Adapter .safetensors file")
-    if not 0 <= scale <= 5:
+    if scale is not None and not 0 <= scale <= 5:
         raise ValueError(f"--ip-scale must be in [0, 5], got {scale}")
-    return {"ip_image": open_image(image, "--ip-image"), "ip_scale": scale}
+    return {"ip_image": open_image(image, "--ip-image")} | ({} if scale is None else {"ip_scale": scale})

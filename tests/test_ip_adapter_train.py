@@ -85,6 +85,34 @@ def test_the_pipeline_reads_an_image_prompt_and_replays_it(base, adapter):
         pipe.replay(steered.recipes[0])
 
 
+def test_a_package_scale_is_the_default_of_calls_without_one(base, adapter, tmp_path):
+    import json
+    import shutil
+
+    from difflab.cli_checks import check_ip_flags
+    chosen = tmp_path / "scaled"
+    shutil.copytree(adapter, chosen)
+    header = json.loads((chosen / "config.json").read_text())
+    (chosen / "config.json").write_text(json.dumps(header | {"ip_adapter": header["ip_adapter"] | {"scale": 0.25}}))
+    pipe, ref = difflab.Pipeline.from_pretrained(base, ip_adapter=chosen), render("a red circle", 1, 16)
+    assert pipe.ip_scale_default == 0.25
+    given = pipe("", seed=2, steps=3, ip_image=ref, ip_scale=0.25)
+    default = pipe("", seed=2, steps=3, ip_image=ref)
+    assert np.array_equal(np.asarray(default.images[0]), np.asarray(given.images[0]))
+    assert default.recipes[0]["ip_adapter"]["scale"] == 0.25
+    one = np.asarray(pipe("", seed=2, steps=3, ip_image=ref, ip_scale=1.0).images[0])
+    assert not np.array_equal(one, np.asarray(default.images[0]))
+    assert pipe.load_ip_adapter(adapter).ip_scale_default == 1.0       # a package without one: 1
+    assert np.array_equal(np.asarray(pipe("", seed=2, steps=3, ip_image=ref).images[0]), one)
+    ref.save(tmp_path / "ref.png")
+    assert "ip_scale" not in check_ip_flags(str(chosen), str(tmp_path / "ref.png"), None)   # left to the package
+    assert check_ip_flags(str(chosen), str(tmp_path / "ref.png"), 2.0)["ip_scale"] == 2.0
+    for bad in (7, "1", True):
+        (chosen / "config.json").write_text(json.dumps(header | {"ip_adapter": {"scale": bad}}))
+        with pytest.raises(ValueError, match="ip_adapter.scale must be a number in"):
+            pipe.load_ip_adapter(chosen)
+
+
 def test_bad_image_prompts_are_refused(base, adapter, tmp_path):
     pipe = difflab.Pipeline.from_pretrained(base, ip_adapter=adapter)
     ref = render("a red circle", 1, 16)

@@ -217,7 +217,7 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
                  outpaint=None, mask_blur: float = 0.0, width: int | None = None,
                  height: int | None = None, latents: torch.Tensor | None = None, control_image=None,
                  control_scale=1.0, control_start: float = 0.0, control_end: float = 1.0, ip_image=None,
-                 ip_scale: float = 1.0, **diffusers_names) -> Result:
+                 ip_scale: float | None = None, **diffusers_names) -> Result:
         """Text-to-image (``width`` x ``height``, default the model's resolution; sides are multiples
         of :attr:`size_multiple`); ``latents`` (unit Gaussian, the model-space shape; diffusers'
         ``latents=``) replaces the seeds' noise; with ``image``: image-to-image (``strength``), inpainting (``mask``, white =
@@ -230,7 +230,8 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
         output changes by less than T (first-block caching, :mod:`difflab.models.block_cache`; off by default).
         ``control_image`` (one per loaded ControlNet), ``control_scale``, ``control_start`` and
         ``control_end``: ControlNet steering (:mod:`difflab.pipelines.control`); ``ip_image`` (one, or
-        one per output image) and ``ip_scale``: an image prompt (:mod:`difflab.pipelines.image_prompt`).
+        one per output image) and ``ip_scale`` (default: the adapter package's, else 1): an image prompt
+        (:mod:`difflab.pipelines.image_prompt`).
 
         Everything is checked before any compute: ``ValueError`` (``difflab.limits.LimitError`` above
         a limit) names the argument. A prompt outside a shapes model's vocabulary is only warned about.
@@ -263,6 +264,7 @@ class Pipeline(LoraMethods, ControlMethods, ImagePromptMethods):
             raise ValueError("this network embeds the guidance scale (a guidance-distilled student): "
                              "guidance_method and guidance_rescale do not apply")
         guided = (settings["guidance_scale"] != 1.0 or guidance_method == "cfg_pp") and not embedded
+        ip_scale = self.ip_scale_default if ip_scale is None else ip_scale
         tokens = self._ip_tokens(ip_image, ip_scale, len(prompts), guided)   # checked before the text is encoded
         self._warn_outside_vocabulary(prompts)
         cond, uncond = self._encode(prompts), self._encode(negatives)

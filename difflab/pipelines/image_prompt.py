@@ -26,11 +26,15 @@ from pathlib import Path
 import torch
 
 IP_SCALE_RANGE = (0.0, 5.0)
+DEFAULT_IP_SCALE = 1.0   # lambda of eq. 5 where neither the call nor the adapter package names one
 
 
 class ImagePromptMethods:
     """Mixed into :class:`~difflab.Pipeline`; it keeps its adapter in ``self.ip_adapter``
-    (``(name, IPAdapter, image encoder, weights hash)`` or None)."""
+    (``(name, IPAdapter, image encoder, weights hash)`` or None) and the scale a call without ``ip_scale``
+    uses in ``self.ip_scale_default``: the package's measured ``ip_adapter.scale``, else 1."""
+
+    ip_scale_default = DEFAULT_IP_SCALE
 
     def load_ip_adapter(self, folder, image_encoder=None) -> "ImagePromptMethods":
         """Load an IP-Adapter package trained for this pipeline's network (``difflab train --ip-adapter``),
@@ -50,7 +54,8 @@ class ImagePromptMethods:
             raise ValueError("image_encoder= is for official IP-Adapter files (.safetensors); a difflab IP-Adapter "
                              "package names its own encoder")
         folder = package_folder(folder)
-        adapter = load_package(folder).model
+        package = load_package(folder)
+        adapter, scale = package.model, package_scale(package.metadata, folder)
         if not isinstance(adapter, IPAdapter):
             raise ValueError(f"{folder} holds a {type(adapter).__name__}, not an IP-Adapter (a package made by "
                              "difflab train --ip-adapter)")
@@ -59,6 +64,7 @@ class ImagePromptMethods:
         encoder = named_encoder(adapter.config.image_encoder, grid=adapter.config.grid)
         self.ip_adapter = (folder.name, adapter.to(self.device, self.dtype), encoder.to(self.device),
                            weights_hash(folder))
+        self.ip_scale_default = scale
         return self
 
     def _load_ip_adapter_file(self, path: Path, image_encoder) -> "ImagePromptMethods":
@@ -80,6 +86,7 @@ class ImagePromptMethods:
                              f"{path.name} reads {adapter.config.feature_dim} (pass the encoder it was trained with)")
         weights = f"{weights_hash(path)}+{weights_hash(encoder_folder)}"        # the adapter and its encoder
         self.ip_adapter = (path.stem, adapter.to(self.device, self.dtype), encoder.to(self.device), weights)
+        self.ip_scale_default = DEFAULT_IP_SCALE
         return self
 
     def _ip_network(self):
@@ -89,7 +96,7 @@ class ImagePromptMethods:
         return self.model.unet if isinstance(self.model, SDKeywords) else self.model
 
     def unload_ip_adapter(self) -> "ImagePromptMethods":
-        self.ip_adapter = None
+        self.ip_adapter, self.ip_scale_default = None, DEFAULT_IP_SCALE
         return self
 
     def _ip_tokens(self, ip_image, ip_scale, n_images: int, guided: bool):
@@ -147,3 +154,15 @@ class ImagePromptMethods:
         if image_hash(open_image(ip_image, "ip_image")) != wanted.get("image"):
             raise ValueError("ip_image differs from the one the recipe was made with")
         return {"ip_image": ip_image, "ip_scale": wanted["scale"]}
+
+
+def package_scale(metadata: dict, folder) -> float:
+    """An IP-Adapter package's default ``ip_scale``: its config's ``ip_adapter.scale`` (the scale its model
+    card measured best), else 1; one out of :data:`IP_SCALE_RANGE` is refused."""
+    section = metadata.get("ip_adapter")
+    scale = section.get("scale", DEFAULT_IP_SCALE) if isinstance(section, dict) else DEFAULT_IP_SCALE
+    low, high = IP_SCALE_RANGE
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not low <= scale <= high:
+        raise ValueError(f"{folder}/config.json: ip_adapter.scale must be a number in {list(IP_SCALE_RANGE)}, "
+                         f"got {scale!r}")
+    return float(scale)
