@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     parser.add_argument("--adapter", required=True, help="an IP-Adapter package trained on the model")
     parser.add_argument("--model", default="shapes")
     parser.add_argument("-n", type=int, default=100, help="cases of each task")
-    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--scale", type=float, help="ip_scale (default: the adapter package's, else 1)")
     parser.add_argument("--guidance", type=float, help="the guidance scale of every call (default: the package's)")
     parser.add_argument("--sampler", help="every call's sampler (default: the package's)")
     parser.add_argument("--steps", type=int, help="every call's steps (default: the package's)")
@@ -150,7 +150,8 @@ def main(argv=None) -> int:
             print(f"by kind of scene: {rows[name]['by_kind']} (as text: {rows[name]['as_text_by_kind']})",
                   file=sys.stderr)
         print(f"{name}: {with_image:.3f} with the image prompt, {without:.3f} without", file=sys.stderr, flush=True)
-    print(f"model {args.model}, IP-Adapter {args.adapter}, scale {args.scale:g}, {args.n} cases each "
+    scale = pipe.ip_scale_default if args.scale is None else args.scale
+    print(f"model {args.model}, IP-Adapter {args.adapter}, scale {scale:g}, {args.n} cases each "
           f"(case seed {args.case_seed}), "
           f"sampler {args.sampler or 'of the package'}, steps {args.steps or 'of the package'}, "
           f"spacing {args.spacing or 'of the package'}\n")
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
         without = f"{row['without_image']:.3f}" if "without_image" in row else ""
         print(f"| {name} | **{row['with_image']:.3f}** | {without} | {as_text} | {row['n']} |")
     if args.out:
-        args.out.write_text(json.dumps({"model": args.model, "adapter": args.adapter, "scale": args.scale,
+        args.out.write_text(json.dumps({"model": args.model, "adapter": args.adapter, "scale": scale,
                                         "case_seed": args.case_seed,
                                         "guidance": args.guidance, **sampling,
                                         "rows": rows}, indent=1))

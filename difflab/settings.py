@@ -152,6 +152,7 @@ BUNDLED_MODELS["shapes-fast"] = BUNDLED_MODELS["shapes"].parent / "shapes-fast" 
 BUNDLED_MODELS["shapes-layout"] = BUNDLED_MODELS["shapes"].parent / "shapes-layout"  # layout ControlNet of shapes
 BUNDLED_MODELS["shapes-ip"] = BUNDLED_MODELS["shapes"].parent / "shapes-ip"          # IP-Adapter of shapes
 BUNDLED_MODELS["shapes-v2.1"] = BUNDLED_MODELS["shapes"].parent / "shapes-v2.1"      # shapes-v2 taught binding: 64x64
+BUNDLED_MODELS["shapes-v2.1-ip"] = BUNDLED_MODELS["shapes"].parent / "shapes-v2.1-ip"  # IP-Adapter of shapes-v2.1
 # The model that runs when none is named (the CLI, the web app, ``Pipeline.from_pretrained()``); a bundled
 # adapter or LoRA named without a model brings its own base instead (difflab.pipelines.recipes.adapters_base).
 DEFAULT_MODEL = "shapes-v2.1"

@@ -2,6 +2,8 @@
 resumes exactly; the pipeline reads an image prompt (scale 0 is the plain model), replays its recipe and
 refuses bad input before any compute."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -228,6 +230,20 @@ def test_the_bundled_ip_adapter_carries_the_reference_colour():
     assert red[0] >= 6 and red[1] <= 2, red        # the text leaves the colour free; the image says red
     with pytest.raises(ValueError, match="is an IP-Adapter for shapes-v1, not a model"):
         difflab.Pipeline.from_pretrained("shapes-ip")
+
+
+def test_the_bundled_objects_adapter_runs_on_the_default_model_at_its_own_scale():
+    from difflab.metrics.adherence import check
+    from difflab.settings import BUNDLED_MODELS, DEFAULT_MODEL
+    assert (BUNDLED_MODELS["shapes-v2.1-ip"] / "MODEL_CARD.md").is_file()
+    pipe = difflab.Pipeline.from_pretrained(ip_adapter="shapes-v2.1-ip")           # its base: the default model
+    assert Path(pipe.folder) == BUNDLED_MODELS[DEFAULT_MODEL] and pipe.ip_scale_default == 1.5
+    words, seeds = "two green crosses", list(range(6))
+    steered = pipe([""] * 6, seed=seeds, ip_image=render(words, 5), steps=20).images
+    assert steered[0].size == (64, 64)
+    plain = pipe([""] * 6, seed=seeds, steps=20).images
+    found = [sum(check(im.convert("RGB"), words)["ok"] for im in images) for images in (steered, plain)]
+    assert found[0] >= 4 and found[1] == 0, found                   # the image alone: its objects, its count
 
 
 def test_a_scene_teacher_targets_the_frozen_model_given_the_pinned_prompt(base, tmp_path):
