@@ -41,7 +41,8 @@ def image_only_cases(n: int, seed: int = 0) -> list[dict]:
             judge = Prompt("and", tuple(ObjectSpec(s, c) for s, c in kinds))
         else:
             continue
-        cases.append({"image": render_scene(scene), "check": format_prompt(judge), "seed": 1_000_000 * seed + len(cases),
+        cases.append({"image": render_scene(scene), "check": format_prompt(judge),
+                      "seed": 1_000_000 * seed + len(cases),
                       "kind": {"single": "one object", "count": "n equal objects", "and": "two objects"}[judge.kind]})
     return cases
 
@@ -53,7 +54,8 @@ def text_and_image_cases(n: int, seed: int = 0) -> list[dict]:
         cell = rng.choice(tuple(CELL_NAMES))
         text = f"{article(size)} {size} {shape} {CELL_NAMES[cell]}"
         cases.append({"image": render(f"a {colour} {shape}", 500 + i), "text": text,
-                      "check": f"{article(size)} {size} {colour} {shape} {CELL_NAMES[cell]}", "seed": 1_000_000 * seed + 10_000 + i})
+                      "check": f"{article(size)} {size} {colour} {shape} {CELL_NAMES[cell]}",
+                      "seed": 1_000_000 * seed + 10_000 + i})
     return cases
 
 
