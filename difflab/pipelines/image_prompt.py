@@ -107,8 +107,7 @@ class ImagePromptMethods:
         if self.ip_adapter is None:
             raise ValueError("ip_image needs an IP-Adapter: Pipeline.from_pretrained(..., ip_adapter=PATH) "
                              "or pipe.load_ip_adapter(PATH)")
-        if isinstance(ip_scale, bool) or not isinstance(ip_scale, (int, float)) or \
-                not IP_SCALE_RANGE[0] <= ip_scale <= IP_SCALE_RANGE[1]:
+        if not is_ip_scale(ip_scale):
             raise ValueError(f"ip_scale must be a number in {list(IP_SCALE_RANGE)}, got {ip_scale!r}")
         images = list(ip_image) if isinstance(ip_image, (list, tuple)) else [ip_image]
         if len(images) not in (1, n_images):
@@ -161,8 +160,13 @@ def package_scale(metadata: dict, folder) -> float:
     card measured best), else 1; one out of :data:`IP_SCALE_RANGE` is refused."""
     section = metadata.get("ip_adapter")
     scale = section.get("scale", DEFAULT_IP_SCALE) if isinstance(section, dict) else DEFAULT_IP_SCALE
-    low, high = IP_SCALE_RANGE
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not low <= scale <= high:
+    if not is_ip_scale(scale):
         raise ValueError(f"{folder}/config.json: ip_adapter.scale must be a number in {list(IP_SCALE_RANGE)}, "
                          f"got {scale!r}")
     return float(scale)
+
+
+def is_ip_scale(value) -> bool:
+    """Whether ``value`` is a number (not a bool) in :data:`IP_SCALE_RANGE`."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and IP_SCALE_RANGE[0] <= value <= IP_SCALE_RANGE[1])
