@@ -216,7 +216,7 @@ def test_the_shapes_encoder_gives_the_same_features_for_pil_and_tensors():
 
 
 def test_a_reference_image_is_another_render_of_the_same_objects():
-    data = ShapesDataset("train", length=40)
+    data, unplaced = ShapesDataset("train", length=40), 0
     for index in range(40):
         item = data[index]
         image = reference_image(item, 32, seed=5, index=index)
@@ -231,6 +231,16 @@ def test_a_reference_image_is_another_render_of_the_same_objects():
         for named, drawn in zip(spec.objects, scene.objects):                # what the prompt fixes stays fixed
             assert named.shape == drawn.shape and named.size in (None, drawn.size) and named.cell in (None, drawn.cell)
         assert parse_prompt(pinned_prompt(item)).kind == spec.kind
+    more = ShapesDataset("train", length=200)
+    for index in range(200):    # an unplaced pair ("X and Y") is drawn in the words' order: X first in reading order
+        item = more[index]
+        spec = parse_prompt(item["prompt"])
+        if spec.kind == "and" and not any(named.cell for named in spec.objects):
+            unplaced += 1
+            first, second = reference_scene(item, 5, index).objects
+            assert (first.shape, first.colour) == (spec.objects[0].shape, item["scene"].objects[0].colour)
+            assert first.cell < second.cell                                   # (row, column): reading order
+    assert unplaced >= 5
     assert reference_image(data[0], 32, 5, 0).tobytes() != reference_image(data[0], 32, 5, 1).tobytes()
 
 

@@ -150,11 +150,11 @@ def render_scene(scene: Scene, resolution: int = 32) -> Image.Image:
     return canvas.resize((resolution, resolution), Image.Resampling.BOX)
 
 
-def scene_for(prompt: str, seed: int = 0) -> Scene:
-    """The scene ``render(prompt, seed)`` draws."""
+def scene_for(prompt: str, seed: int = 0, and_order: str = "any") -> Scene:
+    """The scene ``render(prompt, seed)`` draws (``and_order``: :func:`realize`'s)."""
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return realize(parse_prompt(prompt), random.Random(f"difflab-shapes-render-{seed}"))
+    return realize(parse_prompt(prompt), random.Random(f"difflab-shapes-render-{seed}"), and_order)
 
 
 def render(prompt: str, seed: int = 0, resolution: int = 32) -> Image.Image:

@@ -83,15 +83,23 @@ class ShapesObjectsEncoder(ShapesImageEncoder):
 
 class ShapesSlotsEncoder(ShapesObjectsEncoder):
     """The object encoder read one object at a time (``shapes-slots``): images -> [B, 128], the whole
-    picture's feature, as ``shapes-objects``; ``grid=True``: -> [B, 1 + MAX_SLOTS, 128], that feature and
-    then one *slot* per object, largest first: the encoder's feature of the picture with only that object
-    on its background (:func:`object_images`), zero where there are fewer objects.
+    picture's feature, as ``shapes-objects``; ``grid=True``: -> [B, 1 + MAX_SLOTS, 128], a *null slot*
+    (zero) and then one *slot* per object in reading order (an upper row of the 3 x 3 grid first, then
+    further left): the encoder's feature of the picture with only that object on its background
+    (:func:`object_images`), zero where there are fewer objects.
 
     A slot holds one object's colour and shape and nothing else, so an adapter reading slots is told
     which colour goes with which shape; the cells of ``grid`` (:class:`ShapesImageEncoder`) cut objects
-    apart and put neighbours together. Slots carry no place: an image prompt here says what to draw (and
-    how many), not where. This is the object-centric reading of an image prompt (one token per object,
-    as in slot attention, Locatello et al. 2020), with objects found by segmentation instead of learned."""
+    apart and put neighbours together. The whole picture's feature is left out of the slots: it holds
+    every object's colour and shape at once, and an adapter that read it drew two different objects
+    with one shape, or one colour, more often (BENCHMARKS.md, "Slots only, in reading order"). The
+    null slot stays, so an adapter's projection turns it into a learned constant token, somewhere to
+    look for a place no object is for. Slots carry no place, only their order: which object comes first
+    in reading order, the one thing the shapes world's words say about an unplaced pair ("X and Y": X
+    first, :func:`difflab.data.shapes.realize`), so the text-conditioned teacher of
+    :class:`~difflab.train.image_prompt.SceneTeacher` and the slots agree on which object is drawn
+    first. This is the object-centric reading of an image prompt (one token per object, as in slot
+    attention, Locatello et al. 2020), with objects found by segmentation instead of learned."""
 
     def __init__(self, grid: bool = False):
         super().__init__(grid=False)
@@ -100,20 +108,20 @@ class ShapesSlotsEncoder(ShapesObjectsEncoder):
     @torch.no_grad()
     def forward(self, images) -> torch.Tensor:
         pixels = self.pixels(images)
-        whole = self.net(pixels).float()                                      # [B, feature_dim]
         if not self.grid:
-            return whole
-        slots = whole.new_zeros(len(pixels), MAX_SLOTS, self.feature_dim)
+            return self.net(pixels).float()                                   # [B, feature_dim]
+        slots = torch.zeros(len(pixels), 1 + MAX_SLOTS, self.feature_dim, device=pixels.device)
         for i, picture in enumerate(pixels):
             alone = object_images(picture)
             if alone:
-                slots[i, :len(alone)] = self.net(torch.stack(alone)).float()
-        return torch.cat([whole[:, None], slots], dim=1)                      # [B, 1 + MAX_SLOTS, feature_dim]
+                slots[i, 1:1 + len(alone)] = self.net(torch.stack(alone)).float()
+        return slots                                                          # [B, 1 + MAX_SLOTS, feature_dim]
 
 
 def object_images(picture: torch.Tensor, limit: int | None = None) -> list[torch.Tensor]:
-    """uint8 [3, H, W] -> one picture per object (at most ``limit``, default ``MAX_SLOTS``, largest first),
-    each the input with every pixel outside that object set to the background. Objects are the shapes
+    """uint8 [3, H, W] -> one picture per object (the ``limit`` largest, default ``MAX_SLOTS``, in reading
+    order: by the grid row of its centre, then its centre's column), each the input with every pixel
+    outside that object set to the background. Objects are the shapes
     oracle's first segmentation (:mod:`difflab.metrics.detect`, steps 1-2): the border's median is the
     background, pixels far from it seed components, and each component owns the pixels near it (its
     anti-aliased edge); components smaller than the oracle's smallest object are noise and dropped."""
@@ -127,8 +135,13 @@ def object_images(picture: torch.Tensor, limit: int | None = None) -> list[torch
     labels, n = owners(seeds, 2.5 * width / 32)
     sizes = [(int((seeds & (labels == k)).sum()), k) for k in range(1, n + 1)]
     kept = sorted(((size, k) for size, k in sizes if size >= MIN_AREA * height * width), key=lambda sk: -sk[0])
+    def reading(k: int) -> tuple[int, float]:                                  # (grid row, column) of its centre
+        rows, columns = np.nonzero(seeds & (labels == k))
+        return min(int(3 * rows.mean() / height), 2), float(columns.mean())
+
+    chosen = sorted((k for _, k in kept[:limit or MAX_SLOTS]), key=reading)
     fill = torch.from_numpy(np.round(background * 255)).to(picture)[:, None, None]   # [3, 1, 1]
-    masks = [torch.from_numpy(labels == k).to(picture.device) for _, k in kept[:limit or MAX_SLOTS]]
+    masks = [torch.from_numpy(labels == k).to(picture.device) for k in chosen]
     return [torch.where(mask, picture, fill) for mask in masks]
 
 

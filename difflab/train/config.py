@@ -88,7 +88,7 @@ class TrainConfig:
     controlnet: str = ""                  # with init_from: train a ControlNet on each image's layout map or edges, the model frozen
     train_only: str = ""                  # train only the weights whose names start with this (e.g. temporal: a video UNet's motion blocks); "": all
     ip_adapter: bool = False              # with init_from: train an IP-Adapter on reference renders of each shapes item, the model frozen
-    ip_tokens: str = "pooled"             # ip_adapter: what it reads, the encoder's pooled feature (4 tokens) | grid (one token per cell) | objects (the picture's and one per object)
+    ip_tokens: str = "pooled"             # ip_adapter: what it reads, the encoder's pooled feature (4 tokens) | grid (one token per cell) | objects (a null slot and one per object, in reading order)
     ip_same_image: float = 0.0            # ip_adapter: the fraction of samples whose image prompt is the training image itself (the paper's pairs), not another render
     ip_teacher: bool = False              # ip_adapter: the target is the frozen model's own prediction for the scene in words (its pinned prompt), not the image's noise
     ip_query: str = "shared"              # ip_adapter: the image branch's query projection, shared (the layer's, as in the paper) | own (its own W'_q, trained)

@@ -6,7 +6,9 @@ pixel for pixel; so the reference here is another render of the item: the same o
 canonical prompt, with the colours and background the prompt left free pinned to the item's own)
 in other places and, where the prompt leaves them free, other sizes. What stays is what an image
 prompt should carry (which shapes, which colours, on what ground); what changes is what the text and
-the noise decide.
+the noise decide. An unplaced pair ("X and Y") is drawn with X first in reading order, as the words
+of the teacher (:class:`~difflab.train.image_prompt.SceneTeacher`) put it, so the object slots of
+the reference, in reading order, say which object the target draws first.
 """
 
 from __future__ import annotations
@@ -45,4 +47,4 @@ def reference_scene(item: dict, seed: int = 0, index: int = 0) -> Scene:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (seed, index)):
         raise ValueError(f"seed and index must be non-negative integers, got seed={seed!r}, index={index!r}")
     render_seed = random.Random(f"difflab-ip-reference-{index}-{seed}").getrandbits(48)
-    return scene_for(pinned_prompt(item), render_seed)
+    return scene_for(pinned_prompt(item), render_seed, and_order="reading")
