@@ -91,9 +91,9 @@ class ShapesSlotsEncoder(ShapesObjectsEncoder):
     A slot holds one object's colour and shape and nothing else, so an adapter reading slots is told
     which colour goes with which shape; the cells of ``grid`` (:class:`ShapesImageEncoder`) cut objects
     apart and put neighbours together. The whole picture's feature is left out of the slots: it holds
-    every object's colour and shape at once, and an adapter that read it drew two different objects
-    with one shape, or one colour, more often (BENCHMARKS.md, "Slots only, in reading order"). The
-    null slot stays, so an adapter's projection turns it into a learned constant token, somewhere to
+    every object's colour and shape at once, and the adapter trained on from one that read it binds
+    two different objects better without it (BENCHMARKS.md, "Slots only, in reading order"; that gain
+    is not separated from the extra training steps). The null slot stays, so an adapter's projection turns it into a learned constant token, somewhere to
     look for a place no object is for. Slots carry no place, only their order: which object comes first
     in reading order, the one thing the shapes world's words say about an unplaced pair ("X and Y": X
     first, :func:`difflab.data.shapes.realize`), so the text-conditioned teacher of
@@ -135,7 +135,7 @@ def object_images(picture: torch.Tensor, limit: int | None = None) -> list[torch
     labels, n = owners(seeds, 2.5 * width / 32)
     sizes = [(int((seeds & (labels == k)).sum()), k) for k in range(1, n + 1)]
     kept = sorted(((size, k) for size, k in sizes if size >= MIN_AREA * height * width), key=lambda sk: -sk[0])
-    def reading(k: int) -> tuple[int, float]:                                  # (grid row, column) of its centre
+    def reading(k: int) -> tuple[int, float]:               # (row of the world's 3 x 3 grid, column) of its centre
         rows, columns = np.nonzero(seeds & (labels == k))
         return min(int(3 * rows.mean() / height), 2), float(columns.mean())
 
