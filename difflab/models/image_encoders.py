@@ -88,18 +88,18 @@ class ShapesSlotsEncoder(ShapesObjectsEncoder):
     further left): the encoder's feature of the picture with only that object on its background
     (:func:`object_images`), zero where there are fewer objects.
 
-    A slot holds one object's colour and shape and nothing else, so an adapter reading slots is told
-    which colour goes with which shape; the cells of ``grid`` (:class:`ShapesImageEncoder`) cut objects
-    apart and put neighbours together. The whole picture's feature is left out of the slots: it holds
-    every object's colour and shape at once, and the adapter trained on from one that read it binds
-    two different objects better without it (BENCHMARKS.md, "Slots only, in reading order"; that gain
-    is not separated from the extra training steps). The null slot stays, so an adapter's projection
-    turns it into a learned constant token, somewhere to look for a place no object is for. Slots
-    carry no place, only their order: which object comes first in reading order, the one thing the shapes world's words say about an unplaced pair ("X and Y": X
-    first, :func:`difflab.data.shapes.realize`), so the text-conditioned teacher of
-    :class:`~difflab.train.image_prompt.SceneTeacher` and the slots agree on which object is drawn
-    first. This is the object-centric reading of an image prompt (one token per object, as in slot
-    attention, Locatello et al. 2020), with objects found by segmentation instead of learned."""
+    A slot holds one object's colour and shape and nothing else, so an adapter reading slots is told which
+    colour goes with which shape; the cells of ``grid`` (:class:`ShapesImageEncoder`) cut objects apart and
+    put neighbours together. The whole picture's feature is left out of the slots: it holds every object's
+    colour and shape at once, and the adapter trained on from one that read it binds two different objects
+    better without it (BENCHMARKS.md, "Slots only, in reading order"; that gain is not separated from the
+    extra training steps). The null slot stays, so an adapter's projection turns it into a learned constant
+    token, somewhere to look for a place no object is for. Slots carry no place, only their order: which
+    object comes first in reading order, the one thing the shapes world's words say about an unplaced pair
+    ("X and Y": X first, :func:`difflab.data.shapes.realize`), so the text-conditioned teacher of
+    :class:`~difflab.train.image_prompt.SceneTeacher` and the slots agree on which object is drawn first.
+    This is the object-centric reading of an image prompt (one token per object, as in slot attention,
+    Locatello et al. 2020), with objects found by segmentation instead of learned."""
 
     def __init__(self, grid: bool = False):
         super().__init__(grid=False)
