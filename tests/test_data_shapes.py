@@ -83,6 +83,10 @@ def test_render_refuses_impossible_scenes_and_bad_arguments():
         shapes.render("a red circle", seed=-1)
     with pytest.raises(ValueError, match="resolution"):
         shapes.render("a red circle", resolution=8)
+    with pytest.raises(ValueError, match=r"and_order must be one of \('any', 'reading'\), got 'sideways'"):
+        shapes.scene_for("a red circle and a blue square", 1, and_order="sideways")
+    placed = shapes.scene_for("a red circle and a blue square", 1, and_order="reading").objects
+    assert placed[0].cell < placed[1].cell
 
 
 def test_dataset_items_are_deterministic_and_well_formed():

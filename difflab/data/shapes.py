@@ -154,6 +154,8 @@ def scene_for(prompt: str, seed: int = 0, and_order: str = "any") -> Scene:
     """The scene ``render(prompt, seed)`` draws (``and_order``: :func:`realize`'s)."""
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if and_order not in AND_ORDERS:
+        raise ValueError(f"and_order must be one of {AND_ORDERS}, got {and_order!r}")
     return realize(parse_prompt(prompt), random.Random(f"difflab-shapes-render-{seed}"), and_order)
 
 
